@@ -1,0 +1,313 @@
+//! The coordinator's decisions: placement, the open-bucket pool and the
+//! volume lifecycle, driven by a maintenance loop over the cell database.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pocket_proto::{now_unix_ms, pb, BucketId, OsdId};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use tokio::sync::{watch, Notify};
+
+use crate::config::CoordinatorConfig;
+use crate::db::{CellDb, DbError, OsdRow, VolumeRow, VolumeState};
+
+/// A replica of a volume with the address of the OSD that holds it.
+#[derive(Debug, Clone)]
+pub struct PlacedExtent {
+    pub osd_id: OsdId,
+    pub grpc_addr: String,
+    pub extent_id: u64,
+    pub position: u32,
+}
+
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub volume: VolumeRow,
+    pub extents: Vec<PlacedExtent>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CellError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("unknown bucket {0}")]
+    UnknownBucket(BucketId),
+}
+
+#[derive(Clone)]
+pub struct Cell {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: CellDb,
+    config: CoordinatorConfig,
+    rng: Mutex<StdRng>,
+    osd_channels: Mutex<HashMap<String, tonic::transport::Channel>>,
+    wake: Notify,
+    started: Instant,
+}
+
+impl Cell {
+    pub fn new(db: CellDb, config: CoordinatorConfig) -> Cell {
+        let rng = match config.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Cell {
+            inner: Arc::new(Inner {
+                db,
+                config,
+                rng: Mutex::new(rng),
+                osd_channels: Mutex::new(HashMap::new()),
+                wake: Notify::new(),
+                started: Instant::now(),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.inner.config
+    }
+
+    pub fn db(&self) -> &CellDb {
+        &self.inner.db
+    }
+
+    pub async fn register(&self, osd: OsdRow) -> Result<(), CellError> {
+        tracing::info!(osd_id = osd.osd_id, addr = %osd.grpc_addr, domain = %osd.failure_domain, "OSD registered");
+        self.inner.db.upsert_osd(&osd).await?;
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    pub async fn heartbeat(&self, osd_id: OsdId, used_bytes: u64, capacity_bytes: u64) -> Result<bool, CellError> {
+        Ok(self.inner.db.heartbeat(osd_id, used_bytes, capacity_bytes).await?)
+    }
+
+    /// OSDs whose last heartbeat is recent. During the first dead-after
+    /// period after start every registered OSD counts as alive, so that a
+    /// restarted coordinator does not close every volume before the OSDs had
+    /// a chance to heartbeat.
+    fn alive(&self, osds: &[OsdRow]) -> HashMap<OsdId, OsdRow> {
+        let dead_after = Duration::from_millis(self.inner.config.osd_dead_after_ms);
+        let grace = self.inner.started.elapsed() < dead_after;
+        let now = now_unix_ms();
+        osds.iter()
+            .filter(|osd| grace || now.saturating_sub(osd.last_heartbeat_unix_ms) <= dead_after.as_millis() as i64)
+            .map(|osd| (osd.osd_id, osd.clone()))
+            .collect()
+    }
+
+    pub async fn osd_liveness(&self) -> Result<Vec<(OsdRow, bool)>, CellError> {
+        let osds = self.inner.db.list_osds().await?;
+        let alive = self.alive(&osds);
+        Ok(osds.into_iter().map(|osd| {
+            let up = alive.contains_key(&osd.osd_id);
+            (osd, up)
+        }).collect())
+    }
+
+    fn place(&self, volume: VolumeRow, osds: &HashMap<OsdId, OsdRow>) -> Placement {
+        let extents = volume
+            .extents
+            .iter()
+            .map(|extent| PlacedExtent {
+                osd_id: extent.osd_id,
+                grpc_addr: osds.get(&extent.osd_id).map(|osd| osd.grpc_addr.clone()).unwrap_or_default(),
+                extent_id: extent.extent_id,
+                position: extent.position,
+            })
+            .collect();
+        Placement { volume, extents }
+    }
+
+    /// Open volumes whose replicas are all on alive OSDs.
+    pub async fn writable_buckets(&self) -> Result<Vec<Placement>, CellError> {
+        let osds = self.inner.db.list_osds().await?;
+        let alive = self.alive(&osds);
+        let open = self.inner.db.volumes_in_state(VolumeState::Open).await?;
+        Ok(open
+            .into_iter()
+            .filter(|volume| volume.extents.iter().all(|extent| alive.contains_key(&extent.osd_id)))
+            .map(|volume| self.place(volume, &alive))
+            .collect())
+    }
+
+    pub async fn locate(&self, bucket_id: BucketId) -> Result<Placement, CellError> {
+        let volume = self.inner.db.volume_of_bucket(bucket_id).await?.ok_or(CellError::UnknownBucket(bucket_id))?;
+        let osds: HashMap<OsdId, OsdRow> =
+            self.inner.db.list_osds().await?.into_iter().map(|osd| (osd.osd_id, osd)).collect();
+        Ok(self.place(volume, &osds))
+    }
+
+    /// A frontend could not write to `bucket_id`: stop writes to its volume.
+    pub async fn report_bucket(&self, bucket_id: BucketId, problem: &str) -> Result<(), CellError> {
+        let volume = self.inner.db.volume_of_bucket(bucket_id).await?.ok_or(CellError::UnknownBucket(bucket_id))?;
+        if self.inner.db.transition(volume.volume_id, VolumeState::Open, VolumeState::Closing).await? {
+            tracing::info!(volume_id = volume.volume_id, bucket_id, problem, "closing volume on frontend report");
+            metrics::counter!("pocket_coordinator_volumes_closed_total", "reason" => problem.to_string()).increment(1);
+        }
+        self.inner.wake.notify_one();
+        Ok(())
+    }
+
+    fn osd_client(&self, addr: &str) -> Option<pb::osd_client::OsdClient<tonic::transport::Channel>> {
+        let mut channels = self.inner.osd_channels.lock().expect("osd channel map lock poisoned");
+        if let Some(channel) = channels.get(addr) {
+            return Some(pb::osd_client::OsdClient::new(channel.clone()));
+        }
+        let channel = pocket_proto::net::channel(addr).ok()?;
+        channels.insert(addr.to_string(), channel.clone());
+        Some(pb::osd_client::OsdClient::new(channel))
+    }
+
+    fn open_buckets_target(&self, alive_count: usize) -> usize {
+        match self.inner.config.open_buckets_target {
+            0 => (alive_count / self.inner.config.replication_factor.max(1) as usize).max(2),
+            n => n as usize,
+        }
+    }
+
+    /// Chooses R alive OSDs in distinct failure domains, preferring those with
+    /// the fewest open extents and then the most free space; ties broken at
+    /// random (seeded by the config for reproducibility).
+    fn choose_osds(&self, alive: &HashMap<OsdId, OsdRow>, open_load: &HashMap<OsdId, usize>) -> Option<Vec<OsdId>> {
+        let mut candidates: Vec<&OsdRow> = alive.values().collect();
+        candidates.sort_by_key(|osd| osd.osd_id);
+        candidates.shuffle(&mut *self.inner.rng.lock().expect("rng lock poisoned"));
+        candidates.sort_by_key(|osd| {
+            (open_load.get(&osd.osd_id).copied().unwrap_or(0), osd.used_bytes / (1 << 30))
+        });
+        let mut domains = HashSet::new();
+        let mut chosen = Vec::new();
+        for osd in candidates {
+            if chosen.len() == self.inner.config.replication_factor as usize {
+                break;
+            }
+            if domains.insert(osd.failure_domain.clone()) {
+                chosen.push(osd.osd_id);
+            }
+        }
+        (chosen.len() == self.inner.config.replication_factor as usize).then_some(chosen)
+    }
+
+    pub async fn maintenance_loop(self, mut stop: watch::Receiver<bool>) {
+        let tick = Duration::from_millis(self.inner.config.tick_interval_ms);
+        loop {
+            if let Err(e) = self.maintain().await {
+                tracing::warn!(error = %e, "maintenance pass failed; retrying next tick");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = self.inner.wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// One pass: finish creating volumes, close volumes with dead replicas,
+    /// seal closing volumes, top up the pool of open buckets.
+    pub async fn maintain(&self) -> Result<(), CellError> {
+        let db = &self.inner.db;
+        let osds = db.list_osds().await?;
+        let alive = self.alive(&osds);
+        metrics::gauge!("pocket_coordinator_osds_alive").set(alive.len() as f64);
+        metrics::gauge!("pocket_coordinator_osds_registered").set(osds.len() as f64);
+
+        for volume in db.volumes_in_state(VolumeState::Creating).await? {
+            self.finish_creating(volume, &alive).await?;
+        }
+        for volume in db.volumes_in_state(VolumeState::Open).await? {
+            if let Some(dead) = volume.extents.iter().find(|extent| !alive.contains_key(&extent.osd_id)) {
+                if db.transition(volume.volume_id, VolumeState::Open, VolumeState::Closing).await? {
+                    tracing::warn!(volume_id = volume.volume_id, osd_id = dead.osd_id, "closing volume: replica OSD is dead");
+                }
+            }
+        }
+        for volume in db.volumes_in_state(VolumeState::Closing).await? {
+            self.seal_volume(volume, &alive).await?;
+        }
+        let open = db.volumes_in_state(VolumeState::Open).await?;
+        let mut open_load: HashMap<OsdId, usize> = HashMap::new();
+        for volume in &open {
+            for extent in &volume.extents {
+                *open_load.entry(extent.osd_id).or_default() += 1;
+            }
+        }
+        let target = self.open_buckets_target(alive.len());
+        for _ in open.len()..target {
+            let Some(chosen) = self.choose_osds(&alive, &open_load) else {
+                tracing::warn!(alive = alive.len(), "not enough failure domains alive to place a new volume");
+                break;
+            };
+            for osd in &chosen {
+                *open_load.entry(*osd).or_default() += 1;
+            }
+            let volume = db.create_replicated_volume(&chosen, self.inner.config.extent_size_bytes).await?;
+            tracing::info!(volume_id = volume.volume_id, osds = ?chosen, "created volume");
+            self.finish_creating(volume, &alive).await?;
+        }
+        for (state, count) in db.volume_counts().await? {
+            metrics::gauge!("pocket_coordinator_volumes", "state" => state.as_str()).set(count as f64);
+        }
+        Ok(())
+    }
+
+    async fn finish_creating(&self, volume: VolumeRow, alive: &HashMap<OsdId, OsdRow>) -> Result<(), CellError> {
+        for extent in &volume.extents {
+            let created = match alive.get(&extent.osd_id) {
+                Some(osd) => match self.osd_client(&osd.grpc_addr) {
+                    Some(mut client) => client
+                        .create_extent(pb::CreateExtentRequest {
+                            extent_id: extent.extent_id,
+                            max_size_bytes: volume.extent_size_bytes,
+                        })
+                        .await
+                        .map_err(|status| status.to_string()),
+                    None => Err("invalid OSD address".to_string()),
+                },
+                None => Err("OSD is dead".to_string()),
+            };
+            if let Err(reason) = created {
+                // Never writable, so it holds no data: give it up; the empty
+                // extents left on OSDs are garbage for a later sweep.
+                tracing::warn!(volume_id = volume.volume_id, osd_id = extent.osd_id, %reason, "abandoning new volume");
+                self.inner.db.transition(volume.volume_id, VolumeState::Creating, VolumeState::Abandoned).await?;
+                return Ok(());
+            }
+        }
+        self.inner.db.transition(volume.volume_id, VolumeState::Creating, VolumeState::Open).await?;
+        Ok(())
+    }
+
+    async fn seal_volume(&self, volume: VolumeRow, alive: &HashMap<OsdId, OsdRow>) -> Result<(), CellError> {
+        let mut all_sealed = true;
+        for extent in &volume.extents {
+            let Some(osd) = alive.get(&extent.osd_id) else {
+                all_sealed = false;
+                continue;
+            };
+            let Some(mut client) = self.osd_client(&osd.grpc_addr) else {
+                all_sealed = false;
+                continue;
+            };
+            match client.seal(pb::SealRequest { extent_id: extent.extent_id }).await {
+                Ok(response) => {
+                    self.inner.db.record_sealed_size(extent.extent_id, extent.osd_id, response.get_ref().size_bytes).await?;
+                }
+                Err(status) => {
+                    tracing::warn!(volume_id = volume.volume_id, osd_id = extent.osd_id, %status, "seal failed; will retry");
+                    all_sealed = false;
+                }
+            }
+        }
+        if all_sealed && self.inner.db.transition(volume.volume_id, VolumeState::Closing, VolumeState::Closed).await? {
+            tracing::info!(volume_id = volume.volume_id, "volume closed");
+        }
+        Ok(())
+    }
+}

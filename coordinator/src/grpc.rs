@@ -1,0 +1,144 @@
+//! The coordinator's gRPC edge: wire messages to [`Cell`] calls.
+
+use std::collections::HashMap;
+
+use pocket_proto::pb;
+use tonic::{Request, Response, Status};
+
+use crate::cell::{Cell, CellError, Placement};
+use crate::db::OsdRow;
+
+/// Longest OSD address or failure-domain name accepted at registration.
+const MAX_NAME_LEN: usize = 255;
+
+pub struct CoordinatorService {
+    cell: Cell,
+}
+
+impl CoordinatorService {
+    pub fn new(cell: Cell) -> CoordinatorService {
+        CoordinatorService { cell }
+    }
+
+    pub fn into_server(self) -> pb::coordinator_server::CoordinatorServer<CoordinatorService> {
+        pb::coordinator_server::CoordinatorServer::new(self)
+    }
+}
+
+fn status_of(error: CellError) -> Status {
+    match error {
+        CellError::UnknownBucket(_) => Status::not_found(error.to_string()),
+        CellError::Db(e) => {
+            tracing::error!(error = %e, "cell database failure");
+            Status::unavailable(e.to_string())
+        }
+    }
+}
+
+fn to_pb(placement: Placement) -> pb::BucketPlacement {
+    pb::BucketPlacement {
+        bucket_id: placement.volume.buckets.first().copied().unwrap_or_default(),
+        volume_id: placement.volume.volume_id,
+        replicas: placement
+            .extents
+            .into_iter()
+            .map(|extent| pb::Replica { osd_id: extent.osd_id, grpc_addr: extent.grpc_addr, extent_id: extent.extent_id })
+            .collect(),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::coordinator_server::Coordinator for CoordinatorService {
+    async fn register_osd(
+        &self,
+        request: Request<pb::RegisterOsdRequest>,
+    ) -> Result<Response<pb::RegisterOsdResponse>, Status> {
+        let request = request.into_inner();
+        if request.grpc_addr.is_empty() || request.grpc_addr.len() > MAX_NAME_LEN {
+            return Err(Status::invalid_argument("grpc_addr must be 1 to 255 bytes"));
+        }
+        if request.failure_domain.is_empty() || request.failure_domain.len() > MAX_NAME_LEN {
+            return Err(Status::invalid_argument("failure_domain must be 1 to 255 bytes"));
+        }
+        self.cell
+            .register(OsdRow {
+                osd_id: request.osd_id,
+                grpc_addr: request.grpc_addr,
+                failure_domain: request.failure_domain,
+                capacity_bytes: request.capacity_bytes,
+                used_bytes: request.used_bytes,
+                last_heartbeat_unix_ms: 0,
+            })
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::RegisterOsdResponse {
+            cell_id: self.cell.config().cell_id,
+            heartbeat_interval_ms: self.cell.config().heartbeat_interval_ms,
+        }))
+    }
+
+    async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let known = self
+            .cell
+            .heartbeat(request.osd_id, request.used_bytes, request.capacity_bytes)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(pb::HeartbeatResponse { known }))
+    }
+
+    async fn writable_buckets(
+        &self,
+        _request: Request<pb::WritableBucketsRequest>,
+    ) -> Result<Response<pb::WritableBucketsResponse>, Status> {
+        let buckets = self.cell.writable_buckets().await.map_err(status_of)?;
+        Ok(Response::new(pb::WritableBucketsResponse {
+            cell_id: self.cell.config().cell_id,
+            buckets: buckets.into_iter().map(to_pb).collect(),
+        }))
+    }
+
+    async fn report_bucket(
+        &self,
+        request: Request<pb::ReportBucketRequest>,
+    ) -> Result<Response<pb::ReportBucketResponse>, Status> {
+        let request = request.into_inner();
+        let problem = match pb::BucketProblem::try_from(request.problem) {
+            Ok(pb::BucketProblem::Full) => "full",
+            Ok(pb::BucketProblem::ReplicaFailed) => "replica_failed",
+            _ => return Err(Status::invalid_argument("problem must be FULL or REPLICA_FAILED")),
+        };
+        self.cell.report_bucket(request.bucket_id, problem).await.map_err(status_of)?;
+        Ok(Response::new(pb::ReportBucketResponse {}))
+    }
+
+    async fn locate_bucket(
+        &self,
+        request: Request<pb::LocateBucketRequest>,
+    ) -> Result<Response<pb::LocateBucketResponse>, Status> {
+        let placement = self.cell.locate(request.into_inner().bucket_id).await.map_err(status_of)?;
+        let volume_state = placement.volume.state.as_str().to_string();
+        Ok(Response::new(pb::LocateBucketResponse { placement: Some(to_pb(placement)), volume_state }))
+    }
+
+    async fn cell_status(&self, _request: Request<pb::CellStatusRequest>) -> Result<Response<pb::CellStatusResponse>, Status> {
+        let osds = self.cell.osd_liveness().await.map_err(status_of)?;
+        let counts = self.cell.db().volume_counts().await.map_err(|e| status_of(e.into()))?;
+        let volumes_by_state: HashMap<String, u64> =
+            counts.into_iter().map(|(state, count)| (state.as_str().to_string(), count)).collect();
+        Ok(Response::new(pb::CellStatusResponse {
+            cell_id: self.cell.config().cell_id,
+            osds: osds
+                .into_iter()
+                .map(|(osd, alive)| pb::OsdStatus {
+                    osd_id: osd.osd_id,
+                    grpc_addr: osd.grpc_addr,
+                    alive,
+                    used_bytes: osd.used_bytes,
+                    capacity_bytes: osd.capacity_bytes,
+                })
+                .collect(),
+            volumes_by_state,
+        }))
+    }
+}

@@ -1,0 +1,58 @@
+//! The cell coordinator: the registry of the cell's OSDs, placement of
+//! volumes on them, the pool of open buckets frontends write to, and the
+//! lifecycle of each volume (creating → open → closing → closed).
+//!
+//! Invariants:
+//! - The cell database ([`db`]) is the only state; the process can be killed
+//!   at any instant and a restart resumes every half-done step from it.
+//! - A volume is writable only once every replica's extent exists; it is
+//!   never reopened once closing.
+//! - The coordinator never sees blob bytes and knows nothing of the index.
+//!
+//! Layout: [`config`], [`db`] (cell database), [`cell`] (decisions and the
+//! maintenance loop), [`grpc`] (the wire edge).
+
+pub mod cell;
+pub mod config;
+pub mod db;
+pub mod grpc;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::CoordinatorConfig;
+
+/// Runs the coordinator until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: CoordinatorConfig,
+    ready: watch::Sender<bool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let db = db::CellDb::open(&config.database_url, config.max_db_connections)
+        .await
+        .context("open cell database")?;
+    let cell = cell::Cell::new(db.clone(), config.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let maintenance = tokio::spawn(cell.clone().maintenance_loop(stop_rx));
+    let local_addr = listener.local_addr().context("read coordinator address")?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .timeout(Duration::from_secs(30))
+        .add_service(grpc::CoordinatorService::new(cell).into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    ready.send_replace(true);
+    tracing::info!(cell_id = config.cell_id, %local_addr, "coordinator serving");
+    let result = server.await.context("serve coordinator gRPC");
+    ready.send_replace(false);
+    stop_tx.send_replace(true);
+    let _ = maintenance.await;
+    db.close().await;
+    tracing::info!("coordinator stopped");
+    result
+}

@@ -1,0 +1,151 @@
+//! PUT and GET as DESIGN.md describes them, on domain types: the key is
+//! checked before anything is written, data goes to every replica before the
+//! index row, and every byte read is checked against its key.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pocket_index::{Index, IndexEntry, IndexError, InsertOutcome};
+use pocket_proto::{now_unix_ms, pb, Key};
+use rand::seq::{IndexedRandom, SliceRandom};
+
+use crate::cell::{Bucket, CellError, CellView, ReplicaError};
+use crate::config::FrontendConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Cell(#[from] CellError),
+    #[error("no bucket accepted the blob after {attempts} attempts; last error: {last}")]
+    Exhausted { attempts: u32, last: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GetError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(transparent)]
+    Cell(#[from] CellError),
+    #[error("key not found")]
+    NotFound,
+    #[error("no replica returned the blob intact ({failures} failures; last: {last})")]
+    Unreadable { failures: usize, last: String },
+}
+
+pub struct Blobs {
+    pub index: Index,
+    pub cell: CellView,
+    config: FrontendConfig,
+}
+
+impl Blobs {
+    pub fn new(index: Index, cell: CellView, config: FrontendConfig) -> Arc<Blobs> {
+        Arc::new(Blobs { index, cell, config })
+    }
+
+    /// Stores `data` under `key`, which the caller has already checked is its
+    /// BLAKE3 hash. Returns whether a new index row was written (false: the
+    /// key was already stored, dedup).
+    pub async fn put(&self, key: Key, data: Bytes) -> Result<bool, PutError> {
+        if self.index.lookup(&key).await?.is_some() {
+            metrics::counter!("pocket_frontend_put_dedup_total").increment(1);
+            return Ok(false);
+        }
+        let mut last = String::from("no attempt made");
+        let mut tried = Vec::new();
+        for attempt in 0..self.config.put_attempts {
+            let (cell_id, buckets) = self.cell.writable(attempt > 0).await?;
+            let candidates: Vec<&Bucket> = buckets.iter().filter(|b| !tried.contains(&b.bucket_id)).collect();
+            let Some(bucket) = candidates.choose(&mut rand::rng()).copied().cloned() else {
+                last = CellError::NoWritableBucket.to_string();
+                // The coordinator tops up its pool every tick; give it one.
+                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt + 1))).await;
+                continue;
+            };
+            tried.push(bucket.bucket_id);
+            match self.write_replicas(&bucket, key, &data).await {
+                Ok(()) => {
+                    let entry = IndexEntry {
+                        key,
+                        cell_id,
+                        bucket_id: bucket.bucket_id,
+                        length_bytes: data.len() as u64,
+                        created_unix_ms: now_unix_ms(),
+                    };
+                    return match self.index.insert(&entry, &self.config.remote_zones).await? {
+                        InsertOutcome::Inserted => Ok(true),
+                        // A concurrent PUT of the same key won; our copy is garbage for compaction.
+                        InsertOutcome::AlreadyPresent(_) => Ok(false),
+                    };
+                }
+                Err((problem, osd_id, detail)) => {
+                    if problem == pb::BucketProblem::Full {
+                        tracing::debug!(bucket_id = bucket.bucket_id, attempt, "bucket full; trying another");
+                    } else {
+                        tracing::warn!(bucket_id = bucket.bucket_id, attempt, %detail, "replica failed a PUT; trying another bucket");
+                    }
+                    metrics::counter!("pocket_frontend_put_retries_total").increment(1);
+                    self.cell.drop_writable(bucket.bucket_id).await;
+                    self.cell.report(bucket.bucket_id, problem, osd_id, detail.clone()).await;
+                    last = detail;
+                }
+            }
+        }
+        Err(PutError::Exhausted { attempts: self.config.put_attempts, last })
+    }
+
+    /// Appends to every replica in parallel; Err names the first problem.
+    async fn write_replicas(&self, bucket: &Bucket, key: Key, data: &Bytes) -> Result<(), (pb::BucketProblem, u64, String)> {
+        let writes = bucket.replicas.iter().map(|replica| {
+            let data = data.clone();
+            async move { (replica.osd_id, self.cell.append(replica, key, data).await) }
+        });
+        let results = futures::future::join_all(writes).await;
+        for (osd_id, result) in results {
+            match result {
+                Ok(()) => {}
+                Err(ReplicaError::Full) => {
+                    return Err((pb::BucketProblem::Full, osd_id, format!("extent of bucket {} is full", bucket.bucket_id)))
+                }
+                Err(e) => return Err((pb::BucketProblem::ReplicaFailed, osd_id, e.to_string())),
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn stat(&self, key: &Key) -> Result<IndexEntry, GetError> {
+        self.index.lookup(key).await?.ok_or(GetError::NotFound)
+    }
+
+    /// Reads the whole blob from the first replica that returns bytes whose
+    /// BLAKE3 is the key. Tries every replica, then once more with a fresh
+    /// location from the coordinator.
+    pub async fn get(&self, key: &Key) -> Result<(IndexEntry, Bytes), GetError> {
+        let entry = self.index.lookup(key).await?.ok_or(GetError::NotFound)?;
+        let mut failures = 0;
+        let mut last = String::from("no replica");
+        for refresh in [false, true] {
+            let mut bucket = self.cell.locate(entry.bucket_id, refresh).await?;
+            bucket.replicas.shuffle(&mut rand::rng());
+            for replica in &bucket.replicas {
+                match self.cell.read(replica, key, entry.length_bytes).await {
+                    Ok(data) if Key::of(&data) == *key => return Ok((entry, data)),
+                    Ok(_) => {
+                        failures += 1;
+                        last = format!("OSD {} returned bytes that do not hash to the key", replica.osd_id);
+                        tracing::error!(osd_id = replica.osd_id, %key, "replica returned corrupt bytes");
+                        metrics::counter!("pocket_frontend_corrupt_replica_reads_total").increment(1);
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(osd_id = replica.osd_id, %key, error = %e, "replica read failed; trying the next");
+                        last = e.to_string();
+                    }
+                }
+            }
+        }
+        Err(GetError::Unreadable { failures, last })
+    }
+}

@@ -1,0 +1,219 @@
+//! The frontend's view of its cell: the writable buckets and bucket
+//! locations, cached from the coordinator, and the outbound calls to OSDs.
+//! The outbound edge: the only module here that builds OSD and coordinator
+//! wire messages.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pocket_proto::{pb, BodyCollector, BucketId, CellId, ExtentId, Key, OsdId, CHUNK_SIZE_BYTES, EXTENT_FULL_PREFIX};
+use tonic::transport::Channel;
+use tonic::Code;
+
+/// How long the list of writable buckets is trusted before it is refreshed.
+const WRITABLE_TTL: Duration = Duration::from_secs(1);
+/// How long a bucket's location is trusted. Locations change only when a
+/// volume is re-encoded, and a failed read refreshes it anyway.
+const LOCATION_TTL: Duration = Duration::from_secs(30);
+/// Most cached bucket locations; the cache is cleared when it grows past this.
+const MAX_CACHED_LOCATIONS: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct Replica {
+    pub osd_id: OsdId,
+    pub grpc_addr: String,
+    pub extent_id: ExtentId,
+}
+
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    pub bucket_id: BucketId,
+    pub replicas: Vec<Replica>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("extent is full")]
+    Full,
+    #[error("OSD {osd_id} at {addr}: {status}")]
+    Failed { osd_id: OsdId, addr: String, status: tonic::Status },
+    #[error("OSD {osd_id} returned {got} bytes, expected {expected}")]
+    WrongLength { osd_id: OsdId, got: u64, expected: u64 },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CellError {
+    #[error("coordinator unavailable: {0}")]
+    Coordinator(tonic::Status),
+    #[error("no writable bucket in the cell")]
+    NoWritableBucket,
+    #[error("bucket {0} is unknown to the coordinator")]
+    UnknownBucket(BucketId),
+}
+
+pub struct CellView {
+    coordinator: pb::coordinator_client::CoordinatorClient<Channel>,
+    writable: tokio::sync::Mutex<Option<(Instant, CellId, Vec<Bucket>)>>,
+    locations: Mutex<HashMap<BucketId, (Instant, Bucket)>>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+fn bucket_of(placement: pb::BucketPlacement) -> Bucket {
+    Bucket {
+        bucket_id: placement.bucket_id,
+        replicas: placement
+            .replicas
+            .into_iter()
+            .map(|r| Replica { osd_id: r.osd_id, grpc_addr: r.grpc_addr, extent_id: r.extent_id })
+            .collect(),
+    }
+}
+
+impl CellView {
+    pub fn new(coordinator_addr: &str) -> anyhow::Result<CellView> {
+        let channel = pocket_proto::net::channel(coordinator_addr)?;
+        Ok(CellView {
+            coordinator: pb::coordinator_client::CoordinatorClient::new(channel),
+            writable: tokio::sync::Mutex::new(None),
+            locations: Mutex::new(HashMap::new()),
+            channels: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The cell id and its writable buckets, from cache when fresh.
+    pub async fn writable(&self, force_refresh: bool) -> Result<(CellId, Vec<Bucket>), CellError> {
+        let mut cached = self.writable.lock().await;
+        if let Some((at, cell_id, buckets)) = cached.as_ref() {
+            if !force_refresh && at.elapsed() < WRITABLE_TTL && !buckets.is_empty() {
+                return Ok((*cell_id, buckets.clone()));
+            }
+        }
+        let response = self
+            .coordinator
+            .clone()
+            .writable_buckets(pb::WritableBucketsRequest {})
+            .await
+            .map_err(CellError::Coordinator)?
+            .into_inner();
+        let buckets: Vec<Bucket> = response.buckets.into_iter().map(bucket_of).collect();
+        *cached = Some((Instant::now(), response.cell_id, buckets.clone()));
+        Ok((response.cell_id, buckets))
+    }
+
+    /// Forgets a bucket that failed, so that the next PUT does not pick it.
+    pub async fn drop_writable(&self, bucket_id: BucketId) {
+        if let Some((_, _, buckets)) = self.writable.lock().await.as_mut() {
+            buckets.retain(|bucket| bucket.bucket_id != bucket_id);
+        }
+    }
+
+    pub async fn report(&self, bucket_id: BucketId, problem: pb::BucketProblem, osd_id: OsdId, detail: String) {
+        let request = pb::ReportBucketRequest { bucket_id, problem: problem as i32, osd_id, detail };
+        if let Err(status) = self.coordinator.clone().report_bucket(request).await {
+            tracing::warn!(bucket_id, %status, "could not report bucket problem to coordinator");
+        }
+    }
+
+    pub async fn locate(&self, bucket_id: BucketId, force_refresh: bool) -> Result<Bucket, CellError> {
+        if !force_refresh {
+            let locations = self.locations.lock().expect("location cache lock poisoned");
+            if let Some((at, bucket)) = locations.get(&bucket_id) {
+                if at.elapsed() < LOCATION_TTL {
+                    return Ok(bucket.clone());
+                }
+            }
+        }
+        let response = self
+            .coordinator
+            .clone()
+            .locate_bucket(pb::LocateBucketRequest { bucket_id })
+            .await
+            .map_err(|status| match status.code() {
+                Code::NotFound => CellError::UnknownBucket(bucket_id),
+                _ => CellError::Coordinator(status),
+            })?
+            .into_inner();
+        let bucket = bucket_of(response.placement.ok_or(CellError::UnknownBucket(bucket_id))?);
+        let mut locations = self.locations.lock().expect("location cache lock poisoned");
+        if locations.len() >= MAX_CACHED_LOCATIONS {
+            locations.clear();
+        }
+        locations.insert(bucket_id, (Instant::now(), bucket.clone()));
+        Ok(bucket)
+    }
+
+    fn osd(&self, replica: &Replica) -> Result<pb::osd_client::OsdClient<Channel>, ReplicaError> {
+        let mut channels = self.channels.lock().expect("channel map lock poisoned");
+        let channel = match channels.get(&replica.grpc_addr) {
+            Some(channel) => channel.clone(),
+            None => {
+                let channel = pocket_proto::net::channel(&replica.grpc_addr).map_err(|e| ReplicaError::Failed {
+                    osd_id: replica.osd_id,
+                    addr: replica.grpc_addr.clone(),
+                    status: tonic::Status::internal(e.to_string()),
+                })?;
+                channels.insert(replica.grpc_addr.clone(), channel.clone());
+                channel
+            }
+        };
+        Ok(pb::osd_client::OsdClient::new(channel)
+            .max_decoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES)
+            .max_encoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES))
+    }
+
+    /// Appends `data` under `key` to one replica; Ok once the OSD made it durable.
+    pub async fn append(&self, replica: &Replica, key: Key, data: Bytes) -> Result<(), ReplicaError> {
+        let mut client = self.osd(replica)?;
+        let header = pb::AppendRequest {
+            part: Some(pb::append_request::Part::Header(pb::AppendHeader {
+                extent_id: replica.extent_id,
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                length_bytes: data.len() as u64,
+            })),
+        };
+        let chunks = (0..data.len()).step_by(CHUNK_SIZE_BYTES).map(move |start| pb::AppendRequest {
+            part: Some(pb::append_request::Part::Chunk(data.slice(start..(start + CHUNK_SIZE_BYTES).min(data.len())))),
+        });
+        let messages = futures::stream::iter(std::iter::once(header).chain(chunks));
+        match client.append(messages).await {
+            Ok(_) => Ok(()),
+            Err(status) if status.code() == Code::ResourceExhausted && status.message().starts_with(EXTENT_FULL_PREFIX) => {
+                Err(ReplicaError::Full)
+            }
+            Err(status) => Err(ReplicaError::Failed { osd_id: replica.osd_id, addr: replica.grpc_addr.clone(), status }),
+        }
+    }
+
+    /// Reads the record of `key` from one replica; `expected_bytes` bounds
+    /// the memory it may take. The caller verifies the bytes against the key.
+    pub async fn read(&self, replica: &Replica, key: &Key, expected_bytes: u64) -> Result<Bytes, ReplicaError> {
+        let failed = |status: tonic::Status| ReplicaError::Failed {
+            osd_id: replica.osd_id,
+            addr: replica.grpc_addr.clone(),
+            status,
+        };
+        let mut client = self.osd(replica)?;
+        let mut stream = client
+            .read(pb::ReadRequest { extent_id: replica.extent_id, key: Bytes::copy_from_slice(key.as_bytes()) })
+            .await
+            .map_err(failed)?
+            .into_inner();
+        let mut body = BodyCollector::new(expected_bytes);
+        let mut first = true;
+        while let Some(message) = stream.message().await.map_err(failed)? {
+            if first && message.blob_length_bytes != expected_bytes {
+                return Err(ReplicaError::WrongLength {
+                    osd_id: replica.osd_id,
+                    got: message.blob_length_bytes,
+                    expected: expected_bytes,
+                });
+            }
+            first = false;
+            body.push(&message.chunk).map_err(failed)?;
+        }
+        let received = body.received_bytes();
+        body.finish().map_err(|_| ReplicaError::WrongLength { osd_id: replica.osd_id, got: received, expected: expected_bytes })
+    }
+}

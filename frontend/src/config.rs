@@ -1,0 +1,79 @@
+//! The frontend's configuration (TOML).
+
+use anyhow::bail;
+use pocket_index::IndexConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrontendConfig {
+    /// The cell coordinator's gRPC address (`host:port`). One cell per frontend for now.
+    pub coordinator: String,
+    /// The zone's hash index.
+    pub index: IndexConfig,
+    /// Address to listen on for the public gRPC service; port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Address to listen on for `/metrics` and `/healthz`.
+    #[serde(default = "default_listen")]
+    pub http_listen: String,
+    /// Largest blob accepted (DESIGN.md: 32 MiB by default).
+    #[serde(default = "default_max_blob_size_bytes")]
+    pub max_blob_size_bytes: u64,
+    /// Blob bytes buffered in PUTs and GETs at once; beyond it calls wait, then
+    /// get RESOURCE_EXHAUSTED. 512 MiB: sixteen maximum-size blobs.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: u64,
+    /// Buckets a PUT tries before it fails (each failure closes that bucket's volume).
+    #[serde(default = "default_put_attempts")]
+    pub put_attempts: u32,
+    /// Remote zones that receive a replication-outbox row per PUT.
+    #[serde(default)]
+    pub remote_zones: Vec<String>,
+    /// Most keys in one Exists call.
+    #[serde(default = "default_max_exists_batch")]
+    pub max_exists_batch: usize,
+    /// Upper bound for one request, including the whole upload of a PUT.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Concurrent requests per client connection.
+    #[serde(default = "default_max_concurrent_requests_per_connection")]
+    pub max_concurrent_requests_per_connection: usize,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:0".to_string()
+}
+fn default_max_blob_size_bytes() -> u64 {
+    pocket_proto::DEFAULT_MAX_BLOB_SIZE_BYTES
+}
+fn default_max_inflight_bytes() -> u64 {
+    512 * 1024 * 1024
+}
+fn default_put_attempts() -> u32 {
+    4
+}
+fn default_max_exists_batch() -> usize {
+    10_000
+}
+fn default_request_timeout_ms() -> u64 {
+    120_000
+}
+fn default_max_concurrent_requests_per_connection() -> usize {
+    64
+}
+
+impl FrontendConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.max_blob_size_bytes == 0 || self.max_blob_size_bytes > 1 << 30 {
+            bail!("frontend config: max_blob_size_bytes must be between 1 and 1 GiB");
+        }
+        if self.max_inflight_bytes < self.max_blob_size_bytes {
+            bail!("frontend config: max_inflight_bytes must be at least max_blob_size_bytes");
+        }
+        if self.put_attempts == 0 || self.put_attempts > 16 {
+            bail!("frontend config: put_attempts must be between 1 and 16");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! The public BlobStore service: validates every request at the edge and
+//! converts between wire messages and [`Blobs`] calls.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+use pocket_index::IndexError;
+use pocket_proto::{pb, BodyCollector, ByteBudget, Key, CHUNK_SIZE_BYTES, MAX_MESSAGE_SIZE_BYTES};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::blobs::{Blobs, GetError, PutError};
+
+pub struct BlobService {
+    blobs: Arc<Blobs>,
+    budget: ByteBudget,
+    max_blob_size_bytes: u64,
+    max_exists_batch: usize,
+}
+
+impl BlobService {
+    pub fn new(blobs: Arc<Blobs>, max_inflight_bytes: u64, max_blob_size_bytes: u64, max_exists_batch: usize) -> Self {
+        BlobService { blobs, budget: ByteBudget::new(max_inflight_bytes), max_blob_size_bytes, max_exists_batch }
+    }
+
+    pub fn into_server(self) -> pb::blob_store_server::BlobStoreServer<BlobService> {
+        pb::blob_store_server::BlobStoreServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE_BYTES)
+    }
+}
+
+fn index_status(error: IndexError) -> Status {
+    tracing::error!(error = %error, "index failure");
+    Status::unavailable(format!("index unavailable: {error}"))
+}
+
+fn put_status(error: PutError) -> Status {
+    match error {
+        PutError::Index(e) => index_status(e),
+        e => {
+            tracing::error!(error = %e, "PUT failed");
+            Status::unavailable(e.to_string())
+        }
+    }
+}
+
+fn get_status(error: GetError) -> Status {
+    match error {
+        GetError::NotFound => Status::not_found("key not found"),
+        GetError::Index(e) => index_status(e),
+        e @ GetError::Unreadable { .. } => {
+            tracing::error!(error = %e, "GET found no intact replica");
+            Status::unavailable(e.to_string())
+        }
+        e => Status::unavailable(e.to_string()),
+    }
+}
+
+type GetStream = Pin<Box<dyn Stream<Item = Result<pb::GetResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::blob_store_server::BlobStore for BlobService {
+    #[tracing::instrument(name = "put", skip_all, fields(key, bytes))]
+    async fn put(&self, request: Request<Streaming<pb::PutRequest>>) -> Result<Response<pb::PutResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::PutRequest { part: Some(pb::put_request::Part::Header(header)) }) => header,
+            Some(_) => return Err(Status::invalid_argument("the first message of a PUT must be its header")),
+            None => return Err(Status::invalid_argument("empty PUT stream")),
+        };
+        let key = Key::from_slice(&header.key)?;
+        tracing::Span::current().record("key", tracing::field::display(&key));
+        tracing::Span::current().record("bytes", header.length_bytes);
+        if header.length_bytes > self.max_blob_size_bytes {
+            metrics::counter!("pocket_frontend_rejected_total", "reason" => "too_large").increment(1);
+            return Err(Status::invalid_argument(format!(
+                "blob of {} bytes exceeds the maximum of {} bytes",
+                header.length_bytes, self.max_blob_size_bytes
+            )));
+        }
+        let _permit = self.budget.reserve(header.length_bytes).await?;
+        let mut body = BodyCollector::new(header.length_bytes);
+        let mut hasher = blake3::Hasher::new();
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(pb::put_request::Part::Chunk(chunk)) => {
+                    body.push(&chunk)?;
+                    hasher.update(&chunk);
+                }
+                _ => return Err(Status::invalid_argument("only chunks may follow the header")),
+            }
+        }
+        let data = body.finish()?;
+        let actual = Key(*hasher.finalize().as_bytes());
+        if actual != key {
+            metrics::counter!("pocket_frontend_rejected_total", "reason" => "hash_mismatch").increment(1);
+            return Err(Status::invalid_argument(format!("content hashes to {actual}, not to the key {key}")));
+        }
+        let started = std::time::Instant::now();
+        let created = self.blobs.put(key, data).await.map_err(put_status)?;
+        metrics::histogram!("pocket_frontend_put_store_seconds").record(started.elapsed().as_secs_f64());
+        metrics::counter!("pocket_frontend_puts_total").increment(1);
+        metrics::counter!("pocket_frontend_put_bytes_total").increment(header.length_bytes);
+        Ok(Response::new(pb::PutResponse { key: Bytes::copy_from_slice(key.as_bytes()), created }))
+    }
+
+    type GetStream = GetStream;
+
+    #[tracing::instrument(name = "get", skip_all, fields(key))]
+    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<GetStream>, Status> {
+        let request = request.into_inner();
+        let key = Key::from_slice(&request.key)?;
+        tracing::Span::current().record("key", tracing::field::display(&key));
+        let entry = self.blobs.stat(&key).await.map_err(get_status)?;
+        if request.offset > entry.length_bytes {
+            return Err(Status::out_of_range(format!(
+                "offset {} is past the end of the {}-byte blob",
+                request.offset, entry.length_bytes
+            )));
+        }
+        let permit = self.budget.reserve(entry.length_bytes).await?;
+        let (entry, data) = self.blobs.get(&key).await.map_err(get_status)?;
+        metrics::counter!("pocket_frontend_gets_total").increment(1);
+        let end = match request.length {
+            0 => entry.length_bytes,
+            n => request.offset.saturating_add(n).min(entry.length_bytes),
+        };
+        let range = data.slice(request.offset as usize..end as usize);
+        metrics::counter!("pocket_frontend_get_bytes_total").increment(range.len() as u64);
+        let total = entry.length_bytes;
+        let chunk_count = range.len().div_ceil(CHUNK_SIZE_BYTES).max(1);
+        let stream = futures::stream::iter((0..chunk_count).map(move |index| {
+            let _hold = &permit;
+            let start = index * CHUNK_SIZE_BYTES;
+            let stop = (start + CHUNK_SIZE_BYTES).min(range.len());
+            Ok(pb::GetResponse { blob_length_bytes: if index == 0 { total } else { 0 }, chunk: range.slice(start..stop) })
+        }));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn exists(&self, request: Request<pb::ExistsRequest>) -> Result<Response<pb::ExistsResponse>, Status> {
+        let request = request.into_inner();
+        if request.keys.len() > self.max_exists_batch {
+            return Err(Status::invalid_argument(format!(
+                "{} keys exceed the limit of {} per Exists call",
+                request.keys.len(),
+                self.max_exists_batch
+            )));
+        }
+        let keys = request.keys.iter().map(|k| Key::from_slice(k)).collect::<Result<Vec<_>, _>>()?;
+        let found = self.blobs.index.lookup_many(&keys).await.map_err(index_status)?;
+        Ok(Response::new(pb::ExistsResponse { exists: found.iter().map(Option::is_some).collect() }))
+    }
+
+    async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
+        let key = Key::from_slice(&request.into_inner().key)?;
+        let entry = self.blobs.stat(&key).await.map_err(get_status)?;
+        Ok(Response::new(pb::StatResponse {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            length_bytes: entry.length_bytes,
+            cell_id: entry.cell_id,
+            bucket_id: entry.bucket_id,
+            created_unix_ms: entry.created_unix_ms,
+        }))
+    }
+}

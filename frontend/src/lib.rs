@@ -1,0 +1,58 @@
+//! The frontend: the public, stateless BlobStore gRPC service.
+//!
+//! Invariants:
+//! - A PUT is acknowledged only after every replica made the record durable
+//!   and then the index row committed (data first, index second): an index
+//!   row always points at durable data.
+//! - No byte leaves a GET before the whole blob was checked against its key.
+//! - Bad input is refused at the edge ([`grpc`]) before anything is written.
+//!
+//! Layout: [`config`], [`cell`] (coordinator cache and outbound OSD calls),
+//! [`blobs`] (PUT/GET logic), [`grpc`] (the public edge).
+
+pub mod blobs;
+pub mod cell;
+pub mod config;
+pub mod grpc;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use config::FrontendConfig;
+
+/// Runs the frontend until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: FrontendConfig,
+    ready: watch::Sender<bool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    config.validate()?;
+    let index = pocket_index::Index::open(&config.index).await.context("open index")?;
+    let cell = cell::CellView::new(&config.coordinator).context("coordinator address")?;
+    let blobs = blobs::Blobs::new(index.clone(), cell, config.clone());
+    let service = grpc::BlobService::new(
+        blobs,
+        config.max_inflight_bytes,
+        config.max_blob_size_bytes,
+        config.max_exists_batch,
+    );
+    let local_addr = listener.local_addr().context("read frontend address")?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tonic::transport::Server::builder()
+        .concurrency_limit_per_connection(config.max_concurrent_requests_per_connection)
+        .timeout(Duration::from_millis(config.request_timeout_ms))
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(incoming, shutdown);
+    ready.send_replace(true);
+    tracing::info!(%local_addr, "frontend serving");
+    let result = server.await.context("serve frontend gRPC");
+    ready.send_replace(false);
+    index.close().await;
+    tracing::info!("frontend stopped");
+    result
+}

@@ -1,0 +1,361 @@
+//! [`Index`]: open the shards, route each key to its database, read and write
+//! index rows.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use pocket_proto::Key;
+use tokio::task::JoinSet;
+
+use crate::config::{IndexConfig, MAX_VSHARD_COUNT};
+use crate::dialect::Dialect;
+use crate::entry::{vshard_of_key, IndexEntry, InsertOutcome};
+use crate::error::IndexError;
+use crate::shard::{Shard, ENTRY_COLUMNS};
+use crate::shard_map;
+
+/// Longest shard name: the `shard_map.shard_name` column is VARCHAR(64).
+pub const SHARD_NAME_MAX_BYTES: usize = 64;
+
+/// Longest zone name: the `replication_outbox.zone` column is VARCHAR(64).
+pub const ZONE_NAME_MAX_BYTES: usize = 64;
+
+/// Keys per `IN (...)` query in [`Index::lookup_many`]: under SQLite's
+/// historical 999-placeholder limit, and small enough that one batch is a
+/// short statement on MySQL.
+pub const LOOKUP_BATCH_MAX_KEYS: usize = 500;
+
+/// `index_meta` names that tie a database to its place in the config.
+const META_SHARD_NAME: &str = "shard_name";
+const META_DIRECTORY_SHARD: &str = "directory_shard";
+
+/// Columns of the `blobs` insert, in bind order.
+const BLOB_INSERT_COLUMNS: [&str; 6] = [
+    "blob_key",
+    "vshard",
+    "cell_id",
+    "bucket_id",
+    "length_bytes",
+    "created_unix_ms",
+];
+
+/// Handle on the sharded index. Cheap to clone: clones share the pools.
+#[derive(Debug, Clone)]
+pub struct Index {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// In config order; `shards[0]` is the directory.
+    shards: Vec<Shard>,
+    /// vshard -> position in `shards`. Loaded at open; fixed until reopened.
+    vshard_to_shard: Vec<usize>,
+    vshard_count: u32,
+}
+
+impl Index {
+    /// Connects every shard, runs its migrations, checks that each database
+    /// is the one the config names, and loads the shard map from the
+    /// directory (creating it on the index's first open).
+    pub async fn open(cfg: &IndexConfig) -> Result<Index, IndexError> {
+        let targets = validate(cfg)?;
+        // Idempotent: sqlx guards it with its own `Once`.
+        sqlx::any::install_default_drivers();
+
+        let mut shards = Vec::with_capacity(targets.len());
+        for (name, dialect, url) in &targets {
+            shards.push(Shard::connect(cfg, name, *dialect, url).await?);
+        }
+        let directory_name = &cfg.shards[0].name;
+        for shard in &shards {
+            check_identity(shard, directory_name).await?;
+        }
+        let names: Vec<String> = cfg.shards.iter().map(|s| s.name.clone()).collect();
+        let vshard_to_shard = shard_map::load_or_init(&shards[0], cfg.vshard_count, &names).await?;
+        tracing::info!(
+            directory = %directory_name,
+            shards = shards.len(),
+            vshard_count = cfg.vshard_count,
+            "index open"
+        );
+        Ok(Index {
+            inner: Arc::new(Inner {
+                shards,
+                vshard_to_shard,
+                vshard_count: cfg.vshard_count,
+            }),
+        })
+    }
+
+    /// The virtual shard `key` belongs to.
+    pub fn vshard_of(&self, key: &Key) -> u32 {
+        vshard_of_key(key, self.inner.vshard_count)
+    }
+
+    pub fn vshard_count(&self) -> u32 {
+        self.inner.vshard_count
+    }
+
+    /// Name of the database holding `vshard`, or `None` if it is out of range.
+    pub fn shard_name_of_vshard(&self, vshard: u32) -> Option<&str> {
+        let position = *self.inner.vshard_to_shard.get(vshard as usize)?;
+        Some(self.inner.shards[position].name.as_str())
+    }
+
+    /// Name of the database holding `key`.
+    pub fn shard_name_of(&self, key: &Key) -> &str {
+        &self.shard_of(key).name
+    }
+
+    fn shard_position(&self, key: &Key) -> usize {
+        self.inner.vshard_to_shard[self.vshard_of(key) as usize]
+    }
+
+    fn shard_of(&self, key: &Key) -> &Shard {
+        &self.inner.shards[self.shard_position(key)]
+    }
+
+    /// The row of `key`, if indexed.
+    pub async fn lookup(&self, key: &Key) -> Result<Option<IndexEntry>, IndexError> {
+        let shard = self.shard_of(key);
+        let sql = format!("SELECT {ENTRY_COLUMNS} FROM blobs WHERE blob_key = ?");
+        let row = sqlx::query(&sql)
+            .bind(key.as_bytes().as_slice())
+            .fetch_optional(&shard.pool)
+            .await
+            .map_err(shard.db_err("look up key"))?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let entry = shard.decode_entry(&row, self.inner.vshard_count)?;
+        if entry.key != *key {
+            return Err(shard.corrupt(format!("lookup of {key} returned the row of {}", entry.key)));
+        }
+        Ok(Some(entry))
+    }
+
+    /// The rows of `keys`, in the order of `keys` (`None` where absent).
+    /// One query per physical shard and batch of [`LOOKUP_BATCH_MAX_KEYS`];
+    /// shards are queried concurrently.
+    pub async fn lookup_many(&self, keys: &[Key]) -> Result<Vec<Option<IndexEntry>>, IndexError> {
+        let mut per_shard: Vec<Vec<Key>> = vec![Vec::new(); self.inner.shards.len()];
+        let mut seen = HashSet::with_capacity(keys.len());
+        for key in keys {
+            if seen.insert(*key) {
+                per_shard[self.shard_position(key)].push(*key);
+            }
+        }
+        let mut tasks = JoinSet::new();
+        for (position, shard_keys) in per_shard.into_iter().enumerate() {
+            if shard_keys.is_empty() {
+                continue;
+            }
+            let index = self.clone();
+            tasks.spawn(async move { index.lookup_on_shard(position, &shard_keys).await });
+        }
+        let mut found: HashMap<Key, IndexEntry> = HashMap::with_capacity(seen.len());
+        while let Some(joined) = tasks.join_next().await {
+            let entries = match joined {
+                Ok(result) => result?,
+                Err(e) => match e.try_into_panic() {
+                    Ok(panic) => std::panic::resume_unwind(panic),
+                    Err(_) => return Err(IndexError::Cancelled { op: "lookup_many" }),
+                },
+            };
+            found.extend(entries.into_iter().map(|entry| (entry.key, entry)));
+        }
+        Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
+    }
+
+    async fn lookup_on_shard(&self, position: usize, keys: &[Key]) -> Result<Vec<IndexEntry>, IndexError> {
+        let shard = &self.inner.shards[position];
+        let mut entries = Vec::with_capacity(keys.len());
+        for batch in keys.chunks(LOOKUP_BATCH_MAX_KEYS) {
+            let placeholders = vec!["?"; batch.len()].join(", ");
+            let sql = format!("SELECT {ENTRY_COLUMNS} FROM blobs WHERE blob_key IN ({placeholders})");
+            // Not prepared-and-cached: every batch size is a different statement.
+            let mut query = sqlx::query(&sql).persistent(false);
+            for key in batch {
+                query = query.bind(key.as_bytes().as_slice());
+            }
+            let rows = query
+                .fetch_all(&shard.pool)
+                .await
+                .map_err(shard.db_err("look up keys"))?;
+            let requested: HashSet<&Key> = batch.iter().collect();
+            for row in &rows {
+                let entry = shard.decode_entry(row, self.inner.vshard_count)?;
+                if !requested.contains(&entry.key) {
+                    return Err(shard.corrupt(format!("batch lookup returned unrequested key {}", entry.key)));
+                }
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Indexes `entry` unless its key is already indexed. In one transaction
+    /// on the key's shard: the `blobs` row and, only if it was new, one
+    /// `replication_outbox` row per entry of `outbox_zones`. An existing row
+    /// is never changed; it is returned as [`InsertOutcome::AlreadyPresent`].
+    pub async fn insert(&self, entry: &IndexEntry, outbox_zones: &[String]) -> Result<InsertOutcome, IndexError> {
+        // Validate every value before binding: MySQL's INSERT IGNORE would
+        // turn an out-of-range value into a warning and a clamped row.
+        for zone in outbox_zones {
+            if zone.is_empty() || zone.len() > ZONE_NAME_MAX_BYTES {
+                return Err(IndexError::BadZoneName {
+                    zone: zone.clone(),
+                    max_bytes: ZONE_NAME_MAX_BYTES,
+                });
+            }
+        }
+        let bucket_id = to_i64("bucket_id", entry.bucket_id)?;
+        let length_bytes = to_i64("length_bytes", entry.length_bytes)?;
+        let key = &entry.key;
+        let shard = self.shard_of(key);
+
+        let mut tx = shard.begin_write().await?;
+        let insert = shard
+            .dialect
+            .insert_if_absent("blobs", &BLOB_INSERT_COLUMNS, "blob_key", 1);
+        let rows_affected = sqlx::query(&insert)
+            .bind(key.as_bytes().as_slice())
+            .bind(i64::from(self.vshard_of(key)))
+            .bind(i64::from(entry.cell_id))
+            .bind(bucket_id)
+            .bind(length_bytes)
+            .bind(entry.created_unix_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(shard.db_err("insert blob row"))?
+            .rows_affected();
+        match rows_affected {
+            1 => {
+                if !outbox_zones.is_empty() {
+                    let rows = vec!["(?, ?, ?)"; outbox_zones.len()].join(", ");
+                    let sql = format!(
+                        "INSERT INTO replication_outbox (blob_key, zone, created_unix_ms) VALUES {rows}"
+                    );
+                    let mut query = sqlx::query(&sql).persistent(false);
+                    for zone in outbox_zones {
+                        query = query
+                            .bind(key.as_bytes().as_slice())
+                            .bind(zone.as_str())
+                            .bind(entry.created_unix_ms);
+                    }
+                    query
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(shard.db_err("insert outbox rows"))?;
+                }
+                tx.commit().await.map_err(shard.db_err("commit insert"))?;
+                Ok(InsertOutcome::Inserted)
+            }
+            0 => {
+                let sql = format!("SELECT {ENTRY_COLUMNS} FROM blobs WHERE blob_key = ?");
+                let row = sqlx::query(&sql)
+                    .bind(key.as_bytes().as_slice())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(shard.db_err("read existing blob row"))?;
+                tx.rollback().await.map_err(shard.db_err("roll back insert"))?;
+                let row = row.ok_or_else(|| {
+                    shard.corrupt(format!("insert of {key} was skipped but no row exists"))
+                })?;
+                let existing = shard.decode_entry(&row, self.inner.vshard_count)?;
+                if existing.key != *key {
+                    return Err(shard.corrupt(format!("lookup of {key} returned the row of {}", existing.key)));
+                }
+                Ok(InsertOutcome::AlreadyPresent(existing))
+            }
+            n => Err(shard.corrupt(format!("insert of one row of {key} affected {n} rows"))),
+        }
+    }
+
+    /// Rows waiting in the replication outbox, over all shards.
+    pub async fn outbox_len(&self) -> Result<u64, IndexError> {
+        self.sum_rows("replication_outbox").await
+    }
+
+    /// Indexed keys, over all shards.
+    pub async fn count(&self) -> Result<u64, IndexError> {
+        self.sum_rows("blobs").await
+    }
+
+    async fn sum_rows(&self, table: &'static str) -> Result<u64, IndexError> {
+        let mut total = 0u64;
+        for shard in &self.inner.shards {
+            total += shard.count_rows(table).await?;
+        }
+        Ok(total)
+    }
+
+    /// Closes every pool, waiting for checked-out connections to come back.
+    /// Later calls on this index (or its clones) fail.
+    pub async fn close(&self) {
+        for shard in &self.inner.shards {
+            shard.pool.close().await;
+        }
+    }
+}
+
+/// Checks the config and returns, per shard, its name, dialect and sqlx URL.
+fn validate(cfg: &IndexConfig) -> Result<Vec<(String, Dialect, String)>, IndexError> {
+    if cfg.shards.is_empty() {
+        return Err(IndexError::NoShards);
+    }
+    if cfg.vshard_count == 0 || cfg.vshard_count > MAX_VSHARD_COUNT {
+        return Err(IndexError::BadVshardCount {
+            configured: cfg.vshard_count,
+            max: MAX_VSHARD_COUNT,
+        });
+    }
+    if cfg.max_connections_per_shard == Some(0) {
+        return Err(IndexError::ZeroPoolSize);
+    }
+    let mut names = HashSet::new();
+    let mut targets = Vec::with_capacity(cfg.shards.len());
+    for shard in &cfg.shards {
+        if shard.name.is_empty() || shard.name.len() > SHARD_NAME_MAX_BYTES {
+            return Err(IndexError::BadShardName {
+                name: shard.name.clone(),
+                max_bytes: SHARD_NAME_MAX_BYTES,
+            });
+        }
+        if !names.insert(shard.name.as_str()) {
+            return Err(IndexError::DuplicateShard {
+                name: shard.name.clone(),
+            });
+        }
+        let (dialect, url) = Dialect::from_url(&shard.name, &shard.url)?;
+        targets.push((shard.name.clone(), dialect, url));
+    }
+    Ok(targets)
+}
+
+/// Refuses a database that was created as another shard, or for an index
+/// whose directory was another database: a reordered shard list or a swapped
+/// URL would otherwise silently route keys to the wrong database.
+async fn check_identity(shard: &Shard, directory_name: &str) -> Result<(), IndexError> {
+    let mut tx = shard.begin_write().await?;
+    for (field, expected) in [
+        (META_SHARD_NAME, shard.name.as_str()),
+        (META_DIRECTORY_SHARD, directory_name),
+    ] {
+        let (stored, _created) = shard.claim_meta(&mut tx, field, expected).await?;
+        if stored != expected {
+            return Err(IndexError::ShardIdentityMismatch {
+                configured: shard.name.clone(),
+                field,
+                stored,
+                expected: expected.to_owned(),
+            });
+        }
+    }
+    tx.commit().await.map_err(shard.db_err("commit index_meta"))
+}
+
+fn to_i64(field: &'static str, value: u64) -> Result<i64, IndexError> {
+    i64::try_from(value).map_err(|_| IndexError::ValueOutOfRange { field, value })
+}

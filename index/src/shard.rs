@@ -1,0 +1,197 @@
+//! One physical database: its connection pool, its dialect, and the
+//! row-level helpers every query shares.
+
+use std::time::Duration;
+
+use pocket_proto::Key;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::config::IndexConfig;
+use crate::dialect::Dialect;
+use crate::entry::{vshard_of_key, IndexEntry};
+use crate::error::IndexError;
+
+/// How long a SQLite connection waits for another writer's lock before
+/// failing with SQLITE_BUSY. Inserts hold the lock for one fsync, so 5 s only
+/// runs out when the disk has stalled.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 5_000;
+
+/// `sqlx::Any` backend name of SQLite connections (`<Sqlite as Database>::NAME`).
+const SQLITE_BACKEND_NAME: &str = "SQLite";
+
+/// The columns of an [`IndexEntry`], in the order `decode_entry` reads them.
+/// The key is read back as hex: `sqlx::Any` maps MySQL's `BINARY(32)` to text
+/// and would reject bytes that are not UTF-8; `HEX()` exists in both dialects.
+pub(crate) const ENTRY_COLUMNS: &str =
+    "HEX(blob_key) AS key_hex, vshard, cell_id, bucket_id, length_bytes, created_unix_ms";
+
+#[derive(Debug)]
+pub(crate) struct Shard {
+    pub(crate) name: String,
+    pub(crate) dialect: Dialect,
+    pub(crate) pool: AnyPool,
+}
+
+impl Shard {
+    /// Connects to `url` (already normalised by [`Dialect::from_url`]) and
+    /// brings its schema up to date.
+    pub(crate) async fn connect(
+        cfg: &IndexConfig,
+        name: &str,
+        dialect: Dialect,
+        url: &str,
+    ) -> Result<Shard, IndexError> {
+        let max_connections = cfg
+            .max_connections_per_shard
+            .unwrap_or_else(|| dialect.default_max_connections());
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            .after_connect(|conn, _meta| {
+                Box::pin(async move {
+                    if conn.backend_name().eq_ignore_ascii_case(SQLITE_BACKEND_NAME) {
+                        // WAL: readers never block the writer. synchronous=FULL:
+                        // a committed (acked) index row survives power loss.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        let busy = format!("PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}");
+                        conn.execute(busy.as_str()).await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(url)
+            .await
+            .map_err(|source| IndexError::Database {
+                shard: name.to_owned(),
+                op: "connect",
+                source,
+            })?;
+        dialect
+            .migrator()
+            .run(&pool)
+            .await
+            .map_err(|source| IndexError::Migrate {
+                shard: name.to_owned(),
+                source,
+            })?;
+        Ok(Shard {
+            name: name.to_owned(),
+            dialect,
+            pool,
+        })
+    }
+
+    /// Maps a sqlx error of operation `op` (a verb phrase) on this shard.
+    pub(crate) fn db_err(&self, op: &'static str) -> impl FnOnce(sqlx::Error) -> IndexError + '_ {
+        move |source| IndexError::Database {
+            shard: self.name.clone(),
+            op,
+            source,
+        }
+    }
+
+    pub(crate) fn corrupt(&self, detail: String) -> IndexError {
+        IndexError::CorruptRow {
+            shard: self.name.clone(),
+            detail,
+        }
+    }
+
+    /// Opens a transaction that will write (see [`Dialect::begin_write`]).
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, IndexError> {
+        self.pool
+            .begin_with(self.dialect.begin_write())
+            .await
+            .map_err(self.db_err("begin transaction"))
+    }
+
+    /// Reads column `name` of `row`; a NULL or mistyped value is corruption.
+    pub(crate) fn column<'r, T>(&self, row: &'r AnyRow, name: &str) -> Result<T, IndexError>
+    where
+        T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+    {
+        row.try_get(name)
+            .map_err(|e| self.corrupt(format!("column {name}: {e}")))
+    }
+
+    /// Reads a column that must hold a non-negative value.
+    pub(crate) fn unsigned_column<T>(&self, row: &AnyRow, name: &str) -> Result<T, IndexError>
+    where
+        T: TryFrom<i64>,
+    {
+        let value: i64 = self.column(row, name)?;
+        T::try_from(value).map_err(|_| {
+            self.corrupt(format!(
+                "column {name} = {value} is out of range for {}",
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+
+    /// Decodes a row selected with [`ENTRY_COLUMNS`], checking that the key is
+    /// 32 bytes and that it is stored under the vshard it hashes to.
+    pub(crate) fn decode_entry(&self, row: &AnyRow, vshard_count: u32) -> Result<IndexEntry, IndexError> {
+        let key_hex: String = self.column(row, "key_hex")?;
+        let key_bytes = hex::decode(&key_hex)
+            .map_err(|e| self.corrupt(format!("blob_key {key_hex:?} is not hex: {e}")))?;
+        let key = Key::from_slice(&key_bytes)
+            .map_err(|e| self.corrupt(format!("blob_key {key_hex}: {e}")))?;
+        let stored_vshard: u32 = self.unsigned_column(row, "vshard")?;
+        let expected_vshard = vshard_of_key(&key, vshard_count);
+        if stored_vshard != expected_vshard {
+            return Err(self.corrupt(format!(
+                "key {key} is stored with vshard {stored_vshard}, but hashes to vshard {expected_vshard}"
+            )));
+        }
+        Ok(IndexEntry {
+            key,
+            cell_id: self.unsigned_column(row, "cell_id")?,
+            bucket_id: self.unsigned_column(row, "bucket_id")?,
+            length_bytes: self.unsigned_column(row, "length_bytes")?,
+            created_unix_ms: self.column(row, "created_unix_ms")?,
+        })
+    }
+
+    /// `SELECT COUNT(*)` of `table` (a constant, never user input).
+    pub(crate) async fn count_rows(&self, table: &'static str) -> Result<u64, IndexError> {
+        let sql = format!("SELECT COUNT(*) AS n FROM {table}");
+        let row = sqlx::query(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.db_err("count rows"))?;
+        self.unsigned_column(&row, "n")
+    }
+
+    /// Records `name = value` in this database's `index_meta` unless a value
+    /// is already there, and returns the stored value. Used for facts fixed
+    /// at creation; concurrent first opens all see the first writer's value.
+    pub(crate) async fn claim_meta(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        name: &str,
+        value: &str,
+    ) -> Result<(String, bool), IndexError> {
+        let insert = self
+            .dialect
+            .insert_if_absent("index_meta", &["name", "value"], "name", 1);
+        let inserted = sqlx::query(&insert)
+            .bind(name)
+            .bind(value)
+            .execute(&mut **tx)
+            .await
+            .map_err(self.db_err("write index_meta"))?
+            .rows_affected()
+            == 1;
+        let row = sqlx::query("SELECT value FROM index_meta WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut **tx)
+            .await
+            .map_err(self.db_err("read index_meta"))?
+            .ok_or_else(|| self.corrupt(format!("index_meta {name:?} is missing after insert")))?;
+        let stored: String = self.column(&row, "value")?;
+        Ok((stored, inserted))
+    }
+}

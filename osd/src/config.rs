@@ -1,0 +1,123 @@
+//! The OSD's configuration (TOML) and the identity file that ties a disk to
+//! the OSD that owns it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::store::StoreOptions;
+
+/// Name of the file in each disk directory that records the owning OSD.
+pub const OSD_ID_FILE: &str = "OSD_ID";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OsdConfig {
+    /// This OSD's id, unique in its cell. Written into each disk on first use;
+    /// a disk that belongs to another OSD is refused.
+    pub osd_id: u64,
+    /// Disk directories this OSD owns (one extent store each).
+    pub disks: Vec<PathBuf>,
+    /// The cell coordinator's gRPC address (`host:port`).
+    pub coordinator: String,
+    /// Address to listen on for gRPC; port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Address to listen on for `/metrics` and `/healthz`; port 0 picks a free port.
+    #[serde(default = "default_listen")]
+    pub http_listen: String,
+    /// Address other daemons use to reach this OSD; defaults to the bound gRPC address.
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
+    /// Failure domain (host, rack) used by placement; defaults to `osd-<id>`.
+    #[serde(default)]
+    pub failure_domain: Option<String>,
+    /// Largest record this OSD accepts: the cell's maximum blob size.
+    #[serde(default = "default_max_blob_size_bytes")]
+    pub max_blob_size_bytes: u64,
+    /// Blob bytes buffered in appends and reads at once; beyond it calls wait.
+    /// 256 MiB: eight maximum-size blobs, well inside a small machine's memory.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: u64,
+    /// Concurrent requests per connection (HTTP/2 streams served at once).
+    #[serde(default = "default_max_concurrent_requests_per_connection")]
+    pub max_concurrent_requests_per_connection: usize,
+    /// Upper bound for any single request, including a whole append stream.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// Most bytes of appends gathered into one fdatasync (group commit).
+    #[serde(default = "default_group_commit_max_bytes")]
+    pub group_commit_max_bytes: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:0".to_string()
+}
+fn default_max_blob_size_bytes() -> u64 {
+    pocket_proto::DEFAULT_MAX_BLOB_SIZE_BYTES
+}
+fn default_max_inflight_bytes() -> u64 {
+    256 * 1024 * 1024
+}
+fn default_max_concurrent_requests_per_connection() -> usize {
+    64
+}
+fn default_request_timeout_ms() -> u64 {
+    60_000
+}
+fn default_group_commit_max_bytes() -> u64 {
+    64 * 1024 * 1024
+}
+
+impl OsdConfig {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.disks.is_empty() {
+            bail!("osd config: `disks` must name at least one directory");
+        }
+        if self.max_blob_size_bytes == 0 || self.max_blob_size_bytes > 1 << 30 {
+            bail!("osd config: max_blob_size_bytes must be between 1 and 1 GiB");
+        }
+        if self.max_inflight_bytes < self.max_blob_size_bytes {
+            bail!("osd config: max_inflight_bytes must be at least max_blob_size_bytes");
+        }
+        Ok(())
+    }
+
+    pub fn failure_domain(&self) -> String {
+        self.failure_domain.clone().unwrap_or_else(|| format!("osd-{}", self.osd_id))
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            max_record_bytes: self.max_blob_size_bytes,
+            group_commit_max_bytes: self.group_commit_max_bytes,
+            ..StoreOptions::default()
+        }
+    }
+}
+
+/// Records `osd_id` as the owner of `disk` (creating the directory), or
+/// checks that it already is.
+pub fn claim_disk(disk: &Path, osd_id: u64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(disk).with_context(|| format!("create disk directory {}", disk.display()))?;
+    let path = disk.join(OSD_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let owner: u64 = text.trim().parse().with_context(|| format!("parse {}", path.display()))?;
+            if owner != osd_id {
+                bail!("disk {} belongs to OSD {owner}, not {osd_id}", disk.display());
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = disk.join(format!("{OSD_ID_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{osd_id}\n")).context("write OSD id file")?;
+            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).context("sync OSD id file")?;
+            std::fs::rename(&tmp, &path).context("install OSD id file")?;
+            std::fs::File::open(disk).and_then(|d| d.sync_all()).context("sync disk directory")?;
+            Ok(())
+        }
+        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+    }
+}

@@ -1,0 +1,207 @@
+//! The OSD's gRPC edge: converts wire messages to store calls and store
+//! errors to statuses. The only module of this crate that touches prost types.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use pocket_proto::{pb, BodyCollector, ByteBudget, Key, CHUNK_SIZE_BYTES, EXTENT_FULL_PREFIX, MAX_MESSAGE_SIZE_BYTES};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::config::OsdConfig;
+use crate::store::{AppendOutcome, Store, StoreError};
+
+/// Smallest extent the coordinator may ask for: room for a header and a record.
+const MIN_EXTENT_SIZE_BYTES: u64 = 64 * 1024;
+/// Largest extent the coordinator may ask for (prod uses 1 GiB).
+const MAX_EXTENT_SIZE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+/// Most extents one ExtentStatus call may ask about.
+const MAX_STATUS_BATCH: usize = 10_000;
+/// Most keys one Has call may ask about.
+const MAX_HAS_BATCH: usize = 10_000;
+
+pub struct OsdService {
+    store: Store,
+    budget: ByteBudget,
+    max_blob_size_bytes: u64,
+}
+
+impl OsdService {
+    pub fn new(store: Store, config: &OsdConfig) -> OsdService {
+        OsdService {
+            store,
+            budget: ByteBudget::new(config.max_inflight_bytes),
+            max_blob_size_bytes: config.max_blob_size_bytes,
+        }
+    }
+
+    pub fn into_server(self) -> pb::osd_server::OsdServer<OsdService> {
+        pb::osd_server::OsdServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_SIZE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE_BYTES)
+    }
+}
+
+fn status_of(error: StoreError) -> Status {
+    let message = error.to_string();
+    match error {
+        StoreError::UnknownExtent(_) | StoreError::NotFound { .. } => Status::not_found(message),
+        // Frontends recognise a full extent by this prefix and close its volume.
+        StoreError::ExtentFull { .. } => Status::resource_exhausted(format!("{EXTENT_FULL_PREFIX}: {message}")),
+        StoreError::Sealed(_) => Status::failed_precondition(message),
+        StoreError::TooLarge { .. } => Status::invalid_argument(message),
+        StoreError::Corrupt { .. } => Status::data_loss(message),
+        StoreError::ShuttingDown => Status::unavailable(message),
+        _ => {
+            tracing::error!(error = %message, "OSD store failure");
+            Status::internal(message)
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+        .map_err(status_of)
+}
+
+type ReadStream = Pin<Box<dyn Stream<Item = Result<pb::ReadResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::osd_server::Osd for OsdService {
+    async fn create_extent(
+        &self,
+        request: Request<pb::CreateExtentRequest>,
+    ) -> Result<Response<pb::CreateExtentResponse>, Status> {
+        let request = request.into_inner();
+        if !(MIN_EXTENT_SIZE_BYTES..=MAX_EXTENT_SIZE_BYTES).contains(&request.max_size_bytes) {
+            return Err(Status::invalid_argument(format!(
+                "max_size_bytes must be between {MIN_EXTENT_SIZE_BYTES} and {MAX_EXTENT_SIZE_BYTES}"
+            )));
+        }
+        let store = self.store.clone();
+        blocking(move || store.create_extent(request.extent_id, request.max_size_bytes)).await?;
+        Ok(Response::new(pb::CreateExtentResponse {}))
+    }
+
+    #[tracing::instrument(name = "osd.append", skip_all, fields(extent, key, bytes))]
+    async fn append(&self, request: Request<Streaming<pb::AppendRequest>>) -> Result<Response<pb::AppendResponse>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(pb::AppendRequest { part: Some(pb::append_request::Part::Header(header)) }) => header,
+            Some(_) => return Err(Status::invalid_argument("the first message of an append must be its header")),
+            None => return Err(Status::invalid_argument("empty append stream")),
+        };
+        let key = Key::from_slice(&header.key)?;
+        if header.length_bytes > self.max_blob_size_bytes {
+            return Err(Status::invalid_argument(format!(
+                "record of {} bytes exceeds the maximum of {}",
+                header.length_bytes, self.max_blob_size_bytes
+            )));
+        }
+        let span = tracing::Span::current();
+        span.record("extent", header.extent_id);
+        span.record("key", tracing::field::display(&key));
+        span.record("bytes", header.length_bytes);
+        let _permit = self.budget.reserve(header.length_bytes).await?;
+        let mut body = BodyCollector::new(header.length_bytes);
+        while let Some(message) = stream.message().await? {
+            match message.part {
+                Some(pb::append_request::Part::Chunk(chunk)) => body.push(&chunk)?,
+                _ => return Err(Status::invalid_argument("only chunks may follow the header")),
+            }
+        }
+        let data = body.finish()?;
+        let outcome = self.store.append(header.extent_id, key, data).await.map_err(status_of)?;
+        metrics::counter!("pocket_osd_appends_total").increment(1);
+        metrics::counter!("pocket_osd_append_bytes_total").increment(header.length_bytes);
+        let response = match outcome {
+            AppendOutcome::Appended { offset } => pb::AppendResponse { offset, already_present: false },
+            AppendOutcome::AlreadyPresent { offset } => pb::AppendResponse { offset, already_present: true },
+        };
+        Ok(Response::new(response))
+    }
+
+    type ReadStream = ReadStream;
+
+    #[tracing::instrument(name = "osd.read", skip_all, fields(extent, key))]
+    async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        let request = request.into_inner();
+        let key = Key::from_slice(&request.key)?;
+        tracing::Span::current().record("extent", request.extent_id);
+        tracing::Span::current().record("key", tracing::field::display(&key));
+        // The record's length is unknown until it is located; reserve the
+        // maximum so that concurrent reads cannot exceed the budget.
+        let permit = self.budget.reserve(self.max_blob_size_bytes).await?;
+        let data = self.store.read(request.extent_id, &key).await.map_err(|e| {
+            if matches!(e, StoreError::Corrupt { .. }) {
+                metrics::counter!("pocket_osd_corrupt_reads_total").increment(1);
+            }
+            status_of(e)
+        })?;
+        metrics::counter!("pocket_osd_reads_total").increment(1);
+        metrics::counter!("pocket_osd_read_bytes_total").increment(data.len() as u64);
+        Ok(Response::new(chunked(data, permit)))
+    }
+
+    async fn seal(&self, request: Request<pb::SealRequest>) -> Result<Response<pb::SealResponse>, Status> {
+        let info = self.store.seal(request.into_inner().extent_id).await.map_err(status_of)?;
+        Ok(Response::new(pb::SealResponse { size_bytes: info.size_bytes, record_count: info.record_count }))
+    }
+
+    async fn has(&self, request: Request<pb::HasRequest>) -> Result<Response<pb::HasResponse>, Status> {
+        let request = request.into_inner();
+        if request.keys.len() > MAX_HAS_BATCH {
+            return Err(Status::invalid_argument(format!("at most {MAX_HAS_BATCH} keys per call")));
+        }
+        let keys = request.keys.iter().map(|k| Key::from_slice(k)).collect::<Result<Vec<_>, _>>()?;
+        let store = self.store.clone();
+        let present = blocking(move || {
+            keys.iter().map(|key| store.has(request.extent_id, key)).collect::<Result<Vec<bool>, StoreError>>()
+        })
+        .await?;
+        Ok(Response::new(pb::HasResponse { present }))
+    }
+
+    async fn extent_status(
+        &self,
+        request: Request<pb::ExtentStatusRequest>,
+    ) -> Result<Response<pb::ExtentStatusResponse>, Status> {
+        let ids = request.into_inner().extent_ids;
+        if ids.len() > MAX_STATUS_BATCH {
+            return Err(Status::invalid_argument(format!("at most {MAX_STATUS_BATCH} extents per call")));
+        }
+        let mut extents = Vec::with_capacity(ids.len());
+        for id in ids {
+            let info = self.store.extent_info(id).map_err(status_of)?;
+            extents.push(match info {
+                Some(info) => pb::ExtentInfo {
+                    extent_id: id,
+                    found: true,
+                    sealed: info.sealed,
+                    size_bytes: info.size_bytes,
+                    record_count: info.record_count,
+                },
+                None => pb::ExtentInfo { extent_id: id, found: false, ..Default::default() },
+            });
+        }
+        Ok(Response::new(pb::ExtentStatusResponse { extents }))
+    }
+}
+
+/// Streams `data` in chunks, holding `permit` until the last chunk is sent.
+fn chunked(data: Bytes, permit: tokio::sync::OwnedSemaphorePermit) -> ReadStream {
+    let total = data.len() as u64;
+    let chunk_count = data.len().div_ceil(CHUNK_SIZE_BYTES).max(1);
+    let stream = futures::stream::iter(0..chunk_count).map(move |index| {
+        let _hold = &permit;
+        let start = index * CHUNK_SIZE_BYTES;
+        let end = (start + CHUNK_SIZE_BYTES).min(data.len());
+        Ok(pb::ReadResponse {
+            blob_length_bytes: if index == 0 { total } else { 0 },
+            chunk: data.slice(start..end),
+        })
+    });
+    Box::pin(stream)
+}

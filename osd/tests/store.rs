@@ -1,0 +1,710 @@
+//! Integration tests of the OSD storage engine on temporary disk directories:
+//! the append/read/seal API, group commit, and crash recovery from torn
+//! tails, flipped bits and lost or damaged metadata.
+
+use std::fs::{self, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{ensure, Context, Result};
+use bytes::Bytes;
+use pocket_osd::extent::{self, EXTENT_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN};
+use pocket_osd::meta::{self, ExtentMeta, ExtentState};
+use pocket_osd::store::{AppendOutcome, ExtentInfo, Store, StoreError, StoreOptions};
+use pocket_proto::{ExtentId, Key};
+
+const MIB: u64 = 1024 * 1024;
+
+fn opts() -> StoreOptions {
+    StoreOptions { max_record_bytes: MIB, group_commit_max_bytes: 4 * MIB, append_queue_depth: 16 }
+}
+
+/// Deterministic pseudo-random blob number `seed`, `len` bytes, and its key.
+fn blob(seed: u64, len: usize) -> (Key, Bytes) {
+    let mut data = vec![0u8; len];
+    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut data);
+    (Key::of(&data), Bytes::from(data))
+}
+
+struct Disks {
+    _tmp: tempfile::TempDir,
+    dirs: Vec<PathBuf>,
+}
+
+fn disks(n: usize) -> Result<Disks> {
+    let tmp = tempfile::tempdir()?;
+    let dirs = (0..n).map(|i| tmp.path().join(format!("disk{i}"))).collect();
+    Ok(Disks { _tmp: tmp, dirs })
+}
+
+impl Disks {
+    fn open(&self) -> Result<Store> {
+        Ok(Store::open(&self.dirs, opts())?)
+    }
+
+    /// Path of extent `id`'s file, on whichever disk holds it.
+    fn extent_path(&self, id: ExtentId) -> Result<PathBuf> {
+        self.dirs
+            .iter()
+            .map(|d| d.join("extents").join(extent::extent_file_name(id)))
+            .find(|p| p.exists())
+            .with_context(|| format!("no file for extent {id}"))
+    }
+
+    fn disk_of(&self, id: ExtentId) -> Result<PathBuf> {
+        let path = self.extent_path(id)?;
+        Ok(path.parent().and_then(Path::parent).context("disk dir")?.to_path_buf())
+    }
+
+    fn delete_meta(&self) -> Result<()> {
+        for d in &self.dirs {
+            fs::remove_dir_all(d.join("meta"))?;
+        }
+        Ok(())
+    }
+}
+
+fn file_len(path: &Path) -> Result<u64> {
+    Ok(fs::metadata(path)?.len())
+}
+
+/// Appends `count` blobs of `len` bytes (seeds from `first_seed`) and returns (key, data, offset).
+async fn fill(store: &Store, id: ExtentId, first_seed: u64, count: u64, len: usize) -> Result<Vec<(Key, Bytes, u64)>> {
+    let mut out = Vec::new();
+    for seed in first_seed..first_seed + count {
+        let (key, data) = blob(seed, len);
+        match store.append(id, key, data.clone()).await? {
+            AppendOutcome::Appended { offset } => out.push((key, data, offset)),
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    Ok(out)
+}
+
+async fn assert_readable(store: &Store, id: ExtentId, records: &[(Key, Bytes, u64)]) -> Result<()> {
+    for (key, data, _) in records {
+        let got = store.read(id, key).await.with_context(|| format!("read {key:?} from extent {id}"))?;
+        ensure!(got == *data, "extent {id}: data of {key:?} differs");
+        ensure!(store.has(id, key)?, "extent {id}: has({key:?}) is false");
+    }
+    Ok(())
+}
+
+fn info(store: &Store, id: ExtentId) -> Result<ExtentInfo> {
+    store.extent_info(id)?.with_context(|| format!("extent {id} missing"))
+}
+
+#[tokio::test]
+async fn append_and_read_across_extents_and_disks() -> Result<()> {
+    let d = disks(2)?;
+    let store = d.open()?;
+    for id in 1..=4 {
+        store.create_extent(id, 4 * MIB)?;
+    }
+    // Placement: fewest extents first, so two per disk.
+    let per_disk: Vec<u64> = store.disks().iter().map(|x| x.extent_count).collect();
+    assert_eq!(per_disk, vec![2, 2]);
+    assert_ne!(store.disks()[0].uuid, store.disks()[1].uuid);
+
+    let mut all = Vec::new();
+    for id in 1..=4 {
+        let records = fill(&store, id, id * 100, 5, 1000 + id as usize).await?;
+        // Records are laid out back to back after the header.
+        let mut expected = EXTENT_HEADER_LEN as u64;
+        for (_, data, offset) in &records {
+            assert_eq!(*offset, expected);
+            expected += (RECORD_HEADER_LEN + data.len()) as u64;
+        }
+        let i = info(&store, id)?;
+        assert_eq!(i, ExtentInfo { id, sealed: false, size_bytes: expected, record_count: 5, max_size_bytes: 4 * MIB });
+        assert_eq!(file_len(&d.extent_path(id)?)?, expected);
+        all.push((id, records));
+    }
+    for (id, records) in &all {
+        assert_readable(&store, *id, records).await?;
+    }
+    // A key of another extent is not in this one.
+    let other = all[1].1[0].0;
+    assert!(!store.has(1, &other)?);
+    assert!(matches!(store.read(1, &other).await, Err(StoreError::NotFound { extent: 1, .. })));
+    assert!(matches!(store.read(99, &other).await, Err(StoreError::UnknownExtent(99))));
+    assert!(matches!(store.append(99, other, Bytes::from_static(b"x")).await, Err(StoreError::UnknownExtent(99))));
+
+    let listed: Vec<ExtentId> = store.list_extents().iter().map(|e| e.id).collect();
+    assert_eq!(listed, vec![1, 2, 3, 4]);
+    let used: u64 = store.list_extents().iter().map(|e| e.size_bytes).sum();
+    assert_eq!(store.used_bytes(), used);
+    assert!(store.capacity_bytes() > 0);
+    // Both disks share one filesystem here: capacity counts it once.
+    assert_eq!(store.capacity_bytes(), store.disks()[0].capacity_bytes);
+    // The disk identity exists and survives a restart.
+    let uuids: Vec<u128> = store.disks().iter().map(|x| x.uuid).collect();
+    drop(store);
+    let identity = fs::read_to_string(d.dirs[0].join("POCKET_DISK"))?;
+    assert!(identity.starts_with("pocket-disk\nformat_version=1\nuuid="));
+    let store = d.open()?;
+    assert_eq!(store.disks().iter().map(|x| x.uuid).collect::<Vec<_>>(), uuids);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_are_group_committed_and_all_readable() -> Result<()> {
+    let d = disks(2)?;
+    let store = d.open()?;
+    for id in 1..=3 {
+        store.create_extent(id, 64 * MIB)?;
+    }
+    let mut tasks = Vec::new();
+    for seed in 0..300u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = 1 + seed % 3;
+            let (key, data) = blob(seed, 1 + (seed as usize * 37) % 5000);
+            let outcome = store.append(id, key, data.clone()).await?;
+            anyhow::Ok((id, key, data, outcome))
+        }));
+    }
+    let mut by_extent: std::collections::HashMap<ExtentId, Vec<(Key, Bytes, u64)>> = Default::default();
+    for t in tasks {
+        let (id, key, data, outcome) = t.await??;
+        let AppendOutcome::Appended { offset } = outcome else { anyhow::bail!("unexpected {outcome:?}") };
+        by_extent.entry(id).or_default().push((key, data, offset));
+    }
+    for (id, mut records) in by_extent {
+        assert_eq!(records.len(), 100);
+        // Offsets tile the extent: no two records overlap, no gaps.
+        records.sort_by_key(|r| r.2);
+        let mut expected = EXTENT_HEADER_LEN as u64;
+        for (_, data, offset) in &records {
+            assert_eq!(*offset, expected);
+            expected += (RECORD_HEADER_LEN + data.len()) as u64;
+        }
+        assert_eq!(info(&store, id)?.record_count, 100);
+        assert_eq!(info(&store, id)?.size_bytes, expected);
+        assert_readable(&store, id, &records).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_already_in_the_extent_is_not_written_again() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(1, 4 * MIB)?;
+    let (key, data) = blob(1, 3000);
+    let first = store.append(1, key, data.clone()).await?;
+    assert_eq!(first, AppendOutcome::Appended { offset: EXTENT_HEADER_LEN as u64 });
+    let size = info(&store, 1)?.size_bytes;
+    let again = store.append(1, key, data.clone()).await?;
+    assert_eq!(again, AppendOutcome::AlreadyPresent { offset: EXTENT_HEADER_LEN as u64 });
+    assert_eq!(info(&store, 1)?.size_bytes, size);
+
+    // Many concurrent appends of one new key: exactly one writes it.
+    let (key2, data2) = blob(2, 3000);
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let store = store.clone();
+            let data2 = data2.clone();
+            tokio::spawn(async move { store.append(1, key2, data2).await })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await??);
+    }
+    let appended: Vec<_> = outcomes.iter().filter(|o| matches!(o, AppendOutcome::Appended { .. })).collect();
+    assert_eq!(appended.len(), 1);
+    let offset = appended[0].offset();
+    assert!(outcomes.iter().all(|o| o.offset() == offset));
+    assert_eq!(info(&store, 1)?.record_count, 2);
+    assert_eq!(info(&store, 1)?.size_bytes, size + (RECORD_HEADER_LEN + 3000) as u64);
+    assert_eq!(store.read(1, &key2).await?, data2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn full_extents_and_oversized_blobs_are_refused() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    let record = (RECORD_HEADER_LEN + 100) as u64;
+    let max = EXTENT_HEADER_LEN as u64 + 2 * record;
+    store.create_extent(1, max)?;
+    fill(&store, 1, 0, 2, 100).await?;
+    assert_eq!(info(&store, 1)?.size_bytes, max);
+    let (key, data) = blob(9, 100);
+    match store.append(1, key, data).await {
+        Err(StoreError::ExtentFull { extent: 1, size_bytes, record_bytes, max_size_bytes }) => {
+            assert_eq!((size_bytes, record_bytes, max_size_bytes), (max, record, max));
+        }
+        other => anyhow::bail!("expected ExtentFull, got {other:?}"),
+    }
+    // Even an empty blob no longer fits.
+    let (key, data) = blob(10, 0);
+    assert!(matches!(store.append(1, key, data).await, Err(StoreError::ExtentFull { .. })));
+    assert_eq!(file_len(&d.extent_path(1)?)?, max);
+
+    store.create_extent(2, 16 * MIB)?;
+    let (key, data) = blob(11, MIB as usize + 1);
+    assert!(matches!(
+        store.append(2, key, data).await,
+        Err(StoreError::TooLarge { len_bytes, max_bytes }) if len_bytes == MIB + 1 && max_bytes == MIB
+    ));
+    let (key, data) = blob(12, MIB as usize);
+    assert!(matches!(store.append(2, key, data).await?, AppendOutcome::Appended { .. }));
+    Ok(())
+}
+
+#[tokio::test]
+async fn create_extent_is_idempotent_and_validates() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(5, MIB)?;
+    let records = fill(&store, 5, 0, 1, 10).await?;
+    store.create_extent(5, MIB)?;
+    assert_eq!(info(&store, 5)?.record_count, 1, "re-creating must not reset the extent");
+    assert_readable(&store, 5, &records).await?;
+    assert!(matches!(store.create_extent(5, 2 * MIB), Err(StoreError::ExtentConflict { extent: 5, .. })));
+    assert!(matches!(store.create_extent(6, 10), Err(StoreError::BadMaxSize { extent: 6, .. })));
+    assert_eq!(store.extent_info(6)?, None);
+    let header = fs::read(d.extent_path(5)?)?;
+    let decoded = extent::ExtentHeader::decode(&header)?;
+    assert_eq!((decoded.extent_id, decoded.max_size_bytes), (5, MIB));
+    Ok(())
+}
+
+#[tokio::test]
+async fn seal_writes_a_footer_and_refuses_appends() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(1, 4 * MIB)?;
+    let records = fill(&store, 1, 0, 3, 777).await?;
+    let records_end = info(&store, 1)?.size_bytes;
+    let sealed = store.seal(1).await?;
+    assert_eq!(sealed.record_count, 3);
+    assert_eq!(sealed.size_bytes, records_end + 3 * extent::INDEX_ENTRY_LEN as u64 + TRAILER_LEN as u64);
+    let path = d.extent_path(1)?;
+    assert_eq!(file_len(&path)?, sealed.size_bytes);
+    assert_eq!(store.seal(1).await?, sealed, "seal is idempotent");
+    let (key, data) = blob(50, 10);
+    assert!(matches!(store.append(1, key, data).await, Err(StoreError::Sealed(1))));
+    // A key already present is still refused as sealed, not reported present: the extent is closed.
+    assert!(matches!(store.append(1, records[0].0, records[0].1.clone()).await, Err(StoreError::Sealed(1))));
+    assert_readable(&store, 1, &records).await?;
+    let i = info(&store, 1)?;
+    assert!(i.sealed);
+    assert_eq!(i.size_bytes, sealed.size_bytes);
+
+    // The footer, from the file's last bytes, lists exactly the records.
+    let bytes = fs::read(&path)?;
+    let trailer = extent::Trailer::decode(&bytes)?;
+    assert_eq!(trailer.index_offset, records_end);
+    let (_, entries) = extent::decode_footer(&bytes[records_end as usize..])?;
+    let expected: Vec<(Key, u64, u64)> = records.iter().map(|(k, d, o)| (*k, *o, d.len() as u64)).collect();
+    let got: Vec<(Key, u64, u64)> = entries.iter().map(|e| (e.key, e.offset, e.data_len)).collect();
+    assert_eq!(got, expected);
+
+    // An empty extent seals too.
+    store.create_extent(2, MIB)?;
+    let empty = store.seal(2).await?;
+    assert_eq!(empty.record_count, 0);
+    assert_eq!(empty.size_bytes, (EXTENT_HEADER_LEN + TRAILER_LEN) as u64);
+
+    // Sealed survives a restart.
+    drop(store);
+    let store = d.open()?;
+    assert_eq!(info(&store, 1)?, i);
+    assert!(info(&store, 2)?.sealed);
+    assert_readable(&store, 1, &records).await?;
+    let (key, data) = blob(51, 10);
+    assert!(matches!(store.append(1, key, data).await, Err(StoreError::Sealed(1))));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn seal_orders_after_queued_appends() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(1, 16 * MIB)?;
+    let tasks: Vec<_> = (0..40u64)
+        .map(|seed| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let (key, data) = blob(seed, 20_000);
+                (key, store.append(1, key, data).await)
+            })
+        })
+        .collect();
+    let sealed = store.seal(1).await?;
+    let mut appended = Vec::new();
+    for t in tasks {
+        let (key, result) = t.await?;
+        match result {
+            Ok(AppendOutcome::Appended { offset }) => appended.push((key, offset)),
+            Err(StoreError::Sealed(1)) => {}
+            other => anyhow::bail!("unexpected {other:?}"),
+        }
+    }
+    // Every acknowledged append is in the footer; nothing else is.
+    assert_eq!(sealed.record_count, appended.len() as u64);
+    let bytes = fs::read(d.extent_path(1)?)?;
+    let trailer = extent::Trailer::decode(&bytes)?;
+    let (_, entries) = extent::decode_footer(&bytes[trailer.index_offset as usize..])?;
+    appended.sort_by_key(|a| a.1);
+    assert_eq!(entries.iter().map(|e| (e.key, e.offset)).collect::<Vec<_>>(), appended);
+    Ok(())
+}
+
+#[tokio::test]
+async fn restart_keeps_everything_and_appends_continue() -> Result<()> {
+    let d = disks(2)?;
+    let store = d.open()?;
+    store.create_extent(1, 4 * MIB)?;
+    store.create_extent(2, 4 * MIB)?;
+    let mut r1 = fill(&store, 1, 0, 4, 5000).await?;
+    let r2 = fill(&store, 2, 100, 4, 5000).await?;
+    let before = store.list_extents();
+    drop(store);
+
+    let store = d.open()?;
+    assert_eq!(store.list_extents(), before);
+    assert_readable(&store, 1, &r1).await?;
+    assert_readable(&store, 2, &r2).await?;
+    let more = fill(&store, 1, 200, 2, 5000).await?;
+    assert_eq!(more[0].2, before[0].size_bytes, "appends continue at the old end");
+    r1.extend(more);
+    drop(store);
+    let store = d.open()?;
+    assert_readable(&store, 1, &r1).await?;
+    assert_eq!(info(&store, 1)?.record_count, 6);
+    Ok(())
+}
+
+#[tokio::test]
+async fn shutdown_drains_then_refuses_writes() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(1, MIB)?;
+    let records = fill(&store, 1, 0, 2, 100).await?;
+    store.shutdown();
+    store.shutdown();
+    let (key, data) = blob(9, 10);
+    assert!(matches!(store.append(1, key, data).await, Err(StoreError::ShuttingDown)));
+    assert!(matches!(store.seal(1).await, Err(StoreError::ShuttingDown)));
+    assert_readable(&store, 1, &records).await?;
+    Ok(())
+}
+
+/// Writes the start of a record that never completed after the last record:
+/// a valid header announcing `data_len` bytes, then only `written` of them.
+fn write_partial_record(path: &Path, data_len: usize, written: usize) -> Result<u64> {
+    let (key, data) = blob(999_999, data_len);
+    let f = OpenOptions::new().write(true).open(path)?;
+    let at = f.metadata()?.len();
+    f.write_all_at(&extent::RecordHeader::for_blob(key, &data).encode(), at)?;
+    f.write_all_at(&data[..written], at + RECORD_HEADER_LEN as u64)?;
+    Ok(at)
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_and_appends_resume() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    for id in 1..=3 {
+        store.create_extent(id, 4 * MIB)?;
+    }
+    let r1 = fill(&store, 1, 0, 3, 2000).await?;
+    let r2 = fill(&store, 2, 10, 3, 2000).await?;
+    let r3 = fill(&store, 3, 20, 3, 2000).await?;
+    let end = info(&store, 1)?.size_bytes;
+    drop(store);
+
+    // 1: a record cut mid-data. 2: garbage after the last record.
+    // 3: a record header cut in the middle.
+    let p1 = d.extent_path(1)?;
+    write_partial_record(&p1, 3000, 1000)?;
+    let p2 = d.extent_path(2)?;
+    let f = OpenOptions::new().write(true).open(&p2)?;
+    f.write_all_at(&[0x5Au8; 777], end)?;
+    let p3 = d.extent_path(3)?;
+    let at = write_partial_record(&p3, 3000, 0)?;
+    OpenOptions::new().write(true).open(&p3)?.set_len(at + 20)?;
+
+    let store = d.open()?;
+    for (id, path, records) in [(1, &p1, &r1), (2, &p2, &r2), (3, &p3, &r3)] {
+        assert_eq!(file_len(path)?, end, "extent {id}: tail cut at the last valid record");
+        assert_eq!(info(&store, id)?.size_bytes, end);
+        assert_eq!(info(&store, id)?.record_count, 3);
+        assert_readable(&store, id, records).await?;
+        let more = fill(&store, id, 500 + id, 1, 100).await?;
+        assert_eq!(more[0].2, end, "extent {id}: appends resume where the tail was cut");
+        assert_readable(&store, id, &more).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn torn_tail_after_lost_index_batch_is_cut() -> Result<()> {
+    // The crash case: the last group's records were written but neither
+    // synced nor indexed, and one is torn.
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(1, 4 * MIB)?;
+    let records = fill(&store, 1, 0, 3, 4000).await?;
+    drop(store);
+    let disk = d.disk_of(1)?;
+    {
+        let db = meta::open_db(&disk.join("meta"))?;
+        db.delete(meta::record_key(1, &records[2].0))?;
+        let m = ExtentMeta { state: ExtentState::Open, max_size_bytes: 4 * MIB, indexed_up_to: records[2].2, record_count: 2 };
+        db.put(meta::extent_key(1), m.encode())?;
+    }
+    let path = d.extent_path(1)?;
+    OpenOptions::new().write(true).open(&path)?.set_len(records[2].2 + RECORD_HEADER_LEN as u64 + 100)?;
+
+    let store = d.open()?;
+    assert_eq!(file_len(&path)?, records[2].2);
+    assert_readable(&store, 1, &records[..2]).await?;
+    assert!(matches!(store.read(1, &records[2].0).await, Err(StoreError::NotFound { .. })));
+    assert!(!store.has(1, &records[2].0)?);
+    assert_eq!(info(&store, 1)?.record_count, 2);
+    // The lost record can be appended again, at the cut.
+    let again = store.append(1, records[2].0, records[2].1.clone()).await?;
+    assert_eq!(again, AppendOutcome::Appended { offset: records[2].2 });
+    assert_readable(&store, 1, &records).await?;
+    Ok(())
+}
+
+fn flip_bit(path: &Path, offset: u64) -> Result<()> {
+    let f = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset)?;
+    b[0] ^= 0x10;
+    f.write_all_at(&b, offset)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn flipped_bit_is_reported_corrupt_and_nothing_is_cut() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(1, 4 * MIB)?;
+    let records = fill(&store, 1, 0, 3, 3000).await?;
+    let size = info(&store, 1)?.size_bytes;
+    drop(store);
+    let path = d.extent_path(1)?;
+    let middle = records[1].2;
+    flip_bit(&path, middle + RECORD_HEADER_LEN as u64 + 1234)?;
+
+    let store = d.open()?;
+    assert_eq!(file_len(&path)?, size);
+    match store.read(1, &records[1].0).await {
+        Err(StoreError::Corrupt { extent: 1, offset, detail: extent::FormatError::BadChecksum { .. } }) => {
+            assert_eq!(offset, middle)
+        }
+        other => anyhow::bail!("expected Corrupt, got {other:?}"),
+    }
+    assert_readable(&store, 1, &[records[0].clone(), records[2].clone()]).await?;
+    drop(store);
+
+    // Without metadata, recovery scans the extent, skips the bad record and
+    // keeps the one after it; it cuts nothing.
+    d.delete_meta()?;
+    let store = d.open()?;
+    assert_eq!(file_len(&path)?, size);
+    assert_eq!(info(&store, 1)?.size_bytes, size);
+    assert_readable(&store, 1, &[records[0].clone(), records[2].clone()]).await?;
+    assert!(matches!(store.read(1, &records[1].0).await, Err(StoreError::NotFound { .. })));
+    assert_eq!(info(&store, 1)?.record_count, 2);
+    let more = fill(&store, 1, 77, 1, 10).await?;
+    assert_eq!(more[0].2, size);
+    Ok(())
+}
+
+#[tokio::test]
+async fn flipped_bit_in_a_record_header_is_reported_corrupt() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(1, 4 * MIB)?;
+    let records = fill(&store, 1, 0, 3, 300).await?;
+    drop(store);
+    let path = d.extent_path(1)?;
+    flip_bit(&path, records[1].2 + 20)?; // inside the key
+    let store = d.open()?;
+    assert!(matches!(
+        store.read(1, &records[1].0).await,
+        Err(StoreError::Corrupt { extent: 1, detail: extent::FormatError::BadChecksum { .. }, .. })
+    ));
+    assert_readable(&store, 1, &[records[0].clone(), records[2].clone()]).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn lost_metadata_is_rebuilt_for_open_and_sealed_extents() -> Result<()> {
+    let d = disks(2)?;
+    let store = d.open()?;
+    for id in 1..=4 {
+        store.create_extent(id, 4 * MIB)?;
+    }
+    let mut all = Vec::new();
+    for id in 1..=4 {
+        all.push((id, fill(&store, id, id * 1000, 5, 1500).await?));
+    }
+    store.seal(2).await?;
+    store.seal(3).await?;
+    let before = store.list_extents();
+    drop(store);
+
+    d.delete_meta()?;
+    let store = d.open()?;
+    assert_eq!(store.list_extents(), before);
+    for (id, records) in &all {
+        assert_readable(&store, *id, records).await?;
+    }
+    // Open extents still take appends; sealed ones don't.
+    fill(&store, 1, 9000, 1, 10).await?;
+    let (key, data) = blob(9001, 10);
+    assert!(matches!(store.append(2, key, data).await, Err(StoreError::Sealed(2))));
+    drop(store);
+
+    // The rebuilt metadata is complete: the next restart trusts it.
+    let store = d.open()?;
+    assert_eq!(info(&store, 2)?, before[1]);
+    for (id, records) in &all {
+        assert_readable(&store, *id, records).await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn missing_record_entries_are_restored() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    for id in 1..=3 {
+        store.create_extent(id, 4 * MIB)?;
+    }
+    let r1 = fill(&store, 1, 0, 6, 500).await?;
+    let r2 = fill(&store, 2, 100, 6, 500).await?;
+    let r3 = fill(&store, 3, 200, 6, 500).await?;
+    store.seal(3).await?;
+    let before = store.list_extents();
+    drop(store);
+
+    let disk = d.disk_of(1)?;
+    {
+        let db = meta::open_db(&disk.join("meta"))?;
+        // 1: entries deleted behind an intact extent entry.
+        db.delete(meta::record_key(1, &r1[0].0))?;
+        db.delete(meta::record_key(1, &r1[3].0))?;
+        // 2: the extent entry reset, as if the index batches were never written.
+        for (key, _, _) in &r2 {
+            db.delete(meta::record_key(2, key))?;
+        }
+        let m = ExtentMeta { state: ExtentState::Open, max_size_bytes: 4 * MIB, indexed_up_to: 64, record_count: 0 };
+        db.put(meta::extent_key(2), m.encode())?;
+        // 3 (sealed): entries deleted.
+        db.delete(meta::record_key(3, &r3[5].0))?;
+        db.delete(meta::record_key(3, &r3[2].0))?;
+    }
+
+    let store = d.open()?;
+    assert_eq!(store.list_extents(), before);
+    assert_readable(&store, 1, &r1).await?;
+    assert_readable(&store, 2, &r2).await?;
+    assert_readable(&store, 3, &r3).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_seal_not_recorded_in_metadata_is_found_from_the_footer() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(1, 4 * MIB)?;
+    let records = fill(&store, 1, 0, 4, 900).await?;
+    let records_end = info(&store, 1)?.size_bytes;
+    let sealed = store.seal(1).await?;
+    drop(store);
+    {
+        // Crash after the footer was synced, before RocksDB recorded the seal.
+        let db = meta::open_db(&d.disk_of(1)?.join("meta"))?;
+        let m = ExtentMeta { state: ExtentState::Open, max_size_bytes: 4 * MIB, indexed_up_to: records_end, record_count: 4 };
+        db.put(meta::extent_key(1), m.encode())?;
+    }
+    let store = d.open()?;
+    let i = info(&store, 1)?;
+    assert!(i.sealed);
+    assert_eq!((i.size_bytes, i.record_count), (sealed.size_bytes, sealed.record_count));
+    assert_eq!(file_len(&d.extent_path(1)?)?, sealed.size_bytes);
+    assert_readable(&store, 1, &records).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_sealed_extent_that_lost_its_footer_is_sealed_again() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(1, 4 * MIB)?;
+    let records = fill(&store, 1, 0, 4, 900).await?;
+    let records_end = info(&store, 1)?.size_bytes;
+    let sealed = store.seal(1).await?;
+    drop(store);
+    let path = d.extent_path(1)?;
+    OpenOptions::new().write(true).open(&path)?.set_len(records_end + 10)?;
+
+    let store = d.open()?;
+    let i = info(&store, 1)?;
+    assert!(i.sealed);
+    assert_eq!(i.size_bytes, sealed.size_bytes);
+    assert_eq!(file_len(&path)?, sealed.size_bytes);
+    let bytes = fs::read(&path)?;
+    let (_, entries) = extent::decode_footer(&bytes[records_end as usize..])?;
+    assert_eq!(entries.len(), 4);
+    assert_readable(&store, 1, &records).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn start_up_cleans_temporaries_quarantines_bad_headers_and_sets_bad_metadata_aside() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(1, MIB)?;
+    store.create_extent(2, MIB)?;
+    let r1 = fill(&store, 1, 0, 2, 100).await?;
+    fill(&store, 2, 10, 2, 100).await?;
+    drop(store);
+    let disk = &d.dirs[0];
+    let tmp = disk.join("extents").join("0000000000000003.ext.tmp");
+    fs::write(&tmp, b"half-created")?;
+    fs::write(disk.join("leftover.tmp"), b"x")?;
+    let p2 = d.extent_path(2)?;
+    flip_bit(&p2, 17)?; // inside the extent header
+    // Metadata that RocksDB will not open.
+    fs::write(disk.join("meta").join("CURRENT"), b"garbage\n")?;
+
+    let store = d.open()?;
+    assert!(!tmp.exists());
+    assert!(!disk.join("leftover.tmp").exists());
+    assert!(!p2.exists());
+    assert!(p2.with_extension("ext.corrupt").exists());
+    assert_eq!(store.list_extents().iter().map(|e| e.id).collect::<Vec<_>>(), vec![1]);
+    assert!(matches!(store.read(2, &r1[0].0).await, Err(StoreError::UnknownExtent(2))));
+    let aside = fs::read_dir(disk)?
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("meta.corrupt-"));
+    assert!(aside, "the unreadable metadata is kept aside, not deleted");
+    assert_readable(&store, 1, &r1).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_second_store_on_the_same_disk_is_refused() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(1, MIB)?;
+    assert!(matches!(Store::open(&d.dirs, opts()), Err(StoreError::Meta(_))));
+    // And the first store's metadata was not disturbed.
+    let names: Vec<String> =
+        fs::read_dir(&d.dirs[0])?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(!names.iter().any(|n| n.starts_with("meta.corrupt-")));
+    fill(&store, 1, 0, 1, 10).await?;
+    Ok(())
+}

@@ -1,0 +1,247 @@
+//! The wire schema of pocket (`proto/pocket.proto`, compiled by tonic) and the
+//! small types every crate shares: [`Key`], ids, size limits and the mapping of
+//! a malformed key to a gRPC status.
+//!
+//! Invariant: only this crate and each service's `grpc` module touch prost
+//! types; domain code works with [`Key`] and plain integers.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Generated code for package `pocket.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("pocket.v1");
+}
+
+/// Bytes per streamed chunk on every RPC that carries blob bytes. 1 MiB keeps
+/// messages far below tonic's 4 MiB default decode limit.
+pub const CHUNK_SIZE_BYTES: usize = 1024 * 1024;
+
+/// Default maximum blob size (32 MiB, DESIGN.md).
+pub const DEFAULT_MAX_BLOB_SIZE_BYTES: u64 = 32 * 1024 * 1024;
+
+/// Largest gRPC message any pocket service accepts: a chunk plus framing.
+pub const MAX_MESSAGE_SIZE_BYTES: usize = CHUNK_SIZE_BYTES + 64 * 1024;
+
+/// How an OSD starts the message of an append it refuses because the extent
+/// is full (status RESOURCE_EXHAUSTED); frontends then close that volume.
+pub const EXTENT_FULL_PREFIX: &str = "extent full";
+
+/// Length of a key: BLAKE3-256.
+pub const KEY_LEN: usize = 32;
+
+/// A blob's key: the BLAKE3-256 hash of its bytes.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(pub [u8; KEY_LEN]);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("key must be {KEY_LEN} bytes, got {0}")]
+    WrongLength(usize),
+    #[error("key must be 64 hex characters")]
+    NotHex,
+}
+
+impl Key {
+    /// The key of `data`.
+    pub fn of(data: &[u8]) -> Key {
+        Key(*blake3::hash(data).as_bytes())
+    }
+
+    pub fn from_slice(bytes: &[u8]) -> Result<Key, KeyError> {
+        let array: [u8; KEY_LEN] = bytes.try_into().map_err(|_| KeyError::WrongLength(bytes.len()))?;
+        Ok(Key(array))
+    }
+
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+}
+
+impl FromStr for Key {
+    type Err = KeyError;
+    fn from_str(s: &str) -> Result<Key, KeyError> {
+        if s.len() != 2 * KEY_LEN {
+            return Err(KeyError::NotHex);
+        }
+        let bytes = hex::decode(s).map_err(|_| KeyError::NotHex)?;
+        Key::from_slice(&bytes)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({})", &self.to_hex()[..16])
+    }
+}
+
+impl From<KeyError> for tonic::Status {
+    fn from(e: KeyError) -> tonic::Status {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+/// Id of a cell inside a zone.
+pub type CellId = u32;
+/// Id of a bucket: the unit the index points at. Never changes identity.
+pub type BucketId = u64;
+/// Id of a volume: the extents that hold one bucket (replicated) or k buckets (erasure-coded).
+pub type VolumeId = u64;
+/// Id of an extent, unique in its cell. All replicas of a replicated volume share it.
+pub type ExtentId = u64;
+/// Id of an OSD, unique in its cell.
+pub type OsdId = u64;
+
+/// Milliseconds since the Unix epoch, for created/heartbeat timestamps.
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_round_trips_through_hex() {
+        let key = Key::of(b"pocket");
+        let parsed: Key = key.to_hex().parse().expect("valid hex");
+        assert_eq!(parsed, key);
+    }
+
+    #[test]
+    fn key_rejects_wrong_length() {
+        assert_eq!(Key::from_slice(&[0u8; 31]), Err(KeyError::WrongLength(31)));
+        assert_eq!("abc".parse::<Key>(), Err(KeyError::NotHex));
+        assert_eq!("zz".repeat(32).parse::<Key>(), Err(KeyError::NotHex));
+    }
+}
+
+/// Outbound connections. Every internal client is built here, so transport
+/// settings (timeouts, and TLS in a later issue) live in one place.
+pub mod net {
+    use std::time::Duration;
+
+    /// Time to establish a TCP connection to a peer before giving up.
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+    /// Upper bound for one unary RPC or one whole blob transfer between daemons.
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("invalid peer address {addr:?}: {source}")]
+    pub struct AddrError {
+        pub addr: String,
+        #[source]
+        pub source: tonic::transport::Error,
+    }
+
+    /// A lazily connected channel to `addr` (`host:port` or `http://host:port`).
+    pub fn channel(addr: &str) -> Result<tonic::transport::Channel, AddrError> {
+        let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+        let endpoint = tonic::transport::Endpoint::from_shared(uri)
+            .map_err(|source| AddrError { addr: addr.to_string(), source })?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(REQUEST_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5));
+        Ok(endpoint.connect_lazy())
+    }
+}
+
+/// Reassembles a blob streamed in chunks, refusing more or fewer bytes than
+/// the header announced. Memory is exactly the announced length, which the
+/// caller has checked against its limit before creating the collector.
+pub struct BodyCollector {
+    expected_bytes: u64,
+    buffer: bytes::BytesMut,
+}
+
+impl BodyCollector {
+    pub fn new(expected_bytes: u64) -> BodyCollector {
+        BodyCollector { expected_bytes, buffer: bytes::BytesMut::with_capacity(expected_bytes as usize) }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) -> Result<(), tonic::Status> {
+        if chunk.len() > CHUNK_SIZE_BYTES {
+            return Err(tonic::Status::invalid_argument(format!(
+                "chunk of {} bytes exceeds the {CHUNK_SIZE_BYTES}-byte chunk limit",
+                chunk.len()
+            )));
+        }
+        if self.buffer.len() as u64 + chunk.len() as u64 > self.expected_bytes {
+            return Err(tonic::Status::invalid_argument(format!(
+                "stream carries more than the {} bytes its header announced",
+                self.expected_bytes
+            )));
+        }
+        self.buffer.extend_from_slice(chunk);
+        Ok(())
+    }
+
+    pub fn received_bytes(&self) -> u64 {
+        self.buffer.len() as u64
+    }
+
+    /// The whole body, or `INVALID_ARGUMENT` if the stream ended early.
+    pub fn finish(self) -> Result<bytes::Bytes, tonic::Status> {
+        if self.buffer.len() as u64 != self.expected_bytes {
+            return Err(tonic::Status::invalid_argument(format!(
+                "stream ended after {} of {} announced bytes",
+                self.buffer.len(),
+                self.expected_bytes
+            )));
+        }
+        Ok(self.buffer.freeze())
+    }
+}
+
+/// A budget of blob bytes held in memory at once by one daemon. Callers take
+/// a permit for a blob's length before buffering it and wait (up to a bound)
+/// while the budget is spent, so memory stays bounded under any load.
+#[derive(Clone)]
+pub struct ByteBudget {
+    semaphore: std::sync::Arc<tokio::sync::Semaphore>,
+    total_kib: u32,
+}
+
+impl ByteBudget {
+    /// How long a request waits for budget before it is refused with
+    /// `RESOURCE_EXHAUSTED`: long enough to ride out a burst, short enough
+    /// that a client sees back-pressure instead of a hang.
+    pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+    pub fn new(total_bytes: u64) -> ByteBudget {
+        let total_kib = u32::try_from(total_bytes.div_ceil(1024)).unwrap_or(u32::MAX).max(1);
+        ByteBudget { semaphore: std::sync::Arc::new(tokio::sync::Semaphore::new(total_kib as usize)), total_kib }
+    }
+
+    /// Reserves `bytes` (rounded up to KiB) until the permit is dropped.
+    pub async fn reserve(&self, bytes: u64) -> Result<tokio::sync::OwnedSemaphorePermit, tonic::Status> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        if kib > self.total_kib {
+            return Err(tonic::Status::resource_exhausted(format!(
+                "{bytes} bytes exceed this daemon's in-flight byte budget"
+            )));
+        }
+        let acquire = self.semaphore.clone().acquire_many_owned(kib);
+        match tokio::time::timeout(Self::MAX_WAIT, acquire).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(tonic::Status::unavailable("shutting down")),
+            Err(_) => Err(tonic::Status::resource_exhausted("in-flight byte budget exhausted; retry later")),
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! The `pocket` binary's library half: what the entry point needs beyond the
+//! service crates — the operations HTTP endpoint every daemon serves, the run
+//! files daemons write once they serve, and `pocket up`, the local cell.
+//! Root integration tests (`tests/`) run the built binary.
+
+pub mod ops;
+pub mod runinfo;
+pub mod up;

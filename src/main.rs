@@ -1,0 +1,244 @@
+//! `pocket`: one binary for every role (`osd`, `coordinator`, `frontend`),
+//! the local cell (`up`) and the client commands (`put`, `get`, `exists`, `stat`).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use pocket::runinfo::{parse_size, RunInfo};
+use pocket_client::{Client, ClientConfig};
+use pocket_proto::Key;
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "pocket", version, about = "An immutable, content-addressed blob store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole local cell (coordinator, OSDs, frontend) with data under --dir.
+    Up {
+        /// Directory holding the pocket's data, configs and logs.
+        #[arg(long, default_value = "pocket-data")]
+        dir: PathBuf,
+        /// Number of OSD processes (first run; later runs may only add).
+        #[arg(long, default_value_t = 9)]
+        osds: u32,
+        /// Extent size at which volumes close, e.g. 64MiB (first run only).
+        #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+        extent_size: u64,
+        /// Replicas per open volume (first run only).
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+        /// Largest blob accepted (first run only).
+        #[arg(long, default_value = "32MiB", value_parser = parse_size)]
+        max_blob_size: u64,
+    },
+    /// Run an OSD daemon.
+    Osd(DaemonArgs),
+    /// Run a cell coordinator.
+    Coordinator(DaemonArgs),
+    /// Run a frontend (the public BlobStore service).
+    Frontend(DaemonArgs),
+    /// Store a file; prints its key (64 hex characters).
+    Put {
+        file: PathBuf,
+        #[arg(long, env = "POCKET_CONFIG", default_value = "pocket-data/client.toml")]
+        config: PathBuf,
+    },
+    /// Fetch a blob to a file (-o) or standard output.
+    Get {
+        key: String,
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[arg(long, env = "POCKET_CONFIG", default_value = "pocket-data/client.toml")]
+        config: PathBuf,
+    },
+    /// Print, for each key, whether it is stored. Exits 1 if any is missing.
+    Exists {
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[arg(long, env = "POCKET_CONFIG", default_value = "pocket-data/client.toml")]
+        config: PathBuf,
+    },
+    /// Print a stored blob's length, cell, bucket and creation time (JSON).
+    Stat {
+        key: String,
+        #[arg(long, env = "POCKET_CONFIG", default_value = "pocket-data/client.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct DaemonArgs {
+    /// The daemon's TOML configuration.
+    #[arg(long)]
+    config: PathBuf,
+    /// Where to write the bound addresses and pid once serving.
+    #[arg(long)]
+    run_file: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,h2=warn,tower=warn,hyper=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().context("start tokio runtime")?;
+    runtime.block_on(dispatch(cli.command))
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Up { dir, osds, extent_size, replicas, max_blob_size } => {
+            let settings = pocket::up::UpSettings {
+                osds,
+                extent_size_bytes: extent_size,
+                replication_factor: replicas,
+                max_blob_size_bytes: max_blob_size,
+            };
+            pocket::up::Up::prepare(&dir, settings)?.run(shutdown_signal()).await
+        }
+        Command::Osd(args) => {
+            let config: pocket_osd::OsdConfig = load_config(&args.config)?;
+            let (listen, http) = (config.listen.clone(), config.http_listen.clone());
+            serve(args, &listen, &http, |l, ready, stop| pocket_osd::run(l, config, ready, stop)).await
+        }
+        Command::Coordinator(args) => {
+            let config: pocket_coordinator::CoordinatorConfig = load_config(&args.config)?;
+            let (listen, http) = (config.listen.clone(), config.http_listen.clone());
+            serve(args, &listen, &http, |l, ready, stop| pocket_coordinator::run(l, config, ready, stop)).await
+        }
+        Command::Frontend(args) => {
+            let config: pocket_frontend::FrontendConfig = load_config(&args.config)?;
+            let (listen, http) = (config.listen.clone(), config.http_listen.clone());
+            serve(args, &listen, &http, |l, ready, stop| pocket_frontend::run(l, config, ready, stop)).await
+        }
+        Command::Put { file, config } => {
+            let client = client(&config)?;
+            let (key, _created) = client.put_file(&file).await.with_context(|| format!("put {}", file.display()))?;
+            println!("{key}");
+            Ok(())
+        }
+        Command::Get { key, output, config } => {
+            let key = parse_key(&key)?;
+            let client = client(&config)?;
+            match output {
+                Some(path) => {
+                    client.get_to_file(&key, &path).await.with_context(|| format!("get {key}"))?;
+                }
+                None => {
+                    let data = client.get(&key).await.with_context(|| format!("get {key}"))?;
+                    use std::io::Write;
+                    std::io::stdout().write_all(&data).context("write to stdout")?;
+                }
+            }
+            Ok(())
+        }
+        Command::Exists { keys, config } => {
+            let keys = keys.iter().map(|k| parse_key(k)).collect::<anyhow::Result<Vec<_>>>()?;
+            let found = client(&config)?.exists(&keys).await.context("exists")?;
+            for (key, present) in keys.iter().zip(&found) {
+                println!("{key} {}", if *present { "present" } else { "missing" });
+            }
+            if found.iter().all(|present| *present) {
+                Ok(())
+            } else {
+                std::process::exit(1)
+            }
+        }
+        Command::Stat { key, config } => {
+            let key = parse_key(&key)?;
+            let info = client(&config)?.stat(&key).await.with_context(|| format!("stat {key}"))?;
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            Ok(())
+        }
+    }
+}
+
+fn parse_key(text: &str) -> anyhow::Result<Key> {
+    text.parse().map_err(|e| anyhow::anyhow!("{text:?} is not a key: {e}"))
+}
+
+fn client(config: &Path) -> anyhow::Result<Client> {
+    let config = ClientConfig::load(config)?;
+    Ok(Client::connect(&config)?)
+}
+
+fn load_config<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))
+}
+
+/// Binds the daemon's listeners, serves `/metrics` and `/healthz`, writes the
+/// run file once the daemon is ready, and runs it until SIGTERM or Ctrl-C.
+async fn serve<F, Fut>(args: DaemonArgs, listen: &str, http_listen: &str, run: F) -> anyhow::Result<()>
+where
+    F: FnOnce(TcpListener, watch::Sender<bool>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let metrics = pocket::ops::install_metrics()?;
+    let grpc = TcpListener::bind(listen).await.with_context(|| format!("bind gRPC listener {listen}"))?;
+    let http = TcpListener::bind(http_listen).await.with_context(|| format!("bind HTTP listener {http_listen}"))?;
+    let info = RunInfo {
+        grpc: grpc.local_addr()?.to_string(),
+        http: http.local_addr()?.to_string(),
+        pid: std::process::id(),
+    };
+    let (ready_tx, ready_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        stop_tx.send_replace(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let ops = tokio::spawn(pocket::ops::serve(http, metrics, ready_rx.clone(), stopped(stop_rx.clone())));
+    if let Some(path) = args.run_file.clone() {
+        let mut ready = ready_rx.clone();
+        tokio::spawn(async move {
+            if ready.wait_for(|ready| *ready).await.is_ok() {
+                if let Err(e) = info.write(&path) {
+                    tracing::error!(error = %e, "could not write run file");
+                }
+            }
+        });
+    }
+    let result = run(grpc, ready_tx, Box::pin(stopped(stop_rx))).await;
+    if let Some(path) = args.run_file {
+        let _ = std::fs::remove_file(path);
+    }
+    // The health endpoint goes last: it reported "not serving" since the
+    // daemon flipped `ready` to false on its way out.
+    ops.abort();
+    if let Err(e) = &result {
+        tracing::error!(error = format!("{e:#}"), "daemon failed");
+        bail!("{e:#}");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(signal) => signal,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    tracing::info!("shutdown requested");
+}

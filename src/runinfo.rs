@@ -1,0 +1,61 @@
+//! The run file a daemon writes once it serves: its bound addresses and
+//! pid, so that `pocket up` and tests find daemons that listen on port 0.
+
+use std::path::Path;
+
+use anyhow::Context;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunInfo {
+    /// Bound gRPC address, `host:port`.
+    pub grpc: String,
+    /// Bound HTTP address (`/metrics`, `/healthz`).
+    pub http: String,
+    pub pid: u32,
+}
+
+impl RunInfo {
+    /// Writes atomically: a reader never sees a half-written file.
+    pub fn write(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, toml::to_string(self)?).with_context(|| format!("write {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("install {}", path.display()))?;
+        Ok(())
+    }
+
+    pub fn read(path: &Path) -> anyhow::Result<RunInfo> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("parse {}", path.display()))
+    }
+}
+
+/// Parses a size such as `4096`, `64KiB`, `8MiB`, `1GiB` (also KB/MB/GB as binary units).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("invalid size {text:?}"))?;
+    let multiplier: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} in {text:?}")),
+    };
+    number.checked_mul(multiplier).ok_or_else(|| format!("size {text:?} overflows"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("8MiB"), Ok(8 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert!(parse_size("8 parsecs").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

@@ -1,0 +1,312 @@
+//! `pocket up --dir DIR`: a whole local cell on loopback — a coordinator, N
+//! OSD processes and a frontend, SQLite for the index and the cell database,
+//! data under DIR. It supervises its children (restarting one that dies) and
+//! stops them all, in order, on Ctrl-C or SIGTERM. Run again on the same DIR,
+//! it brings the same pocket back with its data.
+//!
+//! Layout of DIR:
+//! ```text
+//! up.toml             the settings of this pocket (written on first run)
+//! etc/<role>.toml     generated daemon configs
+//! coordinator/        cell database
+//! index/              index shard(s)
+//! osd-<n>/disk-0/     each OSD's disk
+//! run/<role>.run      address and pid of each running daemon
+//! logs/<role>.log     each daemon's log
+//! client.toml         written once the pocket serves; removed when it stops
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use pocket_proto::pb;
+use serde::{Deserialize, Serialize};
+use tokio::process::{Child, Command};
+
+use crate::runinfo::RunInfo;
+
+/// How long a daemon may take from spawn to serving before `up` gives up.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a daemon may take to exit after SIGTERM before it gets SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Delay before restarting a daemon that died, so a crash loop does not spin.
+const RESTART_DELAY: Duration = Duration::from_secs(1);
+
+/// The settings of a local pocket, fixed on first run and stored in `up.toml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpSettings {
+    /// OSD processes (at least the replication factor).
+    pub osds: u32,
+    /// Size at which extents seal.
+    pub extent_size_bytes: u64,
+    /// Replicas per open volume.
+    pub replication_factor: u32,
+    /// Largest blob accepted.
+    pub max_blob_size_bytes: u64,
+}
+
+struct Daemon {
+    name: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    run_file: PathBuf,
+}
+
+pub struct Up {
+    dir: PathBuf,
+    exe: PathBuf,
+    settings: UpSettings,
+    daemons: Vec<Daemon>,
+}
+
+impl Up {
+    /// Prepares DIR: loads or writes `up.toml` and generates every config.
+    /// `overrides` apply on first run; on later runs OSDs may only be added.
+    pub fn prepare(dir: &Path, overrides: UpSettings) -> anyhow::Result<Up> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let dir = dir.canonicalize().context("resolve pocket directory")?;
+        let settings_path = dir.join("up.toml");
+        let settings = match std::fs::read_to_string(&settings_path) {
+            Ok(text) => {
+                let mut stored: UpSettings = toml::from_str(&text).context("parse up.toml")?;
+                if overrides.osds > stored.osds {
+                    stored.osds = overrides.osds;
+                }
+                stored
+            }
+            Err(_) => overrides,
+        };
+        if settings.osds < settings.replication_factor {
+            bail!("{} OSDs cannot hold {} replicas", settings.osds, settings.replication_factor);
+        }
+        std::fs::write(&settings_path, toml::to_string(&settings)?).context("write up.toml")?;
+        for sub in ["etc", "run", "logs", "coordinator", "index"] {
+            std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("create {sub}/"))?;
+        }
+        let _ = std::fs::remove_file(dir.join("client.toml"));
+        let exe = std::env::current_exe().context("locate the pocket binary")?;
+        Ok(Up { dir, exe, settings, daemons: Vec::new() })
+    }
+
+    fn write_config(&self, name: &str, text: String) -> anyhow::Result<PathBuf> {
+        let path = self.dir.join("etc").join(format!("{name}.toml"));
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+        Ok(path)
+    }
+
+    fn daemon(&self, name: &str, role: &str, config: &Path) -> Daemon {
+        let run_file = self.dir.join("run").join(format!("{name}.run"));
+        Daemon {
+            name: name.to_string(),
+            args: vec![
+                role.to_string(),
+                "--config".to_string(),
+                config.display().to_string(),
+                "--run-file".to_string(),
+                run_file.display().to_string(),
+            ],
+            child: None,
+            run_file,
+        }
+    }
+
+    fn spawn(&self, daemon: &mut Daemon) -> anyhow::Result<()> {
+        let _ = std::fs::remove_file(&daemon.run_file);
+        let log_path = self.dir.join("logs").join(format!("{}.log", daemon.name));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).context("open daemon log")?;
+        let mut command = Command::new(&self.exe);
+        command
+            .args(&daemon.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("clone log handle")?)
+            .stderr(log)
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        daemon.child = Some(command.spawn().with_context(|| format!("spawn {}", daemon.name))?);
+        Ok(())
+    }
+
+    async fn wait_serving(&mut self, index: usize) -> anyhow::Result<RunInfo> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let daemon = &mut self.daemons[index];
+            if let Ok(info) = RunInfo::read(&daemon.run_file) {
+                return Ok(info);
+            }
+            if let Some(child) = daemon.child.as_mut() {
+                if let Some(status) = child.try_wait()? {
+                    bail!("{} exited during start-up ({status}); see logs/{}.log", daemon.name, daemon.name);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not start serving within {:?}", daemon.name, START_TIMEOUT);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts every daemon, waits until the cell accepts writes, writes
+    /// `client.toml`, then supervises until `shutdown` resolves.
+    pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let db = self.dir.join("coordinator").join("cell.db");
+        let coordinator_config = self.write_config(
+            "coordinator",
+            format!(
+                "cell_id = 1\ndatabase_url = \"sqlite://{}?mode=rwc\"\nreplication_factor = {}\nextent_size_bytes = {}\n",
+                db.display(),
+                self.settings.replication_factor,
+                self.settings.extent_size_bytes
+            ),
+        )?;
+        let coordinator = self.daemon("coordinator", "coordinator", &coordinator_config);
+        self.daemons.push(coordinator);
+        self.start(0).await?;
+        let coordinator_addr = self.wait_serving(0).await?.grpc;
+
+        for n in 1..=self.settings.osds {
+            let disk = self.dir.join(format!("osd-{n}")).join("disk-0");
+            let config = self.write_config(
+                &format!("osd-{n}"),
+                format!(
+                    "osd_id = {n}\ndisks = [\"{}\"]\ncoordinator = \"{coordinator_addr}\"\nmax_blob_size_bytes = {}\n",
+                    disk.display(),
+                    self.settings.max_blob_size_bytes
+                ),
+            )?;
+            let daemon = self.daemon(&format!("osd-{n}"), "osd", &config);
+            self.daemons.push(daemon);
+            let index = self.daemons.len() - 1;
+            self.start(index).await?;
+        }
+        for index in 1..self.daemons.len() {
+            self.wait_serving(index).await?;
+        }
+        wait_writable(&coordinator_addr).await?;
+
+        let index_db = self.dir.join("index").join("index-0.db");
+        let frontend_config = self.write_config(
+            "frontend",
+            format!(
+                "coordinator = \"{coordinator_addr}\"\nmax_blob_size_bytes = {}\n\n[index]\nshards = [{{ name = \"shard-0\", url = \"sqlite://{}?mode=rwc\" }}]\n",
+                self.settings.max_blob_size_bytes,
+                index_db.display()
+            ),
+        )?;
+        let frontend = self.daemon("frontend", "frontend", &frontend_config);
+        self.daemons.push(frontend);
+        let frontend_index = self.daemons.len() - 1;
+        self.start(frontend_index).await?;
+        let frontend_addr = self.wait_serving(frontend_index).await?.grpc;
+        let client_config = pocket_client::ClientConfig { frontend: frontend_addr.clone() };
+        let client = pocket_client::Client::connect(&client_config)?;
+        client.wait_ready(START_TIMEOUT).await.context("frontend did not answer")?;
+        let client_path = self.dir.join("client.toml");
+        let tmp = self.dir.join("client.toml.tmp");
+        std::fs::write(&tmp, toml::to_string(&client_config)?).context("write client.toml")?;
+        std::fs::rename(&tmp, &client_path).context("install client.toml")?;
+        tracing::info!(frontend = %frontend_addr, client_config = %client_path.display(), osds = self.settings.osds, "pocket is up");
+        eprintln!("pocket is up: frontend {frontend_addr}; client config {}", client_path.display());
+
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => self.restart_dead().await,
+            }
+        }
+        let _ = std::fs::remove_file(&client_path);
+        self.stop_all().await;
+        Ok(())
+    }
+
+    async fn start(&mut self, index: usize) -> anyhow::Result<()> {
+        let mut daemon = std::mem::replace(
+            &mut self.daemons[index],
+            Daemon { name: String::new(), args: Vec::new(), child: None, run_file: PathBuf::new() },
+        );
+        let result = self.spawn(&mut daemon);
+        self.daemons[index] = daemon;
+        result
+    }
+
+    async fn restart_dead(&mut self) {
+        for index in 0..self.daemons.len() {
+            let exited = match self.daemons[index].child.as_mut().map(|child| child.try_wait()) {
+                Some(Ok(Some(status))) => Some(status),
+                _ => None,
+            };
+            if let Some(status) = exited {
+                tracing::error!(daemon = %self.daemons[index].name, %status, "daemon died; restarting");
+                tokio::time::sleep(RESTART_DELAY).await;
+                if let Err(e) = self.start(index).await {
+                    tracing::error!(daemon = %self.daemons[index].name, error = %e, "restart failed");
+                }
+            }
+        }
+    }
+
+    /// Stops in dependency order: the frontend (no new requests), the OSDs,
+    /// then the coordinator.
+    async fn stop_all(&mut self) {
+        let mut order: Vec<usize> = (0..self.daemons.len()).rev().collect();
+        // Frontend is last in the list, coordinator first: reversed order is right.
+        order.dedup();
+        for index in order {
+            let daemon = &mut self.daemons[index];
+            let Some(mut child) = daemon.child.take() else { continue };
+            if let Some(pid) = child.id() {
+                terminate(pid);
+            }
+            match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
+                Ok(_) => tracing::info!(daemon = %daemon.name, "stopped"),
+                Err(_) => {
+                    tracing::warn!(daemon = %daemon.name, "did not stop in time; killing");
+                    let _ = child.kill().await;
+                }
+            }
+            let _ = std::fs::remove_file(&daemon.run_file);
+        }
+    }
+}
+
+/// Waits until the coordinator offers at least one writable bucket.
+async fn wait_writable(coordinator_addr: &str) -> anyhow::Result<()> {
+    let mut client = pb::coordinator_client::CoordinatorClient::new(pocket_proto::net::channel(coordinator_addr)?);
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(response) = client.writable_buckets(pb::WritableBucketsRequest {}).await {
+            if !response.get_ref().buckets.is_empty() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("the cell offered no writable bucket within {START_TIMEOUT:?}; see logs/");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends SIGTERM to `pid`.
+pub fn terminate(pid: u32) {
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+    }
+}
+
+/// Makes the child receive SIGKILL if `pocket up` itself dies, so that no
+/// daemon outlives its supervisor.
+fn die_with_parent(command: &mut Command) {
+    #[allow(unsafe_code)]
+    // SAFETY: the closure runs between fork and exec and calls only prctl(2),
+    // which is async-signal-safe.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+}

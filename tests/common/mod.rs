@@ -1,0 +1,144 @@
+//! Test harness: runs the real `pocket` binary (`pocket up`) in a temporary
+//! directory and talks gRPC to it on loopback.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pocket::runinfo::RunInfo;
+use pocket_client::{Client, ClientConfig};
+
+pub const POCKET: &str = env!("CARGO_BIN_EXE_pocket");
+/// Start-up of a whole cell in a debug build on a loaded 2-core machine.
+const UP_TIMEOUT: Duration = Duration::from_secs(180);
+
+pub struct LocalPocket {
+    pub dir: PathBuf,
+    up: Option<Child>,
+    pub client: Client,
+    pub client_config: ClientConfig,
+}
+
+pub struct UpOptions {
+    pub osds: u32,
+    pub extent_size: &'static str,
+}
+
+impl Default for UpOptions {
+    fn default() -> Self {
+        UpOptions { osds: 9, extent_size: "16MiB" }
+    }
+}
+
+impl LocalPocket {
+    pub async fn start(dir: &Path, options: UpOptions) -> LocalPocket {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.with_extension("up.log"))
+            .expect("open up log");
+        let child = Command::new(POCKET)
+            .args(["up", "--dir"])
+            .arg(dir)
+            .args(["--osds", &options.osds.to_string(), "--extent-size", options.extent_size])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn pocket up");
+        let client_path = dir.join("client.toml");
+        let deadline = Instant::now() + UP_TIMEOUT;
+        let mut child = child;
+        while !client_path.exists() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("pocket up exited early with {status}; see {}", dir.with_extension("up.log").display());
+            }
+            assert!(Instant::now() < deadline, "pocket up did not serve within {UP_TIMEOUT:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let client_config = ClientConfig::load(&client_path).expect("load client.toml");
+        let client = Client::connect(&client_config).expect("connect client");
+        LocalPocket { dir: dir.to_path_buf(), up: Some(child), client, client_config }
+    }
+
+    pub fn run_info(&self, daemon: &str) -> RunInfo {
+        RunInfo::read(&self.dir.join("run").join(format!("{daemon}.run"))).expect("read run file")
+    }
+
+    /// SIGKILLs a daemon and waits until `pocket up` has restarted it and it serves again.
+    pub async fn kill_and_wait_restart(&self, daemon: &str) -> RunInfo {
+        let before = self.run_info(daemon);
+        signal(before.pid, libc::SIGKILL);
+        let deadline = Instant::now() + UP_TIMEOUT;
+        loop {
+            if let Ok(info) = RunInfo::read(&self.dir.join("run").join(format!("{daemon}.run"))) {
+                if info.pid != before.pid {
+                    return info;
+                }
+            }
+            assert!(Instant::now() < deadline, "{daemon} was not restarted");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM to `pocket up`; asserts it exits cleanly and leaves no daemon running.
+    pub async fn stop(mut self) {
+        let mut child = self.up.take().expect("running");
+        let pids: Vec<u32> = std::fs::read_dir(self.dir.join("run"))
+            .expect("list run dir")
+            .filter_map(|entry| RunInfo::read(&entry.ok()?.path()).ok())
+            .map(|info| info.pid)
+            .collect();
+        assert!(pids.len() >= 3, "expected running daemons, found {}", pids.len());
+        signal(child.id(), libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait pocket up") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "pocket up did not stop after SIGTERM");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(status.success(), "pocket up exited with {status}");
+        for pid in pids {
+            assert!(!process_alive(pid), "daemon {pid} outlived pocket up");
+        }
+        assert!(!self.dir.join("client.toml").exists(), "client.toml left behind");
+    }
+}
+
+impl Drop for LocalPocket {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.up.take() {
+            // Children die with their supervisor (PR_SET_PDEATHSIG).
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: u32, signal: i32) {
+    #[allow(unsafe_code)]
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe {
+        libc::kill(pid as libc::pid_t, signal);
+    }
+}
+
+pub fn process_alive(pid: u32) -> bool {
+    // A zombie still has a /proc entry; count it as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.split(") ").nth(1).is_some_and(|rest| rest.starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Random bytes of a log-uniform length in [1, max]: many small blobs, some large.
+pub fn random_blob(rng: &mut impl rand::Rng, max_bytes: usize) -> bytes::Bytes {
+    let log_max = (max_bytes as f64).ln();
+    let length = (rng.random_range(0.0..=log_max).exp() as usize).clamp(1, max_bytes);
+    let mut data = vec![0u8; length];
+    rng.fill_bytes(&mut data);
+    bytes::Bytes::from(data)
+}

@@ -172,29 +172,6 @@ impl Cell {
         }
     }
 
-    /// Chooses R alive OSDs in distinct failure domains, preferring those with
-    /// the fewest open extents and then the most free space; ties broken at
-    /// random (seeded by the config for reproducibility).
-    fn choose_osds(&self, alive: &HashMap<OsdId, OsdRow>, open_load: &HashMap<OsdId, usize>) -> Option<Vec<OsdId>> {
-        let mut candidates: Vec<&OsdRow> = alive.values().collect();
-        candidates.sort_by_key(|osd| osd.osd_id);
-        candidates.shuffle(&mut *self.inner.rng.lock().expect("rng lock poisoned"));
-        candidates.sort_by_key(|osd| {
-            (open_load.get(&osd.osd_id).copied().unwrap_or(0), osd.used_bytes / (1 << 30))
-        });
-        let mut domains = HashSet::new();
-        let mut chosen = Vec::new();
-        for osd in candidates {
-            if chosen.len() == self.inner.config.replication_factor as usize {
-                break;
-            }
-            if domains.insert(osd.failure_domain.clone()) {
-                chosen.push(osd.osd_id);
-            }
-        }
-        (chosen.len() == self.inner.config.replication_factor as usize).then_some(chosen)
-    }
-
     pub async fn maintenance_loop(self, mut stop: watch::Receiver<bool>) {
         let tick = Duration::from_millis(self.inner.config.tick_interval_ms);
         loop {
@@ -240,7 +217,11 @@ impl Cell {
         }
         let target = self.open_buckets_target(alive.len());
         for _ in open.len()..target {
-            let Some(chosen) = self.choose_osds(&alive, &open_load) else {
+            let chosen = {
+                let mut rng = self.inner.rng.lock().expect("rng lock poisoned");
+                choose_osds(&mut *rng, self.inner.config.replication_factor as usize, &alive, &open_load)
+            };
+            let Some(chosen) = chosen else {
                 tracing::warn!(alive = alive.len(), "not enough failure domains alive to place a new volume");
                 break;
             };
@@ -309,5 +290,84 @@ impl Cell {
             tracing::info!(volume_id = volume.volume_id, "volume closed");
         }
         Ok(())
+    }
+}
+
+/// Chooses `count` alive OSDs in distinct failure domains, preferring those
+/// with the fewest open extents and then the least used space (in GiB steps);
+/// ties are broken by `rng`, so a seeded RNG reproduces the choice.
+pub fn choose_osds(
+    rng: &mut impl rand::Rng,
+    count: usize,
+    alive: &HashMap<OsdId, OsdRow>,
+    open_load: &HashMap<OsdId, usize>,
+) -> Option<Vec<OsdId>> {
+    let mut candidates: Vec<&OsdRow> = alive.values().collect();
+    candidates.sort_by_key(|osd| osd.osd_id);
+    candidates.shuffle(rng);
+    candidates.sort_by_key(|osd| (open_load.get(&osd.osd_id).copied().unwrap_or(0), osd.used_bytes >> 30));
+    let mut domains = HashSet::new();
+    let mut chosen = Vec::with_capacity(count);
+    for osd in candidates {
+        if chosen.len() == count {
+            break;
+        }
+        if domains.insert(osd.failure_domain.as_str()) {
+            chosen.push(osd.osd_id);
+        }
+    }
+    (chosen.len() == count).then_some(chosen)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn osds(domains: &[&str]) -> HashMap<OsdId, OsdRow> {
+        domains
+            .iter()
+            .enumerate()
+            .map(|(i, domain)| {
+                let id = i as u64 + 1;
+                let row = OsdRow {
+                    osd_id: id,
+                    grpc_addr: format!("127.0.0.1:{}", 7000 + id),
+                    failure_domain: domain.to_string(),
+                    capacity_bytes: 1 << 40,
+                    used_bytes: 0,
+                    last_heartbeat_unix_ms: 0,
+                };
+                (id, row)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn replicas_land_in_distinct_failure_domains() {
+        let alive = osds(&["a", "a", "a", "b", "b", "b", "c", "c", "c"]);
+        let mut rng = StdRng::seed_from_u64(7);
+        for _ in 0..200 {
+            let chosen = choose_osds(&mut rng, 3, &alive, &HashMap::new()).expect("three domains exist");
+            let domains: HashSet<&str> = chosen.iter().map(|id| alive[id].failure_domain.as_str()).collect();
+            assert_eq!(domains.len(), 3, "{chosen:?}");
+        }
+    }
+
+    #[test]
+    fn too_few_domains_places_nothing() {
+        let alive = osds(&["a", "a", "b", "b"]);
+        assert_eq!(choose_osds(&mut StdRng::seed_from_u64(1), 3, &alive, &HashMap::new()), None);
+    }
+
+    #[test]
+    fn least_loaded_osds_are_preferred_and_a_seed_reproduces_the_choice() {
+        let alive = osds(&["a", "b", "c", "d", "e", "f"]);
+        let load: HashMap<OsdId, usize> = [(1, 5), (2, 5), (3, 5)].into_iter().collect();
+        let chosen = choose_osds(&mut StdRng::seed_from_u64(3), 3, &alive, &load).expect("placed");
+        let mut sorted = chosen.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec![4, 5, 6]);
+        let again = choose_osds(&mut StdRng::seed_from_u64(3), 3, &alive, &load).expect("placed");
+        assert_eq!(chosen, again);
     }
 }

@@ -112,22 +112,6 @@ impl Up {
         }
     }
 
-    fn spawn(&self, daemon: &mut Daemon) -> anyhow::Result<()> {
-        let _ = std::fs::remove_file(&daemon.run_file);
-        let log_path = self.dir.join("logs").join(format!("{}.log", daemon.name));
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).context("open daemon log")?;
-        let mut command = Command::new(&self.exe);
-        command
-            .args(&daemon.args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("clone log handle")?)
-            .stderr(log)
-            .kill_on_drop(true);
-        die_with_parent(&mut command);
-        daemon.child = Some(command.spawn().with_context(|| format!("spawn {}", daemon.name))?);
-        Ok(())
-    }
-
     async fn wait_serving(&mut self, index: usize) -> anyhow::Result<RunInfo> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -221,14 +205,22 @@ impl Up {
         Ok(())
     }
 
+    /// Spawns daemon `index` with its output appended to `logs/<name>.log`.
     async fn start(&mut self, index: usize) -> anyhow::Result<()> {
-        let mut daemon = std::mem::replace(
-            &mut self.daemons[index],
-            Daemon { name: String::new(), args: Vec::new(), child: None, run_file: PathBuf::new() },
-        );
-        let result = self.spawn(&mut daemon);
-        self.daemons[index] = daemon;
-        result
+        let daemon = &mut self.daemons[index];
+        let _ = std::fs::remove_file(&daemon.run_file);
+        let log_path = self.dir.join("logs").join(format!("{}.log", daemon.name));
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).context("open daemon log")?;
+        let mut command = Command::new(&self.exe);
+        command
+            .args(&daemon.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().context("clone log handle")?)
+            .stderr(log)
+            .kill_on_drop(true);
+        die_with_parent(&mut command);
+        daemon.child = Some(command.spawn().with_context(|| format!("spawn {}", daemon.name))?);
+        Ok(())
     }
 
     async fn restart_dead(&mut self) {
@@ -250,10 +242,8 @@ impl Up {
     /// Stops in dependency order: the frontend (no new requests), the OSDs,
     /// then the coordinator.
     async fn stop_all(&mut self) {
-        let mut order: Vec<usize> = (0..self.daemons.len()).rev().collect();
-        // Frontend is last in the list, coordinator first: reversed order is right.
-        order.dedup();
-        for index in order {
+        // Daemons were started coordinator, OSDs, frontend: stop in reverse.
+        for index in (0..self.daemons.len()).rev() {
             let daemon = &mut self.daemons[index];
             let Some(mut child) = daemon.child.take() else { continue };
             if let Some(pid) = child.id() {

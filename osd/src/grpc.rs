@@ -49,7 +49,10 @@ fn status_of(error: StoreError) -> Status {
         // Frontends recognise a full extent by this prefix and close its volume.
         StoreError::ExtentFull { .. } => Status::resource_exhausted(format!("{EXTENT_FULL_PREFIX}: {message}")),
         StoreError::Sealed(_) => Status::failed_precondition(message),
-        StoreError::TooLarge { .. } => Status::invalid_argument(message),
+        StoreError::TooLarge { .. } | StoreError::ExtentConflict { .. } | StoreError::BadMaxSize { .. } => {
+            Status::invalid_argument(message)
+        }
+        StoreError::Poisoned(_) => Status::unavailable(message),
         StoreError::Corrupt { .. } => Status::data_loss(message),
         StoreError::ShuttingDown => Status::unavailable(message),
         _ => {

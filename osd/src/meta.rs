@@ -270,7 +270,8 @@ mod tests {
 
     #[test]
     fn extent_meta_round_trips() {
-        let m = ExtentMeta { state: ExtentState::Sealed, max_size_bytes: 1 << 30, indexed_up_to: 12345, record_count: 7 };
+        let m =
+            ExtentMeta { state: ExtentState::Sealed, max_size_bytes: 1 << 30, indexed_up_to: 12345, record_count: 7 };
         assert_eq!(ExtentMeta::decode(&m.encode()), Some(m));
         let mut bad = m.encode();
         bad[0] = 9;

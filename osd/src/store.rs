@@ -37,8 +37,8 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::extent::{
-    self, ExtentHeader, FormatError, IndexEntry, RecordHeader, Structure, Trailer, CORRUPT_SUFFIX,
-    EXTENT_HEADER_LEN, RECORD_HEADER_LEN, RECORD_MAGIC, TMP_SUFFIX, TRAILER_LEN,
+    self, ExtentHeader, FormatError, IndexEntry, RecordHeader, Structure, Trailer, CORRUPT_SUFFIX, EXTENT_HEADER_LEN,
+    RECORD_HEADER_LEN, RECORD_MAGIC, TMP_SUFFIX, TRAILER_LEN,
 };
 use crate::meta::{self, ExtentMeta, ExtentState, Lookup, RecordLocation, RecordStats};
 
@@ -272,8 +272,11 @@ impl Extent {
     }
 }
 
+/// A disk after `open_disk` and recovery: its uuid, database and extents.
+type OpenedDisk = (u128, DB, Vec<Extent>);
+
 enum Request {
-    Append { extent: Arc<Extent>, key: Key, data: Bytes, resp: oneshot::Sender<Result<AppendOutcome, StoreError>> },
+    Append { extent: Arc<Extent>, key: Key, data: Bytes, resp: AppendResponder },
     Seal { extent: Arc<Extent>, resp: oneshot::Sender<Result<SealInfo, StoreError>> },
 }
 
@@ -297,9 +300,23 @@ impl Store {
         let mut disks = Vec::with_capacity(disk_dirs.len());
         let mut extents: HashMap<ExtentId, Arc<Extent>> = HashMap::new();
         let mut receivers = Vec::with_capacity(disk_dirs.len());
-        for (index, dir) in disk_dirs.iter().enumerate() {
-            let (uuid, db) = open_disk(dir)?;
-            let recovered = recover_disk(index, dir, &db)?;
+        // Disks recover in parallel: recovery time is that of the slowest disk.
+        let opened: Vec<Result<OpenedDisk, StoreError>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = disk_dirs
+                .iter()
+                .enumerate()
+                .map(|(index, dir)| {
+                    scope.spawn(move || {
+                        let (uuid, db) = open_disk(dir)?;
+                        let recovered = recover_disk(index, dir, &db)?;
+                        Ok((uuid, db, recovered))
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
+        });
+        for (dir, result) in disk_dirs.iter().zip(opened) {
+            let (uuid, db, recovered) = result?;
             for ext in recovered {
                 if extents.contains_key(&ext.id) {
                     error!(extent = ext.id, disk = %dir.display(), "extent exists on two disks of this OSD; serving the first copy, ignoring this one");
@@ -317,11 +334,11 @@ impl Store {
                 writer: Mutex::new(None),
             });
         }
-        for (disk, rx) in disks.iter_mut().zip(receivers) {
+        for (index, (disk, rx)) in disks.iter_mut().zip(receivers).enumerate() {
             let db = disk.db.clone();
             let writer_opts = opts.clone();
             let handle = std::thread::Builder::new()
-                .name(format!("osd-writer-{}", disk.dir.display()))
+                .name(format!("osd-writer-{index}"))
                 .spawn(move || run_writer(db, rx, writer_opts))
                 .map_err(io_err("spawn disk writer thread"))?;
             *lock(&disk.writer) = Some(handle);
@@ -425,7 +442,10 @@ impl Store {
     pub async fn append(&self, id: ExtentId, key: Key, data: Bytes) -> Result<AppendOutcome, StoreError> {
         let ext = self.extent(id)?;
         if data.len() as u64 > self.inner.opts.max_record_bytes {
-            return Err(StoreError::TooLarge { len_bytes: data.len() as u64, max_bytes: self.inner.opts.max_record_bytes });
+            return Err(StoreError::TooLarge {
+                len_bytes: data.len() as u64,
+                max_bytes: self.inner.opts.max_record_bytes,
+            });
         }
         if ext.snapshot().sealed {
             return Err(StoreError::Sealed(id));
@@ -466,7 +486,9 @@ impl Store {
         let loc = match loc {
             Lookup::Found(loc) => loc,
             Lookup::Missing => return Err(StoreError::NotFound { extent: id, key }),
-            Lookup::Undecodable => return Err(StoreError::CorruptMeta { extent: id, detail: "undecodable record entry" }),
+            Lookup::Undecodable => {
+                return Err(StoreError::CorruptMeta { extent: id, detail: "undecodable record entry" })
+            }
         };
         let corrupt = move |detail: FormatError| StoreError::Corrupt { extent: id, offset: loc.offset, detail };
         let records_end = ext.snapshot().records_end;
@@ -643,11 +665,13 @@ fn run_writer(db: Arc<DB>, mut rx: mpsc::Receiver<Request>, opts: StoreOptions) 
     }
 }
 
+type AppendResponder = oneshot::Sender<Result<AppendOutcome, StoreError>>;
+
 struct PendingAppend {
     extent: Arc<Extent>,
     key: Key,
     data: Bytes,
-    resp: oneshot::Sender<Result<AppendOutcome, StoreError>>,
+    resp: AppendResponder,
 }
 
 /// One extent's share of a group commit.
@@ -658,7 +682,7 @@ struct Staged {
     records: Vec<(Key, RecordLocation)>,
     pending_keys: HashMap<Key, u64>,
     /// (responder, offset, whether it duplicates a record of this group)
-    waiters: Vec<(oneshot::Sender<Result<AppendOutcome, StoreError>>, u64, bool)>,
+    waiters: Vec<(AppendResponder, u64, bool)>,
     failed: Option<StoreError>,
 }
 
@@ -822,10 +846,8 @@ fn seal_extent(db: &DB, ext: &Extent) -> Result<SealInfo, StoreError> {
     if undecodable > 0 {
         warn!(extent = ext.id, undecodable, "sealing without undecodable record entries");
     }
-    let mut located: Vec<IndexEntry> = records
-        .into_iter()
-        .map(|(key, loc)| IndexEntry { key, offset: loc.offset, data_len: loc.data_len })
-        .collect();
+    let mut located: Vec<IndexEntry> =
+        records.into_iter().map(|(key, loc)| IndexEntry { key, offset: loc.offset, data_len: loc.data_len }).collect();
     located.sort_by_key(|e| e.offset);
     let mut entries = Vec::with_capacity(located.len());
     let mut previous_end = EXTENT_HEADER_LEN as u64;
@@ -835,7 +857,9 @@ fn seal_extent(db: &DB, ext: &Extent) -> Result<SealInfo, StoreError> {
                 previous_end = end;
                 entries.push(e);
             }
-            _ => warn!(extent = ext.id, offset = e.offset, key = %e.key, "record entry overlaps another or lies past the records; left out of the footer"),
+            _ => {
+                warn!(extent = ext.id, offset = e.offset, key = %e.key, "record entry overlaps another or lies past the records; left out of the footer")
+            }
         }
     }
     let footer = extent::encode_footer(&entries, s.records_end);
@@ -921,7 +945,8 @@ fn parse_identity(text: &str) -> Result<u128, &'static str> {
     if lines.next() != Some(DISK_IDENTITY_MAGIC) {
         return Err("identity file has a bad magic");
     }
-    let version = lines.next().and_then(|l| l.strip_prefix("format_version=")).ok_or("identity file lacks format_version")?;
+    let version =
+        lines.next().and_then(|l| l.strip_prefix("format_version=")).ok_or("identity file lacks format_version")?;
     if version.parse::<u32>() != Ok(DISK_FORMAT_VERSION) {
         return Err("unsupported disk format version");
     }
@@ -1103,7 +1128,13 @@ fn recover_disk(disk: usize, dir: &Path, db: &DB) -> Result<Vec<Extent>, StoreEr
     Ok(out)
 }
 
-fn quarantine(db: &DB, id: ExtentId, path: &Path, why: &dyn std::fmt::Display, stats: &mut RecoveryStats) -> Result<(), StoreError> {
+fn quarantine(
+    db: &DB,
+    id: ExtentId,
+    path: &Path,
+    why: &dyn std::fmt::Display,
+    stats: &mut RecoveryStats,
+) -> Result<(), StoreError> {
     let mut target = path.as_os_str().to_owned();
     target.push(CORRUPT_SUFFIX);
     let mut target = PathBuf::from(target);
@@ -1148,7 +1179,11 @@ fn recover_extent(
         file.read_exact_at(&mut header_bytes, 0).map_err(io_err("read extent header"))?;
         ExtentHeader::decode(&header_bytes)
     } else {
-        Err(FormatError::Truncated { what: Structure::ExtentHeader, needed: EXTENT_HEADER_LEN as u64, available: file_len })
+        Err(FormatError::Truncated {
+            what: Structure::ExtentHeader,
+            needed: EXTENT_HEADER_LEN as u64,
+            available: file_len,
+        })
     };
     let header = match header {
         Ok(h) if h.extent_id == id => h,
@@ -1165,7 +1200,12 @@ fn recover_extent(
     let max_size_bytes = header.max_size_bytes;
     if let Some(m) = meta {
         if m.max_size_bytes != max_size_bytes {
-            warn!(extent = id, meta = m.max_size_bytes, header = max_size_bytes, "metadata disagrees with the extent header on max size; using the header");
+            warn!(
+                extent = id,
+                meta = m.max_size_bytes,
+                header = max_size_bytes,
+                "metadata disagrees with the extent header on max size; using the header"
+            );
         }
     }
     // Every record RocksDB knows of ends at or before this offset: recovery
@@ -1179,7 +1219,12 @@ fn recover_extent(
             if expected_len == Some(file_len) && rstats.count == m.record_count {
                 Plan::TrustSealed(m)
             } else if expected_len == Some(file_len) {
-                warn!(extent = id, entries = rstats.count, expected = m.record_count, "sealed extent is missing record entries; reloading them from its footer");
+                warn!(
+                    extent = id,
+                    entries = rstats.count,
+                    expected = m.record_count,
+                    "sealed extent is missing record entries; reloading them from its footer"
+                );
                 match footer_at(&mut window, m.indexed_up_to).map_err(io_err("read extent footer"))? {
                     Some((t, entries)) => Plan::Footer(t, entries),
                     None => Plan::Scan { start: EXTENT_HEADER_LEN as u64, was_sealed: true },
@@ -1190,9 +1235,7 @@ fn recover_extent(
             }
         }
         Some(m) => {
-            let consistent = rstats.count == m.record_count
-                && m.indexed_up_to >= floor
-                && m.indexed_up_to <= file_len;
+            let consistent = rstats.count == m.record_count && m.indexed_up_to >= floor && m.indexed_up_to <= file_len;
             if consistent {
                 Plan::Scan { start: m.indexed_up_to, was_sealed: false }
             } else {
@@ -1208,7 +1251,9 @@ fn recover_extent(
             }
         }
         None => match footer_from_end(&mut window).map_err(io_err("read extent footer"))? {
-            Some((t, entries)) if footer_tiles_records(&mut window, &t, &entries).map_err(io_err("verify extent footer"))? => {
+            Some((t, entries))
+                if footer_tiles_records(&mut window, &t, &entries).map_err(io_err("verify extent footer"))? =>
+            {
                 Plan::Footer(t, entries)
             }
             _ => Plan::Scan { start: EXTENT_HEADER_LEN as u64, was_sealed: false },
@@ -1233,7 +1278,13 @@ fn recover_extent(
             stats.entries_removed += removed;
             let record_count = entries.len() as u64;
             put_extent_meta(db, id, ExtentState::Sealed, max_size_bytes, trailer.index_offset, record_count)?;
-            ExtentMut { sealed: true, poisoned: false, records_end: trailer.index_offset, size_bytes: file_len, record_count }
+            ExtentMut {
+                sealed: true,
+                poisoned: false,
+                records_end: trailer.index_offset,
+                size_bytes: file_len,
+                record_count,
+            }
         }
         Plan::Scan { start, was_sealed } => {
             stats.scanned += 1;
@@ -1242,7 +1293,12 @@ fn recover_extent(
             stats.corrupt_ranges += scan.skipped.len() as u64;
             stats.corrupt_bytes += scan.skipped.iter().map(|(a, b)| b - a).sum::<u64>();
             if let Some(at) = scan.torn_tail_at {
-                warn!(extent = id, at, cut_bytes = file_len - at, "torn tail; truncating the extent after its last valid record");
+                warn!(
+                    extent = id,
+                    at,
+                    cut_bytes = file_len - at,
+                    "torn tail; truncating the extent after its last valid record"
+                );
                 file.set_len(at).map_err(io_err("truncate torn extent tail"))?;
                 file.sync_all().map_err(io_err("sync truncated extent"))?;
                 stats.torn_tails += 1;
@@ -1251,17 +1307,20 @@ fn recover_extent(
             let size_bytes = scan.torn_tail_at.unwrap_or(file_len);
             match scan.footer {
                 Some((trailer, entries)) => {
-                    // The footer lists every record; scanned ones it lacks
-                    // (none, unless it was written from stale metadata) are kept too.
-                    let mut all = entries;
-                    let listed: HashSet<Key> = all.iter().map(|e| e.key).collect();
-                    all.extend(scan.records.iter().filter(|r| !listed.contains(&r.key)));
-                    let (restored, removed) = sync_sealed_entries(db, id, &all)?;
+                    // The seal wrote the footer from the metadata after every
+                    // record before it was indexed, so it lists every record.
+                    let (restored, removed) = sync_sealed_entries(db, id, &entries)?;
                     stats.records_restored += restored;
                     stats.entries_removed += removed;
                     let record_count = trailer.record_count;
                     put_extent_meta(db, id, ExtentState::Sealed, max_size_bytes, trailer.index_offset, record_count)?;
-                    ExtentMut { sealed: true, poisoned: false, records_end: trailer.index_offset, size_bytes, record_count }
+                    ExtentMut {
+                        sealed: true,
+                        poisoned: false,
+                        records_end: trailer.index_offset,
+                        size_bytes,
+                        record_count,
+                    }
                 }
                 None => {
                     let restored = restore_entries(db, id, &scan.records)?;
@@ -1270,7 +1329,13 @@ fn recover_extent(
                     put_extent_meta(db, id, ExtentState::Open, max_size_bytes, scan.records_end, record_count)?;
                     // Sealed once, it must never take appends again.
                     reseal = was_sealed;
-                    ExtentMut { sealed: false, poisoned: false, records_end: scan.records_end, size_bytes, record_count }
+                    ExtentMut {
+                        sealed: false,
+                        poisoned: false,
+                        records_end: scan.records_end,
+                        size_bytes,
+                        record_count,
+                    }
                 }
             }
         }
@@ -1323,41 +1388,33 @@ fn restore_entries(db: &DB, id: ExtentId, records: &[IndexEntry]) -> Result<u64,
 /// Makes a sealed extent's record entries exactly its footer's index.
 /// Returns (entries added or corrected, entries removed).
 fn sync_sealed_entries(db: &DB, id: ExtentId, entries: &[IndexEntry]) -> Result<(u64, u64), StoreError> {
-    let (existing, _undecodable) = meta::load_records(db, id)?;
-    let existing: HashMap<Key, RecordLocation> = existing.into_iter().collect();
-    let wanted: HashMap<Key, RecordLocation> =
+    let mut wanted: HashMap<Key, RecordLocation> =
         entries.iter().map(|e| (e.key, RecordLocation { offset: e.offset, data_len: e.data_len })).collect();
     let mut batch = WriteBatch::default();
-    let mut restored = 0;
     let mut removed = 0;
-    // Undecodable entries are absent from `existing`, so they get rewritten too.
-    for (key, loc) in &wanted {
-        if existing.get(key) != Some(loc) {
-            batch.put(meta::record_key(id, key), loc.encode());
-            restored += 1;
-        }
-    }
-    for key in existing.keys() {
-        if !wanted.contains_key(key) {
-            batch.delete(meta::record_key(id, key));
-            removed += 1;
-        }
-    }
-    // Undecodable entries not in the footer go as well.
     let prefix = meta::record_prefix(id);
     for item in db.iterator(rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward)) {
         let (k, v) = item?;
         if !k.starts_with(&prefix) {
             break;
         }
-        if RecordLocation::decode(&v).is_none() {
-            if let Some((_, key)) = meta::parse_record_key(&k) {
-                if !wanted.contains_key(&key) {
-                    batch.delete(&k);
-                    removed += 1;
-                }
+        let Some((_, key)) = meta::parse_record_key(&k) else { continue };
+        match wanted.get(&key) {
+            // Already right: nothing to write.
+            Some(loc) if RecordLocation::decode(&v).as_ref() == Some(loc) => {
+                wanted.remove(&key);
+            }
+            // Wrong or undecodable: rewritten below.
+            Some(_) => {}
+            None => {
+                batch.delete(&k);
+                removed += 1;
             }
         }
+    }
+    let restored = wanted.len() as u64;
+    for (key, loc) in &wanted {
+        batch.put(meta::record_key(id, key), loc.encode());
     }
     if !batch.is_empty() {
         db.write(batch)?;
@@ -1558,7 +1615,9 @@ struct FsSpace {
     free_bytes: u64,
 }
 
-#[allow(unsafe_code)]
+// statvfs has no safe std equivalent. Its field types differ between
+// platforms, hence the casts that are no-ops on 64-bit Linux.
+#[allow(unsafe_code, clippy::unnecessary_cast)]
 fn fs_space(path: &Path) -> io::Result<FsSpace> {
     use std::os::unix::ffi::OsStrExt;
     let device = fs::metadata(path)?.dev();

@@ -455,7 +455,12 @@ async fn torn_tail_after_lost_index_batch_is_cut() -> Result<()> {
     {
         let db = meta::open_db(&disk.join("meta"))?;
         db.delete(meta::record_key(1, &records[2].0))?;
-        let m = ExtentMeta { state: ExtentState::Open, max_size_bytes: 4 * MIB, indexed_up_to: records[2].2, record_count: 2 };
+        let m = ExtentMeta {
+            state: ExtentState::Open,
+            max_size_bytes: 4 * MIB,
+            indexed_up_to: records[2].2,
+            record_count: 2,
+        };
         db.put(meta::extent_key(1), m.encode())?;
     }
     let path = d.extent_path(1)?;
@@ -626,7 +631,12 @@ async fn a_seal_not_recorded_in_metadata_is_found_from_the_footer() -> Result<()
     {
         // Crash after the footer was synced, before RocksDB recorded the seal.
         let db = meta::open_db(&d.disk_of(1)?.join("meta"))?;
-        let m = ExtentMeta { state: ExtentState::Open, max_size_bytes: 4 * MIB, indexed_up_to: records_end, record_count: 4 };
+        let m = ExtentMeta {
+            state: ExtentState::Open,
+            max_size_bytes: 4 * MIB,
+            indexed_up_to: records_end,
+            record_count: 4,
+        };
         db.put(meta::extent_key(1), m.encode())?;
     }
     let store = d.open()?;
@@ -677,7 +687,7 @@ async fn start_up_cleans_temporaries_quarantines_bad_headers_and_sets_bad_metada
     fs::write(disk.join("leftover.tmp"), b"x")?;
     let p2 = d.extent_path(2)?;
     flip_bit(&p2, 17)?; // inside the extent header
-    // Metadata that RocksDB will not open.
+                        // Metadata that RocksDB will not open.
     fs::write(disk.join("meta").join("CURRENT"), b"garbage\n")?;
 
     let store = d.open()?;
@@ -702,9 +712,50 @@ async fn a_second_store_on_the_same_disk_is_refused() -> Result<()> {
     store.create_extent(1, MIB)?;
     assert!(matches!(Store::open(&d.dirs, opts()), Err(StoreError::Meta(_))));
     // And the first store's metadata was not disturbed.
-    let names: Vec<String> =
-        fs::read_dir(&d.dirs[0])?.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let names: Vec<String> = fs::read_dir(&d.dirs[0])?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     assert!(!names.iter().any(|n| n.starts_with("meta.corrupt-")));
     fill(&store, 1, 0, 1, 10).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_blob_that_looks_like_a_footer_does_not_seal_an_open_extent() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(1, 4 * MIB)?;
+    let before = fill(&store, 1, 0, 2, 300).await?;
+    // The next record's data will start right after its header: plant a
+    // nested fake record there, then an index naming it and a valid trailer,
+    // so the file ends exactly like a sealed extent's footer.
+    let record_at = info(&store, 1)?.size_bytes;
+    let fake_at = record_at + RECORD_HEADER_LEN as u64;
+    let (fake_key, fake_data) = blob(4242, 100);
+    let mut data = extent::RecordHeader::for_blob(fake_key, &fake_data).encode().to_vec();
+    data.extend_from_slice(&fake_data);
+    let index_offset = fake_at + data.len() as u64;
+    let entry = extent::IndexEntry { key: fake_key, offset: fake_at, data_len: fake_data.len() as u64 };
+    data.extend_from_slice(&extent::encode_footer(&[entry], index_offset));
+    let data = Bytes::from(data);
+    let key = Key::of(&data);
+    assert_eq!(store.append(1, key, data.clone()).await?, AppendOutcome::Appended { offset: record_at });
+    let size = info(&store, 1)?.size_bytes;
+    drop(store);
+    // The file really does end in a well-formed footer.
+    let bytes = fs::read(d.extent_path(1)?)?;
+    let (trailer, _) = extent::decode_footer(&bytes[index_offset as usize..])?;
+    assert_eq!(trailer.file_len(), Some(size));
+
+    d.delete_meta()?;
+    let store = d.open()?;
+    let i = info(&store, 1)?;
+    assert!(!i.sealed, "a blob's bytes must not seal the extent");
+    assert_eq!((i.size_bytes, i.record_count), (size, 3));
+    assert_readable(&store, 1, &before).await?;
+    assert_eq!(store.read(1, &key).await?, data);
+    assert!(!store.has(1, &fake_key)?);
+    fill(&store, 1, 77, 1, 10).await?;
     Ok(())
 }

@@ -33,7 +33,13 @@ impl BlobService {
 
 fn index_status(error: IndexError) -> Status {
     tracing::error!(error = %error, "index failure");
-    Status::unavailable(format!("index unavailable: {error}"))
+    match error {
+        IndexError::Database { .. } | IndexError::Cancelled { .. } => {
+            Status::unavailable(format!("index unavailable: {error}"))
+        }
+        IndexError::CorruptRow { .. } => Status::data_loss(format!("index row corrupt: {error}")),
+        _ => Status::internal(format!("index error: {error}")),
+    }
 }
 
 fn put_status(error: PutError) -> Status {

@@ -62,8 +62,9 @@ mod tests {
         let mut bytes = [0u8; 32];
         bytes[0] = 0x01;
         bytes[1] = 0x02;
-        assert_eq!(vshard_of_key(&Key(bytes), 256), 0x0102 % 256);
-        assert_eq!(vshard_of_key(&Key(bytes), 1000), 0x0102 % 1000);
-        assert_eq!(vshard_of_key(&Key(bytes), MAX_VSHARD_COUNT), 0x0102);
+        let prefix: u32 = 0x0102;
+        assert_eq!(vshard_of_key(&Key(bytes), 256), prefix % 256);
+        assert_eq!(vshard_of_key(&Key(bytes), 100), prefix % 100);
+        assert_eq!(vshard_of_key(&Key(bytes), MAX_VSHARD_COUNT), prefix);
     }
 }

@@ -22,7 +22,9 @@ pub enum IndexError {
     #[error("{op} was cancelled: the runtime is shutting down")]
     Cancelled { op: &'static str },
 
-    #[error("shard {shard}: url scheme {scheme:?} is not supported; use sqlite:, mysql: or mariadb:")]
+    #[error(
+        "shard {shard}: url scheme {scheme:?} is not supported; use sqlite:, mysql: or mariadb:"
+    )]
     UnknownScheme { shard: String, scheme: String },
 
     #[error(

@@ -65,14 +65,22 @@ impl Index {
 
         let mut shards = Vec::with_capacity(targets.len());
         for (name, dialect, url) in &targets {
-            shards.push(Shard::connect(cfg, name, *dialect, url).await?);
+            match Shard::connect(cfg, name, *dialect, url).await {
+                Ok(shard) => shards.push(shard),
+                Err(e) => {
+                    close_all(&shards).await;
+                    return Err(e);
+                }
+            }
         }
         let directory_name = &cfg.shards[0].name;
-        for shard in &shards {
-            check_identity(shard, directory_name).await?;
-        }
-        let names: Vec<String> = cfg.shards.iter().map(|s| s.name.clone()).collect();
-        let vshard_to_shard = shard_map::load_or_init(&shards[0], cfg.vshard_count, &names).await?;
+        let vshard_to_shard = match prepare(&shards, cfg).await {
+            Ok(map) => map,
+            Err(e) => {
+                close_all(&shards).await;
+                return Err(e);
+            }
+        };
         tracing::info!(
             directory = %directory_name,
             shards = shards.len(),
@@ -168,12 +176,17 @@ impl Index {
         Ok(keys.iter().map(|key| found.get(key).cloned()).collect())
     }
 
-    async fn lookup_on_shard(&self, position: usize, keys: &[Key]) -> Result<Vec<IndexEntry>, IndexError> {
+    async fn lookup_on_shard(
+        &self,
+        position: usize,
+        keys: &[Key],
+    ) -> Result<Vec<IndexEntry>, IndexError> {
         let shard = &self.inner.shards[position];
         let mut entries = Vec::with_capacity(keys.len());
         for batch in keys.chunks(LOOKUP_BATCH_MAX_KEYS) {
             let placeholders = vec!["?"; batch.len()].join(", ");
-            let sql = format!("SELECT {ENTRY_COLUMNS} FROM blobs WHERE blob_key IN ({placeholders})");
+            let sql =
+                format!("SELECT {ENTRY_COLUMNS} FROM blobs WHERE blob_key IN ({placeholders})");
             // Not prepared-and-cached: every batch size is a different statement.
             let mut query = sqlx::query(&sql).persistent(false);
             for key in batch {
@@ -187,7 +200,10 @@ impl Index {
             for row in &rows {
                 let entry = shard.decode_entry(row, self.inner.vshard_count)?;
                 if !requested.contains(&entry.key) {
-                    return Err(shard.corrupt(format!("batch lookup returned unrequested key {}", entry.key)));
+                    return Err(shard.corrupt(format!(
+                        "batch lookup returned unrequested key {}",
+                        entry.key
+                    )));
                 }
                 entries.push(entry);
             }
@@ -199,7 +215,11 @@ impl Index {
     /// on the key's shard: the `blobs` row and, only if it was new, one
     /// `replication_outbox` row per entry of `outbox_zones`. An existing row
     /// is never changed; it is returned as [`InsertOutcome::AlreadyPresent`].
-    pub async fn insert(&self, entry: &IndexEntry, outbox_zones: &[String]) -> Result<InsertOutcome, IndexError> {
+    pub async fn insert(
+        &self,
+        entry: &IndexEntry,
+        outbox_zones: &[String],
+    ) -> Result<InsertOutcome, IndexError> {
         // Validate every value before binding: MySQL's INSERT IGNORE would
         // turn an out-of-range value into a warning and a clamped row.
         for zone in outbox_zones {
@@ -212,10 +232,26 @@ impl Index {
         }
         let bucket_id = to_i64("bucket_id", entry.bucket_id)?;
         let length_bytes = to_i64("length_bytes", entry.length_bytes)?;
-        let key = &entry.key;
-        let shard = self.shard_of(key);
+        let shard = self.shard_of(&entry.key);
 
         let mut tx = shard.begin_write().await?;
+        let result = self
+            .insert_in_tx(shard, &mut tx, entry, outbox_zones, bucket_id, length_bytes)
+            .await;
+        shard.finish(tx, result).await
+    }
+
+    /// The body of [`Index::insert`], in `tx`; values already validated.
+    async fn insert_in_tx(
+        &self,
+        shard: &Shard,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        entry: &IndexEntry,
+        outbox_zones: &[String],
+        bucket_id: i64,
+        length_bytes: i64,
+    ) -> Result<InsertOutcome, IndexError> {
+        let key = &entry.key;
         let insert = shard
             .dialect
             .insert_if_absent("blobs", &BLOB_INSERT_COLUMNS, "blob_key", 1);
@@ -226,7 +262,7 @@ impl Index {
             .bind(bucket_id)
             .bind(length_bytes)
             .bind(entry.created_unix_ms)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await
             .map_err(shard.db_err("insert blob row"))?
             .rows_affected();
@@ -245,27 +281,29 @@ impl Index {
                             .bind(entry.created_unix_ms);
                     }
                     query
-                        .execute(&mut *tx)
+                        .execute(&mut **tx)
                         .await
                         .map_err(shard.db_err("insert outbox rows"))?;
                 }
-                tx.commit().await.map_err(shard.db_err("commit insert"))?;
                 Ok(InsertOutcome::Inserted)
             }
             0 => {
+                // Skipped: read the winner's row in the same transaction.
                 let sql = format!("SELECT {ENTRY_COLUMNS} FROM blobs WHERE blob_key = ?");
                 let row = sqlx::query(&sql)
                     .bind(key.as_bytes().as_slice())
-                    .fetch_optional(&mut *tx)
+                    .fetch_optional(&mut **tx)
                     .await
-                    .map_err(shard.db_err("read existing blob row"))?;
-                tx.rollback().await.map_err(shard.db_err("roll back insert"))?;
-                let row = row.ok_or_else(|| {
-                    shard.corrupt(format!("insert of {key} was skipped but no row exists"))
-                })?;
+                    .map_err(shard.db_err("read existing blob row"))?
+                    .ok_or_else(|| {
+                        shard.corrupt(format!("insert of {key} was skipped but no row exists"))
+                    })?;
                 let existing = shard.decode_entry(&row, self.inner.vshard_count)?;
                 if existing.key != *key {
-                    return Err(shard.corrupt(format!("lookup of {key} returned the row of {}", existing.key)));
+                    return Err(shard.corrupt(format!(
+                        "lookup of {key} returned the row of {}",
+                        existing.key
+                    )));
                 }
                 Ok(InsertOutcome::AlreadyPresent(existing))
             }
@@ -294,9 +332,7 @@ impl Index {
     /// Closes every pool, waiting for checked-out connections to come back.
     /// Later calls on this index (or its clones) fail.
     pub async fn close(&self) {
-        for shard in &self.inner.shards {
-            shard.pool.close().await;
-        }
+        close_all(&self.inner.shards).await;
     }
 }
 
@@ -334,16 +370,31 @@ fn validate(cfg: &IndexConfig) -> Result<Vec<(String, Dialect, String)>, IndexEr
     Ok(targets)
 }
 
+/// Checks every database's identity, then loads (or creates) the shard map.
+async fn prepare(shards: &[Shard], cfg: &IndexConfig) -> Result<Vec<usize>, IndexError> {
+    let directory_name = &cfg.shards[0].name;
+    for shard in shards {
+        let mut tx = shard.begin_write().await?;
+        let result = check_identity(shard, &mut tx, directory_name).await;
+        shard.finish(tx, result).await?;
+    }
+    let names: Vec<String> = cfg.shards.iter().map(|s| s.name.clone()).collect();
+    shard_map::load_or_init(&shards[0], cfg.vshard_count, &names).await
+}
+
 /// Refuses a database that was created as another shard, or for an index
 /// whose directory was another database: a reordered shard list or a swapped
 /// URL would otherwise silently route keys to the wrong database.
-async fn check_identity(shard: &Shard, directory_name: &str) -> Result<(), IndexError> {
-    let mut tx = shard.begin_write().await?;
+async fn check_identity(
+    shard: &Shard,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    directory_name: &str,
+) -> Result<(), IndexError> {
     for (field, expected) in [
         (META_SHARD_NAME, shard.name.as_str()),
         (META_DIRECTORY_SHARD, directory_name),
     ] {
-        let (stored, _created) = shard.claim_meta(&mut tx, field, expected).await?;
+        let (stored, _created) = shard.claim_meta(tx, field, expected).await?;
         if stored != expected {
             return Err(IndexError::ShardIdentityMismatch {
                 configured: shard.name.clone(),
@@ -353,7 +404,13 @@ async fn check_identity(shard: &Shard, directory_name: &str) -> Result<(), Index
             });
         }
     }
-    tx.commit().await.map_err(shard.db_err("commit index_meta"))
+    Ok(())
+}
+
+async fn close_all(shards: &[Shard]) {
+    for shard in shards {
+        shard.pool.close().await;
+    }
 }
 
 fn to_i64(field: &'static str, value: u64) -> Result<i64, IndexError> {

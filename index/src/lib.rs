@@ -19,14 +19,14 @@
 //!   [`IndexError::CorruptRow`].
 //!
 //! # Layout
-//! - [`config`]: [`IndexConfig`], [`ShardConfig`].
-//! - [`entry`]: [`IndexEntry`], [`InsertOutcome`], [`vshard_of_key`].
-//! - [`error`]: [`IndexError`].
-//! - `index`: [`Index`], routing and the queries.
-//! - `shard`: one physical database (pool, PRAGMAs, row decoding).
-//! - `shard_map`: creating and loading the vshard → database map.
-//! - `dialect`: the SQLite / MySQL differences.
-//! - `migrations/{sqlite,mysql}/`: the schema, one directory per dialect.
+//! - [`config`] — [`IndexConfig`], [`ShardConfig`].
+//! - [`entry`] — [`IndexEntry`], [`InsertOutcome`], [`vshard_of_key`].
+//! - [`error`] — [`IndexError`].
+//! - `index` — [`Index`], routing and the queries.
+//! - `shard` — one physical database (pool, PRAGMAs, row decoding).
+//! - `shard_map` — creating and loading the vshard → database map.
+//! - `dialect` — the SQLite / MySQL differences.
+//! - `migrations/{sqlite,mysql}/` — the schema, one directory per dialect.
 
 pub mod config;
 pub mod entry;

@@ -50,7 +50,10 @@ impl Shard {
             .acquire_timeout(Duration::from_millis(cfg.connect_timeout_ms))
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
-                    if conn.backend_name().eq_ignore_ascii_case(SQLITE_BACKEND_NAME) {
+                    if conn
+                        .backend_name()
+                        .eq_ignore_ascii_case(SQLITE_BACKEND_NAME)
+                    {
                         // WAL: readers never block the writer. synchronous=FULL:
                         // a committed (acked) index row survives power loss.
                         conn.execute("PRAGMA journal_mode = WAL").await?;
@@ -69,14 +72,13 @@ impl Shard {
                 op: "connect",
                 source,
             })?;
-        dialect
-            .migrator()
-            .run(&pool)
-            .await
-            .map_err(|source| IndexError::Migrate {
+        if let Err(source) = dialect.migrator().run(&pool).await {
+            pool.close().await;
+            return Err(IndexError::Migrate {
                 shard: name.to_owned(),
                 source,
-            })?;
+            });
+        }
         Ok(Shard {
             name: name.to_owned(),
             dialect,
@@ -101,11 +103,36 @@ impl Shard {
     }
 
     /// Opens a transaction that will write (see [`Dialect::begin_write`]).
-    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, IndexError> {
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, IndexError> {
         self.pool
             .begin_with(self.dialect.begin_write())
             .await
             .map_err(self.db_err("begin transaction"))
+    }
+
+    /// Ends a transaction opened by [`Shard::begin_write`]: commits if `result`
+    /// is `Ok`, rolls back if not. Always call it rather than dropping `tx`: a
+    /// dropped transaction is rolled back only when the pool next touches the
+    /// connection, and until then it holds its locks.
+    pub(crate) async fn finish<T>(
+        &self,
+        tx: sqlx::Transaction<'static, sqlx::Any>,
+        result: Result<T, IndexError>,
+    ) -> Result<T, IndexError> {
+        match result {
+            Ok(value) => {
+                tx.commit().await.map_err(self.db_err("commit"))?;
+                Ok(value)
+            }
+            Err(e) => {
+                if let Err(rollback) = tx.rollback().await {
+                    tracing::warn!(shard = %self.name, error = %rollback, "roll back after a failed operation");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Reads column `name` of `row`; a NULL or mistyped value is corruption.
@@ -133,7 +160,11 @@ impl Shard {
 
     /// Decodes a row selected with [`ENTRY_COLUMNS`], checking that the key is
     /// 32 bytes and that it is stored under the vshard it hashes to.
-    pub(crate) fn decode_entry(&self, row: &AnyRow, vshard_count: u32) -> Result<IndexEntry, IndexError> {
+    pub(crate) fn decode_entry(
+        &self,
+        row: &AnyRow,
+        vshard_count: u32,
+    ) -> Result<IndexEntry, IndexError> {
         let key_hex: String = self.column(row, "key_hex")?;
         let key_bytes = hex::decode(&key_hex)
             .map_err(|e| self.corrupt(format!("blob_key {key_hex:?} is not hex: {e}")))?;

@@ -2,6 +2,8 @@
 //! the directory (the first configured database) as `shard_map` rows, next to
 //! `index_meta.vshard_count`, both written once in one transaction.
 
+use sqlx::any::AnyRow;
+
 use crate::error::IndexError;
 use crate::shard::Shard;
 
@@ -22,39 +24,17 @@ pub(crate) async fn load_or_init(
     shard_names: &[String],
 ) -> Result<Vec<usize>, IndexError> {
     let mut tx = directory.begin_write().await?;
-    let (stored, created) = directory
-        .claim_meta(&mut tx, META_VSHARD_COUNT, &vshard_count.to_string())
-        .await?;
-    let stored: u32 = stored
-        .parse()
-        .map_err(|_| directory.corrupt(format!("index_meta vshard_count = {stored:?} is not a u32")))?;
-    if stored != vshard_count {
-        return Err(IndexError::VshardCountMismatch {
-            stored,
-            configured: vshard_count,
-        });
-    }
-    if created {
-        write_round_robin(directory, &mut tx, vshard_count, shard_names).await?;
-        tracing::info!(
-            directory = %directory.name,
-            vshard_count,
-            shards = shard_names.len(),
-            "index created: shard map initialised round-robin"
-        );
-    }
-    let rows = sqlx::query("SELECT vshard, shard_name FROM shard_map")
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(directory.db_err("read shard map"))?;
-    tx.commit().await.map_err(directory.db_err("commit shard map"))?;
+    let result = read_or_create(directory, &mut tx, vshard_count, shard_names).await;
+    let rows = directory.finish(tx, result).await?;
 
     let mut map: Vec<Option<usize>> = vec![None; vshard_count as usize];
     for row in &rows {
         let vshard: u32 = directory.unsigned_column(row, "vshard")?;
         let name: String = directory.column(row, "shard_name")?;
         let slot = map.get_mut(vshard as usize).ok_or_else(|| {
-            directory.corrupt(format!("shard_map has vshard {vshard}, but vshard_count is {vshard_count}"))
+            directory.corrupt(format!(
+                "shard_map has vshard {vshard}, but vshard_count is {vshard_count}"
+            ))
         })?;
         let position = shard_names
             .iter()
@@ -65,9 +45,46 @@ pub(crate) async fn load_or_init(
     map.into_iter()
         .enumerate()
         .map(|(vshard, position)| {
-            position.ok_or_else(|| directory.corrupt(format!("vshard {vshard} is missing from shard_map")))
+            position.ok_or_else(|| {
+                directory.corrupt(format!("vshard {vshard} is missing from shard_map"))
+            })
         })
         .collect()
+}
+
+/// In `tx`: creates the map if the vshard count was not yet recorded, checks
+/// the count, and returns the raw `shard_map` rows.
+async fn read_or_create(
+    directory: &Shard,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    vshard_count: u32,
+    shard_names: &[String],
+) -> Result<Vec<AnyRow>, IndexError> {
+    let (stored, created) = directory
+        .claim_meta(tx, META_VSHARD_COUNT, &vshard_count.to_string())
+        .await?;
+    let stored: u32 = stored.parse().map_err(|_| {
+        directory.corrupt(format!("index_meta vshard_count = {stored:?} is not a u32"))
+    })?;
+    if stored != vshard_count {
+        return Err(IndexError::VshardCountMismatch {
+            stored,
+            configured: vshard_count,
+        });
+    }
+    if created {
+        write_round_robin(directory, tx, vshard_count, shard_names).await?;
+        tracing::info!(
+            directory = %directory.name,
+            vshard_count,
+            shards = shard_names.len(),
+            "index created: shard map initialised round-robin"
+        );
+    }
+    sqlx::query("SELECT vshard, shard_name FROM shard_map")
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(directory.db_err("read shard map"))
 }
 
 async fn write_round_robin(
@@ -76,12 +93,18 @@ async fn write_round_robin(
     vshard_count: u32,
     shard_names: &[String],
 ) -> Result<(), IndexError> {
-    assert!(!shard_names.is_empty(), "config validation requires a shard");
+    assert!(
+        !shard_names.is_empty(),
+        "config validation requires a shard"
+    );
     let vshards: Vec<u32> = (0..vshard_count).collect();
     for batch in vshards.chunks(SHARD_MAP_INSERT_BATCH_ROWS) {
-        let sql = directory
-            .dialect
-            .insert_if_absent("shard_map", &["vshard", "shard_name"], "vshard", batch.len());
+        let sql = directory.dialect.insert_if_absent(
+            "shard_map",
+            &["vshard", "shard_name"],
+            "vshard",
+            batch.len(),
+        );
         let mut query = sqlx::query(&sql);
         for &vshard in batch {
             let name = &shard_names[vshard as usize % shard_names.len()];

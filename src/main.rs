@@ -39,6 +39,12 @@ enum Command {
         /// Largest blob accepted (first run only).
         #[arg(long, default_value = "32MiB", value_parser = parse_size)]
         max_blob_size: u64,
+        /// Requests per second (and burst) each client may make.
+        #[arg(long, default_value_t = 2000)]
+        client_rate_limit: u32,
+        /// Longest silence tolerated inside a PUT stream or from a GET reader, in ms.
+        #[arg(long, default_value_t = 10_000)]
+        stream_idle_timeout_ms: u64,
     },
     /// Run an OSD daemon.
     Osd(DaemonArgs),
@@ -99,29 +105,33 @@ fn main() -> anyhow::Result<()> {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Up { dir, osds, extent_size, replicas, max_blob_size } => {
+        Command::Up { dir, osds, extent_size, replicas, max_blob_size, client_rate_limit, stream_idle_timeout_ms } => {
             let settings = pocket::up::UpSettings {
                 osds,
                 extent_size_bytes: extent_size,
                 replication_factor: replicas,
                 max_blob_size_bytes: max_blob_size,
+                coordinator_port: 0,
+                frontend_port: 0,
+                client_rate_limit_per_sec: client_rate_limit,
+                stream_idle_timeout_ms,
             };
             pocket::up::Up::prepare(&dir, settings)?.run(shutdown_signal()).await
         }
         Command::Osd(args) => {
             let config: pocket_osd::OsdConfig = load_config(&args.config)?;
-            let (listen, http) = (config.listen.clone(), config.http_listen.clone());
-            serve(args, &listen, &http, |l, ready, stop| pocket_osd::run(l, config, ready, stop)).await
+            let (listen, http, tls) = (config.listen.clone(), config.http_listen.clone(), config.tls.clone());
+            serve(args, &listen, &http, &tls, |l, ready, stop| pocket_osd::run(l, config, ready, stop)).await
         }
         Command::Coordinator(args) => {
             let config: pocket_coordinator::CoordinatorConfig = load_config(&args.config)?;
-            let (listen, http) = (config.listen.clone(), config.http_listen.clone());
-            serve(args, &listen, &http, |l, ready, stop| pocket_coordinator::run(l, config, ready, stop)).await
+            let (listen, http, tls) = (config.listen.clone(), config.http_listen.clone(), config.tls.clone());
+            serve(args, &listen, &http, &tls, |l, ready, stop| pocket_coordinator::run(l, config, ready, stop)).await
         }
         Command::Frontend(args) => {
             let config: pocket_frontend::FrontendConfig = load_config(&args.config)?;
-            let (listen, http) = (config.listen.clone(), config.http_listen.clone());
-            serve(args, &listen, &http, |l, ready, stop| pocket_frontend::run(l, config, ready, stop)).await
+            let (listen, http, tls) = (config.listen.clone(), config.http_listen.clone(), config.tls.clone());
+            serve(args, &listen, &http, &tls, |l, ready, stop| pocket_frontend::run(l, config, ready, stop)).await
         }
         Command::Put { file, config } => {
             let client = client(&config)?;
@@ -181,12 +191,19 @@ fn load_config<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
 
 /// Binds the daemon's listeners, serves `/metrics` and `/healthz`, writes the
 /// run file once the daemon is ready, and runs it until SIGTERM or Ctrl-C.
-async fn serve<F, Fut>(args: DaemonArgs, listen: &str, http_listen: &str, run: F) -> anyhow::Result<()>
+async fn serve<F, Fut>(
+    args: DaemonArgs,
+    listen: &str,
+    http_listen: &str,
+    tls: &pocket_transport::TlsConfig,
+    run: F,
+) -> anyhow::Result<()>
 where
     F: FnOnce(TcpListener, watch::Sender<bool>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
     let metrics = pocket::ops::install_metrics()?;
+    let ops_tls = pocket_transport::Tls::load(tls).context("load TLS material for the ops endpoint")?;
     let grpc = TcpListener::bind(listen).await.with_context(|| format!("bind gRPC listener {listen}"))?;
     let http = TcpListener::bind(http_listen).await.with_context(|| format!("bind HTTP listener {http_listen}"))?;
     let info = RunInfo {
@@ -203,7 +220,9 @@ where
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let ops = tokio::spawn(pocket::ops::serve(http, metrics, ready_rx.clone(), stopped(stop_rx.clone())));
+    let ops_shutdown = stopped(stop_rx.clone());
+    let ops_ready = ready_rx.clone();
+    let ops = tokio::spawn(async move { pocket::ops::serve(http, &ops_tls, metrics, ops_ready, ops_shutdown).await });
     if let Some(path) = args.run_file.clone() {
         let mut ready = ready_rx.clone();
         tokio::spawn(async move {

@@ -20,9 +20,14 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
     Ok(metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?)
 }
 
-/// Serves the operations endpoint until `shutdown` resolves.
+/// Connections the operations endpoint serves at once.
+const MAX_OPS_CONNECTIONS: usize = 32;
+
+/// Serves the operations endpoint over mutual TLS (any certificate of the
+/// pocket's CA may scrape) until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
+    tls: &pocket_transport::Tls,
     metrics: PrometheusHandle,
     ready: watch::Receiver<bool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -31,8 +36,34 @@ pub async fn serve(
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(health))
         .with_state(OpsState { metrics, ready });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await?;
-    Ok(())
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls.rustls_server_config()?);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_OPS_CONNECTIONS));
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ops endpoint accept failed");
+                    continue;
+                }
+            },
+            _ = &mut shutdown => return Ok(()),
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            continue; // Over the connection limit: drop it.
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let handshake = tokio::time::timeout(pocket_transport::tls::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            let Ok(Ok(stream)) = handshake else { return };
+            let service = hyper_util::service::TowerToHyperService::new(app);
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 async fn render_metrics(State(state): State<OpsState>) -> String {

@@ -11,6 +11,7 @@
 //! coordinator/        cell database
 //! index/              index shard(s)
 //! osd-<n>/disk-0/     each OSD's disk
+//! pki/                the local CA and each identity's certificate and key
 //! run/<role>.run      address and pid of each running daemon
 //! logs/<role>.log     each daemon's log
 //! client.toml         written once the pocket serves; removed when it stops
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pocket_proto::pb;
+use pocket_transport::{pki, Identity, Role};
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
@@ -45,6 +47,37 @@ pub struct UpSettings {
     pub replication_factor: u32,
     /// Largest blob accepted.
     pub max_blob_size_bytes: u64,
+    /// Loopback port of the coordinator, fixed on first run so that a
+    /// restarted coordinator is found where the OSDs and frontend look.
+    #[serde(default)]
+    pub coordinator_port: u16,
+    /// Loopback port of the frontend, fixed on first run so that
+    /// `client.toml` stays valid across restarts.
+    #[serde(default)]
+    pub frontend_port: u16,
+    /// Requests per second (and burst) each client may make at the frontend.
+    #[serde(default = "default_client_rate_limit")]
+    pub client_rate_limit_per_sec: u32,
+    /// Longest silence inside a PUT/append stream, or from a GET reader.
+    #[serde(default = "default_stream_idle_timeout_ms")]
+    pub stream_idle_timeout_ms: u64,
+}
+
+fn default_client_rate_limit() -> u32 {
+    2_000
+}
+fn default_stream_idle_timeout_ms() -> u64 {
+    10_000
+}
+
+/// Room an extent needs beyond its largest record: the extent header and
+/// one record header (osd/src/extent.rs), rounded up.
+const EXTENT_OVERHEAD_BYTES: u64 = 4096;
+
+/// A port free on loopback right now.
+fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    Ok(listener.local_addr()?.port())
 }
 
 struct Daemon {
@@ -55,6 +88,8 @@ struct Daemon {
 }
 
 pub struct Up {
+    /// Held for the life of `up`: one supervisor per directory.
+    _lock: std::fs::File,
     dir: PathBuf,
     exe: PathBuf,
     settings: UpSettings,
@@ -67,27 +102,59 @@ impl Up {
     pub fn prepare(dir: &Path, overrides: UpSettings) -> anyhow::Result<Up> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let dir = dir.canonicalize().context("resolve pocket directory")?;
+        let lock = lock_dir(&dir)?;
         let settings_path = dir.join("up.toml");
-        let settings = match std::fs::read_to_string(&settings_path) {
+        let mut settings = match std::fs::read_to_string(&settings_path) {
             Ok(text) => {
                 let mut stored: UpSettings = toml::from_str(&text).context("parse up.toml")?;
                 if overrides.osds > stored.osds {
                     stored.osds = overrides.osds;
                 }
+                // Limits are not part of the data's identity: each run may set them.
+                stored.client_rate_limit_per_sec = overrides.client_rate_limit_per_sec;
+                stored.stream_idle_timeout_ms = overrides.stream_idle_timeout_ms;
                 stored
             }
-            Err(_) => overrides,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => overrides,
+            Err(e) => return Err(e).context("read up.toml"),
         };
         if settings.osds < settings.replication_factor {
             bail!("{} OSDs cannot hold {} replicas", settings.osds, settings.replication_factor);
         }
-        std::fs::write(&settings_path, toml::to_string(&settings)?).context("write up.toml")?;
+        if settings.extent_size_bytes < settings.max_blob_size_bytes + EXTENT_OVERHEAD_BYTES {
+            bail!(
+                "extent size {} bytes cannot hold a blob of the maximum size {} bytes; raise --extent-size or lower --max-blob-size",
+                settings.extent_size_bytes,
+                settings.max_blob_size_bytes
+            );
+        }
+        if settings.coordinator_port == 0 {
+            settings.coordinator_port = free_port()?;
+        }
+        if settings.frontend_port == 0 {
+            settings.frontend_port = free_port()?;
+        }
+        let tmp = dir.join("up.toml.tmp");
+        std::fs::write(&tmp, toml::to_string(&settings)?).context("write up.toml")?;
+        std::fs::rename(&tmp, &settings_path).context("install up.toml")?;
         for sub in ["etc", "run", "logs", "coordinator", "index"] {
             std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("create {sub}/"))?;
         }
         let _ = std::fs::remove_file(dir.join("client.toml"));
+        pki::ensure_local(&dir.join("pki"), &local_identities(settings.osds)).context("generate the local PKI")?;
         let exe = std::env::current_exe().context("locate the pocket binary")?;
-        Ok(Up { dir, exe, settings, daemons: Vec::new() })
+        Ok(Up { _lock: lock, dir, exe, settings, daemons: Vec::new() })
+    }
+
+    /// The `[tls]` table of `identity`'s config.
+    fn tls_table(&self, identity: &Identity) -> String {
+        let config = pki::tls_config(&self.dir.join("pki"), identity);
+        format!(
+            "\n[tls]\nca = \"{}\"\ncert = \"{}\"\nkey = \"{}\"\n",
+            config.ca.display(),
+            config.cert.display(),
+            config.key.display()
+        )
     }
 
     fn write_config(&self, name: &str, text: String) -> anyhow::Result<PathBuf> {
@@ -138,10 +205,13 @@ impl Up {
         let coordinator_config = self.write_config(
             "coordinator",
             format!(
-                "cell_id = 1\ndatabase_url = \"sqlite://{}?mode=rwc\"\nreplication_factor = {}\nextent_size_bytes = {}\n",
+                "cell_id = 1\nlisten = \"127.0.0.1:{}\"\ndatabase_url = \"sqlite://{}?mode=rwc\"\naudit_log = \"{}\"\nreplication_factor = {}\nextent_size_bytes = {}\n{}",
+                self.settings.coordinator_port,
                 db.display(),
+                self.dir.join("coordinator").join("audit.log").display(),
                 self.settings.replication_factor,
-                self.settings.extent_size_bytes
+                self.settings.extent_size_bytes,
+                self.tls_table(&Identity::new(Role::Coordinator, "cell-1")),
             ),
         )?;
         let coordinator = self.daemon("coordinator", "coordinator", &coordinator_config);
@@ -154,9 +224,11 @@ impl Up {
             let config = self.write_config(
                 &format!("osd-{n}"),
                 format!(
-                    "osd_id = {n}\ndisks = [\"{}\"]\ncoordinator = \"{coordinator_addr}\"\nmax_blob_size_bytes = {}\n",
+                    "osd_id = {n}\ndisks = [\"{}\"]\ncoordinator = \"{coordinator_addr}\"\nmax_blob_size_bytes = {}\nstream_idle_timeout_ms = {}\n{}",
                     disk.display(),
-                    self.settings.max_blob_size_bytes
+                    self.settings.max_blob_size_bytes,
+                    self.settings.stream_idle_timeout_ms,
+                    self.tls_table(&Identity::new(Role::Osd, &format!("osd-{n}"))),
                 ),
             )?;
             let daemon = self.daemon(&format!("osd-{n}"), "osd", &config);
@@ -167,15 +239,21 @@ impl Up {
         for index in 1..self.daemons.len() {
             self.wait_serving(index).await?;
         }
-        wait_writable(&coordinator_addr).await?;
+        let operator_tls = pocket_transport::Tls::load(&pki::tls_config(&self.dir.join("pki"), &up_identity()))?;
+        wait_writable(&operator_tls, &coordinator_addr).await?;
 
         let index_db = self.dir.join("index").join("index-0.db");
         let frontend_config = self.write_config(
             "frontend",
             format!(
-                "coordinator = \"{coordinator_addr}\"\nmax_blob_size_bytes = {}\n\n[index]\nshards = [{{ name = \"shard-0\", url = \"sqlite://{}?mode=rwc\" }}]\n",
+                "coordinator = \"{coordinator_addr}\"\nlisten = \"127.0.0.1:{}\"\nmax_blob_size_bytes = {}\nrate_limit_per_sec = {rate}\nrate_limit_burst = {rate}\nstream_idle_timeout_ms = {}\n\n[index]\nshards = [{{ name = \"shard-0\", url = \"sqlite://{}?mode=rwc\" }}]\n{}\n{}",
+                self.settings.frontend_port,
                 self.settings.max_blob_size_bytes,
-                index_db.display()
+                self.settings.stream_idle_timeout_ms,
+                index_db.display(),
+                self.tls_table(&Identity::new(Role::Frontend, "frontend-1")),
+                CLIENT_GRANTS,
+                rate = self.settings.client_rate_limit_per_sec,
             ),
         )?;
         let frontend = self.daemon("frontend", "frontend", &frontend_config);
@@ -183,7 +261,10 @@ impl Up {
         let frontend_index = self.daemons.len() - 1;
         self.start(frontend_index).await?;
         let frontend_addr = self.wait_serving(frontend_index).await?.grpc;
-        let client_config = pocket_client::ClientConfig { frontend: frontend_addr.clone() };
+        let client_config = pocket_client::ClientConfig {
+            frontend: frontend_addr.clone(),
+            tls: pki::tls_config(&self.dir.join("pki"), &Identity::new(Role::Client, "local")),
+        };
         let client = pocket_client::Client::connect(&client_config)?;
         client.wait_ready(START_TIMEOUT).await.context("frontend did not answer")?;
         let client_path = self.dir.join("client.toml");
@@ -261,9 +342,32 @@ impl Up {
     }
 }
 
+/// The identity `pocket up` itself uses to watch the cell start.
+fn up_identity() -> Identity {
+    Identity::new(Role::Operator, "up")
+}
+
+/// Every identity of a local pocket: its daemons, two clients (`local` may do
+/// everything, `reader` only read) and an operator (`admin`).
+pub fn local_identities(osds: u32) -> Vec<Identity> {
+    let mut identities = vec![
+        Identity::new(Role::Coordinator, "cell-1"),
+        Identity::new(Role::Frontend, "frontend-1"),
+        Identity::new(Role::Client, "local"),
+        Identity::new(Role::Client, "reader"),
+        Identity::new(Role::Operator, "admin"),
+        up_identity(),
+    ];
+    identities.extend((1..=osds).map(|n| Identity::new(Role::Osd, &format!("osd-{n}"))));
+    identities
+}
+
+/// The permission table of a local pocket's frontend.
+const CLIENT_GRANTS: &str = "[[clients]]\nname = \"local\"\npermissions = [\"put\", \"get\", \"delete\", \"list\", \"admin\"]\n\n[[clients]]\nname = \"reader\"\npermissions = [\"get\"]\n";
+
 /// Waits until the coordinator offers at least one writable bucket.
-async fn wait_writable(coordinator_addr: &str) -> anyhow::Result<()> {
-    let mut client = pb::coordinator_client::CoordinatorClient::new(pocket_proto::net::channel(coordinator_addr)?);
+async fn wait_writable(tls: &pocket_transport::Tls, coordinator_addr: &str) -> anyhow::Result<()> {
+    let mut client = pb::coordinator_client::CoordinatorClient::new(tls.channel(coordinator_addr)?);
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(response) = client.writable_buckets(pb::WritableBucketsRequest {}).await {
@@ -276,6 +380,25 @@ async fn wait_writable(coordinator_addr: &str) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Takes an exclusive lock on `DIR/up.lock`, so that two supervisors never
+/// run the same pocket.
+fn lock_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("up.lock"))
+        .context("open up.lock")?;
+    #[allow(unsafe_code)]
+    // SAFETY: flock(2) on a file descriptor we own; no memory is shared.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0;
+    if !locked {
+        bail!("another `pocket up` is running on {}", dir.display());
+    }
+    Ok(file)
 }
 
 /// Sends SIGTERM to `pid`.

@@ -29,9 +29,8 @@ async fn raw_put(
 async fn bad_input_is_refused_and_changes_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("pocket");
-    let pocket = LocalPocket::start(&dir, UpOptions { osds: 3, extent_size: "16MiB" }).await;
-    let channel = pocket_proto::net::channel(&pocket.client_config.frontend).expect("addr");
-    let mut raw = pb::blob_store_client::BlobStoreClient::new(channel);
+    let pocket = LocalPocket::start(&dir, UpOptions { osds: 3, extent_size: "40MiB", ..Default::default() }).await;
+    let mut raw = pocket.blob_store_as("local");
     let data = b"some bytes that are stored nowhere";
     let key = Key::of(data);
 
@@ -106,7 +105,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
 async fn cli_put_get_exists_stat_round_trip() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("pocket");
-    let pocket = LocalPocket::start(&dir, UpOptions { osds: 3, extent_size: "16MiB" }).await;
+    let pocket = LocalPocket::start(&dir, UpOptions { osds: 3, extent_size: "40MiB", ..Default::default() }).await;
     let config = dir.join("client.toml");
     let input = tmp.path().join("input.bin");
     let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();

@@ -9,6 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{random_blob, LocalPocket, UpOptions};
 use pocket_proto::{pb, Key};
+use pocket_transport::Role;
 use rand::SeedableRng;
 use tokio::sync::Semaphore;
 
@@ -80,8 +81,7 @@ async fn thousand_blobs_round_trip_and_survive_a_full_restart() {
     assert!(!created, "a second PUT of the same blob must not write again");
 
     // Volumes filled up and closed while we wrote (16 MiB extents, ~1.5 GB written).
-    let coordinator = pocket.run_info("coordinator").grpc;
-    let mut cell = pb::coordinator_client::CoordinatorClient::new(pocket_proto::net::channel(&coordinator).expect("addr"));
+    let mut cell = pocket.coordinator_as_operator();
     let status = cell.cell_status(pb::CellStatusRequest {}).await.expect("cell status").into_inner();
     assert!(status.volumes_by_state.get("closed").copied().unwrap_or(0) > 0, "no volume closed: {:?}", status.volumes_by_state);
     assert_eq!(status.osds.iter().filter(|osd| osd.alive).count(), 9);
@@ -98,8 +98,8 @@ async fn osd_killed_during_puts_loses_no_acknowledged_record() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("pocket");
     // Few OSDs, so the victim holds a replica of most open buckets.
-    let pocket = LocalPocket::start(&dir, UpOptions { osds: 4, extent_size: "64MiB" }).await;
-    let victim_id: u64 = 2;
+    let pocket = LocalPocket::start(&dir, UpOptions { osds: 4, extent_size: "64MiB", ..Default::default() }).await;
+    let mut cell = pocket.coordinator_as_operator();
 
     let acked: Arc<std::sync::Mutex<Vec<(Key, Bytes)>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -121,6 +121,9 @@ async fn osd_killed_during_puts_loses_no_acknowledged_record() {
         }));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // The victim: an OSD holding a replica of a bucket being written right now.
+    let writable = cell.writable_buckets(pb::WritableBucketsRequest {}).await.expect("writable").into_inner();
+    let victim_id = writable.buckets[0].replicas[0].osd_id;
     let before_kill = acked.lock().expect("lock").len();
     pocket.kill_and_wait_restart(&format!("osd-{victim_id}")).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -139,10 +142,10 @@ async fn osd_killed_during_puts_loses_no_acknowledged_record() {
 
     // ...and the restarted OSD itself still holds every acknowledged record
     // of the buckets it is a replica of.
-    let coordinator = pocket.run_info("coordinator").grpc;
-    let mut cell = pb::coordinator_client::CoordinatorClient::new(pocket_proto::net::channel(&coordinator).expect("addr"));
     let victim_addr = pocket.run_info(&format!("osd-{victim_id}")).grpc;
-    let mut osd = pb::osd_client::OsdClient::new(pocket_proto::net::channel(&victim_addr).expect("addr"));
+    // Reading an OSD directly takes a daemon's identity: act as the frontend.
+    let osd_channel = pocket.tls(Role::Frontend, "frontend-1").channel(&victim_addr).expect("channel");
+    let mut osd = pb::osd_client::OsdClient::new(osd_channel);
     let mut placements = HashMap::new();
     let mut checked = 0;
     for (key, data) in &acked {
@@ -158,7 +161,11 @@ async fn osd_killed_during_puts_loses_no_acknowledged_record() {
         let placement = &placements[&stat.bucket_id];
         let Some(replica) = placement.replicas.iter().find(|r| r.osd_id == victim_id) else { continue };
         let mut stream = osd
-            .read(pb::ReadRequest { extent_id: replica.extent_id, key: Bytes::copy_from_slice(key.as_bytes()) })
+            .read(pb::ReadRequest {
+                extent_id: replica.extent_id,
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                osd_id: victim_id,
+            })
             .await
             .unwrap_or_else(|status| panic!("restarted OSD lost {key}: {status}"))
             .into_inner();

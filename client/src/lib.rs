@@ -18,6 +18,8 @@ use tonic::transport::Channel;
 pub struct ClientConfig {
     /// The frontend's gRPC address (`host:port`).
     pub frontend: String,
+    /// This client's certificate (CN `client:NAME`), key and the pocket's CA.
+    pub tls: pocket_transport::TlsConfig,
 }
 
 impl ClientConfig {
@@ -34,7 +36,7 @@ pub enum ClientError {
     #[error("invalid client config {path}: {detail}")]
     Config { path: PathBuf, detail: String },
     #[error("{0}")]
-    Address(#[from] pocket_proto::net::AddrError),
+    Tls(#[from] pocket_transport::TlsError),
     #[error("{}: {}", .0.code(), .0.message())]
     Rpc(#[from] tonic::Status),
     #[error("the server returned bytes that do not hash to {key}")]
@@ -60,7 +62,7 @@ pub struct Client {
 
 impl Client {
     pub fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
-        let channel = pocket_proto::net::channel(&config.frontend)?;
+        let channel = pocket_transport::Tls::load(&config.tls)?.channel(&config.frontend)?;
         Ok(Client {
             inner: pb::blob_store_client::BlobStoreClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_SIZE_BYTES)

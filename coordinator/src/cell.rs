@@ -14,6 +14,16 @@ use tokio::sync::{watch, Notify};
 use crate::config::CoordinatorConfig;
 use crate::db::{CellDb, DbError, OsdRow, VolumeRow, VolumeState};
 
+/// Deadline of one lifecycle call (CreateExtent, Seal) to an OSD: a stalled
+/// OSD must not hold up the maintenance of the rest of the cell.
+const OSD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn with_deadline<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(OSD_CALL_TIMEOUT);
+    request
+}
+
 /// A replica of a volume with the address of the OSD that holds it.
 #[derive(Debug, Clone)]
 pub struct PlacedExtent {
@@ -46,13 +56,14 @@ struct Inner {
     db: CellDb,
     config: CoordinatorConfig,
     rng: Mutex<StdRng>,
+    tls: pocket_transport::Tls,
     osd_channels: Mutex<HashMap<String, tonic::transport::Channel>>,
     wake: Notify,
     started: Instant,
 }
 
 impl Cell {
-    pub fn new(db: CellDb, config: CoordinatorConfig) -> Cell {
+    pub fn new(db: CellDb, config: CoordinatorConfig, tls: pocket_transport::Tls) -> Cell {
         let rng = match config.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
@@ -62,6 +73,7 @@ impl Cell {
                 db,
                 config,
                 rng: Mutex::new(rng),
+                tls,
                 osd_channels: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 started: Instant::now(),
@@ -160,7 +172,7 @@ impl Cell {
         if let Some(channel) = channels.get(addr) {
             return Some(pb::osd_client::OsdClient::new(channel.clone()));
         }
-        let channel = pocket_proto::net::channel(addr).ok()?;
+        let channel = self.inner.tls.channel(addr).ok()?;
         channels.insert(addr.to_string(), channel.clone());
         Some(pb::osd_client::OsdClient::new(channel))
     }
@@ -243,10 +255,11 @@ impl Cell {
             let created = match alive.get(&extent.osd_id) {
                 Some(osd) => match self.osd_client(&osd.grpc_addr) {
                     Some(mut client) => client
-                        .create_extent(pb::CreateExtentRequest {
+                        .create_extent(with_deadline(pb::CreateExtentRequest {
                             extent_id: extent.extent_id,
                             max_size_bytes: volume.extent_size_bytes,
-                        })
+                            osd_id: extent.osd_id,
+                        }))
                         .await
                         .map_err(|status| status.to_string()),
                     None => Err("invalid OSD address".to_string()),
@@ -276,7 +289,7 @@ impl Cell {
                 all_sealed = false;
                 continue;
             };
-            match client.seal(pb::SealRequest { extent_id: extent.extent_id }).await {
+            match client.seal(with_deadline(pb::SealRequest { extent_id: extent.extent_id, osd_id: extent.osd_id })).await {
                 Ok(response) => {
                     self.inner.db.record_sealed_size(extent.extent_id, extent.osd_id, response.get_ref().size_bytes).await?;
                 }

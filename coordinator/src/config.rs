@@ -10,6 +10,10 @@ pub struct CoordinatorConfig {
     pub cell_id: u32,
     /// The cell database: `sqlite:///path/cell.db?mode=rwc` or `mysql://user@host/db`.
     pub database_url: String,
+    /// This coordinator's certificate (CN `coordinator:NAME`), key and the pocket's CA.
+    pub tls: pocket_transport::TlsConfig,
+    /// Where operator calls are recorded (JSON lines: who, what, when, outcome).
+    pub audit_log: std::path::PathBuf,
     /// Address to listen on for gRPC; port 0 picks a free port.
     #[serde(default = "default_listen")]
     pub listen: String,

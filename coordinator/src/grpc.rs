@@ -5,6 +5,9 @@ use std::collections::HashMap;
 use pocket_proto::pb;
 use tonic::{Request, Response, Status};
 
+use pocket_transport::{authorize, Identity, Role};
+
+use crate::audit::AuditLog;
 use crate::cell::{Cell, CellError, Placement};
 use crate::db::OsdRow;
 
@@ -13,11 +16,20 @@ const MAX_NAME_LEN: usize = 255;
 
 pub struct CoordinatorService {
     cell: Cell,
+    audit: AuditLog,
 }
 
 impl CoordinatorService {
-    pub fn new(cell: Cell) -> CoordinatorService {
-        CoordinatorService { cell }
+    pub fn new(cell: Cell, audit: AuditLog) -> CoordinatorService {
+        CoordinatorService { cell, audit }
+    }
+
+    /// Records `result` in the audit log if the caller is an operator.
+    fn audited<T>(&self, who: &Identity, action: &str, result: Result<T, Status>) -> Result<T, Status> {
+        if who.role == Role::Operator {
+            self.audit.record(who, action, result.as_ref().map(|_| ()));
+        }
+        result
     }
 
     pub fn into_server(self) -> pb::coordinator_server::CoordinatorServer<CoordinatorService> {
@@ -53,7 +65,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::RegisterOsdRequest>,
     ) -> Result<Response<pb::RegisterOsdResponse>, Status> {
+        let who = authorize(&request, &[Role::Osd])?;
         let request = request.into_inner();
+        check_osd_identity(&who, request.osd_id)?;
         if request.grpc_addr.is_empty() || request.grpc_addr.len() > MAX_NAME_LEN {
             return Err(Status::invalid_argument("grpc_addr must be 1 to 255 bytes"));
         }
@@ -78,7 +92,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let who = authorize(&request, &[Role::Osd])?;
         let request = request.into_inner();
+        check_osd_identity(&who, request.osd_id)?;
         let known = self
             .cell
             .heartbeat(request.osd_id, request.used_bytes, request.capacity_bytes)
@@ -89,19 +105,21 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
 
     async fn writable_buckets(
         &self,
-        _request: Request<pb::WritableBucketsRequest>,
+        request: Request<pb::WritableBucketsRequest>,
     ) -> Result<Response<pb::WritableBucketsResponse>, Status> {
-        let buckets = self.cell.writable_buckets().await.map_err(status_of)?;
-        Ok(Response::new(pb::WritableBucketsResponse {
+        let who = authorize(&request, &[Role::Frontend, Role::Operator])?;
+        let result = self.cell.writable_buckets().await.map_err(status_of).map(|buckets| pb::WritableBucketsResponse {
             cell_id: self.cell.config().cell_id,
             buckets: buckets.into_iter().map(to_pb).collect(),
-        }))
+        });
+        self.audited(&who, "WritableBuckets", result).map(Response::new)
     }
 
     async fn report_bucket(
         &self,
         request: Request<pb::ReportBucketRequest>,
     ) -> Result<Response<pb::ReportBucketResponse>, Status> {
+        authorize(&request, &[Role::Frontend])?;
         let request = request.into_inner();
         let problem = match pb::BucketProblem::try_from(request.problem) {
             Ok(pb::BucketProblem::Full) => "full",
@@ -116,17 +134,29 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::LocateBucketRequest>,
     ) -> Result<Response<pb::LocateBucketResponse>, Status> {
-        let placement = self.cell.locate(request.into_inner().bucket_id).await.map_err(status_of)?;
-        let volume_state = placement.volume.state.as_str().to_string();
-        Ok(Response::new(pb::LocateBucketResponse { placement: Some(to_pb(placement)), volume_state }))
+        let who = authorize(&request, &[Role::Frontend, Role::Osd, Role::Operator])?;
+        let bucket_id = request.into_inner().bucket_id;
+        let result = self.cell.locate(bucket_id).await.map_err(status_of).map(|placement| {
+            let volume_state = placement.volume.state.as_str().to_string();
+            pb::LocateBucketResponse { placement: Some(to_pb(placement)), volume_state }
+        });
+        self.audited(&who, &format!("LocateBucket bucket_id={bucket_id}"), result).map(Response::new)
     }
 
-    async fn cell_status(&self, _request: Request<pb::CellStatusRequest>) -> Result<Response<pb::CellStatusResponse>, Status> {
+    async fn cell_status(&self, request: Request<pb::CellStatusRequest>) -> Result<Response<pb::CellStatusResponse>, Status> {
+        let who = authorize(&request, &[Role::Operator])?;
+        let result = self.cell_status_inner().await;
+        self.audited(&who, "CellStatus", result).map(Response::new)
+    }
+}
+
+impl CoordinatorService {
+    async fn cell_status_inner(&self) -> Result<pb::CellStatusResponse, Status> {
         let osds = self.cell.osd_liveness().await.map_err(status_of)?;
         let counts = self.cell.db().volume_counts().await.map_err(|e| status_of(e.into()))?;
         let volumes_by_state: HashMap<String, u64> =
             counts.into_iter().map(|(state, count)| (state.as_str().to_string(), count)).collect();
-        Ok(Response::new(pb::CellStatusResponse {
+        Ok(pb::CellStatusResponse {
             cell_id: self.cell.config().cell_id,
             osds: osds
                 .into_iter()
@@ -139,6 +169,14 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 })
                 .collect(),
             volumes_by_state,
-        }))
+        })
     }
+}
+
+/// An OSD certificate speaks only for its own id: `osd:osd-<id>`.
+fn check_osd_identity(who: &Identity, osd_id: u64) -> Result<(), Status> {
+    if who.name != format!("osd-{osd_id}") {
+        return Err(Status::permission_denied(format!("{who} may not speak for OSD {osd_id}")));
+    }
+    Ok(())
 }

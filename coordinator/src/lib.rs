@@ -12,6 +12,7 @@
 //! Layout: [`config`], [`db`] (cell database), [`cell`] (decisions and the
 //! maintenance loop), [`grpc`] (the wire edge).
 
+pub mod audit;
 pub mod cell;
 pub mod config;
 pub mod db;
@@ -37,14 +38,18 @@ pub async fn run(
     let db = db::CellDb::open(&config.database_url, config.max_db_connections)
         .await
         .context("open cell database")?;
-    let cell = cell::Cell::new(db.clone(), config.clone());
+    let tls = pocket_transport::Tls::load(&config.tls).context("load coordinator TLS material")?;
+    let audit = audit::AuditLog::open(&config.audit_log).context("open audit log")?;
+    let cell = cell::Cell::new(db.clone(), config.clone(), tls.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let maintenance = tokio::spawn(cell.clone().maintenance_loop(stop_rx));
     let local_addr = listener.local_addr().context("read coordinator address")?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
+        .tls_config(tls.server_tls())
+        .context("configure coordinator TLS")?
         .timeout(Duration::from_secs(30))
-        .add_service(grpc::CoordinatorService::new(cell).into_server())
+        .add_service(grpc::CoordinatorService::new(cell, audit).into_server())
         .serve_with_incoming_shutdown(incoming, shutdown);
     ready.send_replace(true);
     tracing::info!(cell_id = config.cell_id, %local_addr, "coordinator serving");

@@ -81,14 +81,20 @@ impl Blobs {
                     };
                 }
                 Err((problem, osd_id, detail)) => {
-                    if problem == pb::BucketProblem::Full {
-                        tracing::debug!(bucket_id = bucket.bucket_id, attempt, "bucket full; trying another");
-                    } else {
-                        tracing::warn!(bucket_id = bucket.bucket_id, attempt, %detail, "replica failed a PUT; trying another bucket");
-                    }
                     metrics::counter!("pocket_frontend_put_retries_total").increment(1);
-                    self.cell.drop_writable(bucket.bucket_id).await;
-                    self.cell.report(bucket.bucket_id, problem, osd_id, detail.clone()).await;
+                    match problem {
+                        Some(pb::BucketProblem::Full) => {
+                            tracing::debug!(bucket_id = bucket.bucket_id, attempt, "bucket full; trying another");
+                        }
+                        Some(_) => {
+                            tracing::warn!(bucket_id = bucket.bucket_id, attempt, %detail, "replica failed a PUT; trying another bucket");
+                        }
+                        None => tracing::debug!(bucket_id = bucket.bucket_id, attempt, %detail, "replica busy; trying another bucket"),
+                    }
+                    if let Some(problem) = problem {
+                        self.cell.drop_writable(bucket.bucket_id).await;
+                        self.cell.report(bucket.bucket_id, problem, osd_id, detail.clone()).await;
+                    }
                     last = detail;
                 }
             }
@@ -97,7 +103,12 @@ impl Blobs {
     }
 
     /// Appends to every replica in parallel; Err names the first problem.
-    async fn write_replicas(&self, bucket: &Bucket, key: Key, data: &Bytes) -> Result<(), (pb::BucketProblem, u64, String)> {
+    async fn write_replicas(
+        &self,
+        bucket: &Bucket,
+        key: Key,
+        data: &Bytes,
+    ) -> Result<(), (Option<pb::BucketProblem>, u64, String)> {
         let writes = bucket.replicas.iter().map(|replica| {
             let data = data.clone();
             async move { (replica.osd_id, self.cell.append(replica, key, data).await) }
@@ -107,9 +118,11 @@ impl Blobs {
             match result {
                 Ok(()) => {}
                 Err(ReplicaError::Full) => {
-                    return Err((pb::BucketProblem::Full, osd_id, format!("extent of bucket {} is full", bucket.bucket_id)))
+                    let detail = format!("extent of bucket {} is full", bucket.bucket_id);
+                    return Err((Some(pb::BucketProblem::Full), osd_id, detail));
                 }
-                Err(e) => return Err((pb::BucketProblem::ReplicaFailed, osd_id, e.to_string())),
+                Err(e @ ReplicaError::Busy { .. }) => return Err((None, osd_id, e.to_string())),
+                Err(e) => return Err((Some(pb::BucketProblem::ReplicaFailed), osd_id, e.to_string())),
             }
         }
         Ok(())

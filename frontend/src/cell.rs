@@ -17,6 +17,8 @@ const WRITABLE_TTL: Duration = Duration::from_secs(1);
 /// How long a bucket's location is trusted. Locations change only when a
 /// volume is re-encoded, and a failed read refreshes it anyway.
 const LOCATION_TTL: Duration = Duration::from_secs(30);
+/// Deadline of a call to the coordinator on the request path.
+const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most cached bucket locations; the cache is cleared when it grows past this.
 const MAX_CACHED_LOCATIONS: usize = 100_000;
 
@@ -37,6 +39,10 @@ pub struct Bucket {
 pub enum ReplicaError {
     #[error("extent is full")]
     Full,
+    /// The OSD is busy (its in-flight byte budget is spent): try elsewhere,
+    /// but the replica is healthy and its volume must stay open.
+    #[error("OSD {osd_id} is busy: {status}")]
+    Busy { osd_id: OsdId, status: tonic::Status },
     #[error("OSD {osd_id} at {addr}: {status}")]
     Failed { osd_id: OsdId, addr: String, status: tonic::Status },
     #[error("OSD {osd_id} returned {got} bytes, expected {expected}")]
@@ -58,6 +64,7 @@ pub struct CellView {
     writable: tokio::sync::Mutex<Option<(Instant, CellId, Vec<Bucket>)>>,
     locations: Mutex<HashMap<BucketId, (Instant, Bucket)>>,
     channels: Mutex<HashMap<String, Channel>>,
+    tls: pocket_transport::Tls,
 }
 
 fn bucket_of(placement: pb::BucketPlacement) -> Bucket {
@@ -72,13 +79,14 @@ fn bucket_of(placement: pb::BucketPlacement) -> Bucket {
 }
 
 impl CellView {
-    pub fn new(coordinator_addr: &str) -> anyhow::Result<CellView> {
-        let channel = pocket_proto::net::channel(coordinator_addr)?;
+    pub fn new(coordinator_addr: &str, tls: pocket_transport::Tls) -> anyhow::Result<CellView> {
+        let channel = tls.channel(coordinator_addr)?;
         Ok(CellView {
             coordinator: pb::coordinator_client::CoordinatorClient::new(channel),
             writable: tokio::sync::Mutex::new(None),
             locations: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
+            tls,
         })
     }
 
@@ -90,13 +98,20 @@ impl CellView {
                 return Ok((*cell_id, buckets.clone()));
             }
         }
-        let response = self
-            .coordinator
-            .clone()
-            .writable_buckets(pb::WritableBucketsRequest {})
-            .await
-            .map_err(CellError::Coordinator)?
-            .into_inner();
+        // One refresh at a time (the lock), each bounded by a deadline; if the
+        // coordinator does not answer, the last list is better than none.
+        let mut request = tonic::Request::new(pb::WritableBucketsRequest {});
+        request.set_timeout(COORDINATOR_CALL_TIMEOUT);
+        let response = match self.coordinator.clone().writable_buckets(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => {
+                if let Some((_, cell_id, buckets)) = cached.as_ref().filter(|(_, _, b)| !b.is_empty()) {
+                    tracing::warn!(%status, "coordinator did not list writable buckets; using the last list");
+                    return Ok((*cell_id, buckets.clone()));
+                }
+                return Err(CellError::Coordinator(status));
+            }
+        };
         let buckets: Vec<Bucket> = response.buckets.into_iter().map(bucket_of).collect();
         *cached = Some((Instant::now(), response.cell_id, buckets.clone()));
         Ok((response.cell_id, buckets))
@@ -125,10 +140,12 @@ impl CellView {
                 }
             }
         }
+        let mut request = tonic::Request::new(pb::LocateBucketRequest { bucket_id });
+        request.set_timeout(COORDINATOR_CALL_TIMEOUT);
         let response = self
             .coordinator
             .clone()
-            .locate_bucket(pb::LocateBucketRequest { bucket_id })
+            .locate_bucket(request)
             .await
             .map_err(|status| match status.code() {
                 Code::NotFound => CellError::UnknownBucket(bucket_id),
@@ -149,7 +166,7 @@ impl CellView {
         let channel = match channels.get(&replica.grpc_addr) {
             Some(channel) => channel.clone(),
             None => {
-                let channel = pocket_proto::net::channel(&replica.grpc_addr).map_err(|e| ReplicaError::Failed {
+                let channel = self.tls.channel(&replica.grpc_addr).map_err(|e| ReplicaError::Failed {
                     osd_id: replica.osd_id,
                     addr: replica.grpc_addr.clone(),
                     status: tonic::Status::internal(e.to_string()),
@@ -171,6 +188,7 @@ impl CellView {
                 extent_id: replica.extent_id,
                 key: Bytes::copy_from_slice(key.as_bytes()),
                 length_bytes: data.len() as u64,
+                osd_id: replica.osd_id,
             })),
         };
         let chunks = (0..data.len()).step_by(CHUNK_SIZE_BYTES).map(move |start| pb::AppendRequest {
@@ -181,6 +199,9 @@ impl CellView {
             Ok(_) => Ok(()),
             Err(status) if status.code() == Code::ResourceExhausted && status.message().starts_with(EXTENT_FULL_PREFIX) => {
                 Err(ReplicaError::Full)
+            }
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                Err(ReplicaError::Busy { osd_id: replica.osd_id, status })
             }
             Err(status) => Err(ReplicaError::Failed { osd_id: replica.osd_id, addr: replica.grpc_addr.clone(), status }),
         }
@@ -196,7 +217,11 @@ impl CellView {
         };
         let mut client = self.osd(replica)?;
         let mut stream = client
-            .read(pb::ReadRequest { extent_id: replica.extent_id, key: Bytes::copy_from_slice(key.as_bytes()) })
+            .read(pb::ReadRequest {
+                extent_id: replica.extent_id,
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                osd_id: replica.osd_id,
+            })
             .await
             .map_err(failed)?
             .into_inner();

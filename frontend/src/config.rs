@@ -11,6 +11,21 @@ pub struct FrontendConfig {
     pub coordinator: String,
     /// The zone's hash index.
     pub index: IndexConfig,
+    /// This frontend's certificate (CN `frontend:NAME`), key and the pocket's CA.
+    pub tls: pocket_transport::TlsConfig,
+    /// The clients allowed to call, by the name in their certificate
+    /// (`client:NAME`), and what each may do. A client not listed may do nothing.
+    #[serde(default)]
+    pub clients: Vec<ClientGrant>,
+    /// Requests per second each client may make (token bucket refill rate).
+    #[serde(default = "default_rate_limit_per_sec")]
+    pub rate_limit_per_sec: u32,
+    /// Requests a client may make in a burst above its rate.
+    #[serde(default = "default_rate_limit_burst")]
+    pub rate_limit_burst: u32,
+    /// Requests one client may have in flight at once, over all its connections.
+    #[serde(default = "default_max_concurrent_requests_per_client")]
+    pub max_concurrent_requests_per_client: usize,
     /// Address to listen on for the public gRPC service; port 0 picks a free port.
     #[serde(default = "default_listen")]
     pub listen: String,
@@ -33,12 +48,52 @@ pub struct FrontendConfig {
     /// Most keys in one Exists call.
     #[serde(default = "default_max_exists_batch")]
     pub max_exists_batch: usize,
+    /// Longest pause between two messages of a PUT stream, and longest wait
+    /// for a GET client to take the next chunk, before the stream is dropped
+    /// and what it holds is freed.
+    #[serde(default = "default_stream_idle_timeout_ms")]
+    pub stream_idle_timeout_ms: u64,
     /// Upper bound for one request, including the whole upload of a PUT.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
     /// Concurrent requests per client connection.
     #[serde(default = "default_max_concurrent_requests_per_connection")]
     pub max_concurrent_requests_per_connection: usize,
+}
+
+/// What one client may do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientGrant {
+    /// The NAME in the client's certificate common name `client:NAME`.
+    pub name: String,
+    pub permissions: Vec<Permission>,
+}
+
+/// One right on the public API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Permission {
+    /// PUT blobs.
+    Put,
+    /// GET and Stat blobs, ask Exists.
+    Get,
+    /// Delete blobs (tombstones; not served yet).
+    Delete,
+    /// List keys (not served yet).
+    List,
+    /// Administrative calls on the frontend (none yet).
+    Admin,
+}
+
+fn default_rate_limit_per_sec() -> u32 {
+    2_000
+}
+fn default_rate_limit_burst() -> u32 {
+    4_000
+}
+fn default_max_concurrent_requests_per_client() -> usize {
+    256
 }
 
 fn default_listen() -> String {
@@ -56,6 +111,9 @@ fn default_put_attempts() -> u32 {
 fn default_max_exists_batch() -> usize {
     10_000
 }
+fn default_stream_idle_timeout_ms() -> u64 {
+    10_000
+}
 fn default_request_timeout_ms() -> u64 {
     120_000
 }
@@ -70,6 +128,12 @@ impl FrontendConfig {
         }
         if self.max_inflight_bytes < self.max_blob_size_bytes {
             bail!("frontend config: max_inflight_bytes must be at least max_blob_size_bytes");
+        }
+        if self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
+            bail!("frontend config: rate_limit_per_sec and rate_limit_burst must be positive");
+        }
+        if self.max_concurrent_requests_per_client == 0 {
+            bail!("frontend config: max_concurrent_requests_per_client must be positive");
         }
         if self.put_attempts == 0 || self.put_attempts > 16 {
             bail!("frontend config: put_attempts must be between 1 and 16");

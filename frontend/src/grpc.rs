@@ -3,6 +3,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
@@ -11,17 +12,28 @@ use pocket_proto::{pb, BodyCollector, ByteBudget, Key, CHUNK_SIZE_BYTES, MAX_MES
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::blobs::{Blobs, GetError, PutError};
+use crate::access::Access;
+use crate::config::{FrontendConfig, Permission};
 
 pub struct BlobService {
     blobs: Arc<Blobs>,
+    access: Access,
     budget: ByteBudget,
     max_blob_size_bytes: u64,
     max_exists_batch: usize,
+    stream_idle_timeout: Duration,
 }
 
 impl BlobService {
-    pub fn new(blobs: Arc<Blobs>, max_inflight_bytes: u64, max_blob_size_bytes: u64, max_exists_batch: usize) -> Self {
-        BlobService { blobs, budget: ByteBudget::new(max_inflight_bytes), max_blob_size_bytes, max_exists_batch }
+    pub fn new(blobs: Arc<Blobs>, config: &FrontendConfig) -> Self {
+        BlobService {
+            blobs,
+            access: Access::new(config),
+            budget: ByteBudget::new(config.max_inflight_bytes),
+            max_blob_size_bytes: config.max_blob_size_bytes,
+            max_exists_batch: config.max_exists_batch,
+            stream_idle_timeout: Duration::from_millis(config.stream_idle_timeout_ms),
+        }
     }
 
     pub fn into_server(self) -> pb::blob_store_server::BlobStoreServer<BlobService> {
@@ -70,6 +82,7 @@ type GetStream = Pin<Box<dyn Stream<Item = Result<pb::GetResponse, Status>> + Se
 impl pb::blob_store_server::BlobStore for BlobService {
     #[tracing::instrument(name = "put", skip_all, fields(key, bytes))]
     async fn put(&self, request: Request<Streaming<pb::PutRequest>>) -> Result<Response<pb::PutResponse>, Status> {
+        let _admission = self.access.admit(&request, Permission::Put)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(pb::PutRequest { part: Some(pb::put_request::Part::Header(header)) }) => header,
@@ -89,7 +102,7 @@ impl pb::blob_store_server::BlobStore for BlobService {
         let _permit = self.budget.reserve(header.length_bytes).await?;
         let mut body = BodyCollector::new(header.length_bytes);
         let mut hasher = blake3::Hasher::new();
-        while let Some(message) = stream.message().await? {
+        while let Some(message) = pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
             match message.part {
                 Some(pb::put_request::Part::Chunk(chunk)) => {
                     body.push(&chunk)?;
@@ -116,6 +129,7 @@ impl pb::blob_store_server::BlobStore for BlobService {
 
     #[tracing::instrument(name = "get", skip_all, fields(key))]
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<GetStream>, Status> {
+        let _admission = self.access.admit(&request, Permission::Get)?;
         let request = request.into_inner();
         let key = Key::from_slice(&request.key)?;
         tracing::Span::current().record("key", tracing::field::display(&key));
@@ -137,16 +151,17 @@ impl pb::blob_store_server::BlobStore for BlobService {
         metrics::counter!("pocket_frontend_get_bytes_total").increment(range.len() as u64);
         let total = entry.length_bytes;
         let chunk_count = range.len().div_ceil(CHUNK_SIZE_BYTES).max(1);
-        let stream = futures::stream::iter((0..chunk_count).map(move |index| {
-            let _hold = &permit;
+        let messages = (0..chunk_count).map(move |index| {
             let start = index * CHUNK_SIZE_BYTES;
             let stop = (start + CHUNK_SIZE_BYTES).min(range.len());
-            Ok(pb::GetResponse { blob_length_bytes: if index == 0 { total } else { 0 }, chunk: range.slice(start..stop) })
-        }));
+            pb::GetResponse { blob_length_bytes: if index == 0 { total } else { 0 }, chunk: range.slice(start..stop) }
+        });
+        let stream = pocket_proto::paced_stream(messages, permit, self.stream_idle_timeout);
         Ok(Response::new(Box::pin(stream)))
     }
 
     async fn exists(&self, request: Request<pb::ExistsRequest>) -> Result<Response<pb::ExistsResponse>, Status> {
+        let _admission = self.access.admit(&request, Permission::Get)?;
         let request = request.into_inner();
         if request.keys.len() > self.max_exists_batch {
             return Err(Status::invalid_argument(format!(
@@ -161,6 +176,7 @@ impl pb::blob_store_server::BlobStore for BlobService {
     }
 
     async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
+        let _admission = self.access.admit(&request, Permission::Get)?;
         let key = Key::from_slice(&request.into_inner().key)?;
         let entry = self.blobs.stat(&key).await.map_err(get_status)?;
         Ok(Response::new(pb::StatResponse {

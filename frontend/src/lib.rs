@@ -10,6 +10,7 @@
 //! Layout: [`config`], [`cell`] (coordinator cache and outbound OSD calls),
 //! [`blobs`] (PUT/GET logic), [`grpc`] (the public edge).
 
+pub mod access;
 pub mod blobs;
 pub mod cell;
 pub mod config;
@@ -33,17 +34,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     config.validate()?;
     let index = pocket_index::Index::open(&config.index).await.context("open index")?;
-    let cell = cell::CellView::new(&config.coordinator).context("coordinator address")?;
+    let tls = pocket_transport::Tls::load(&config.tls).context("load frontend TLS material")?;
+    let cell = cell::CellView::new(&config.coordinator, tls.clone()).context("coordinator address")?;
     let blobs = blobs::Blobs::new(index.clone(), cell, config.clone());
-    let service = grpc::BlobService::new(
-        blobs,
-        config.max_inflight_bytes,
-        config.max_blob_size_bytes,
-        config.max_exists_batch,
-    );
+    let service = grpc::BlobService::new(blobs, &config);
     let local_addr = listener.local_addr().context("read frontend address")?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
+        .tls_config(tls.server_tls())
+        .context("configure frontend TLS")?
         .concurrency_limit_per_connection(config.max_concurrent_requests_per_connection)
         .timeout(Duration::from_millis(config.request_timeout_ms))
         .add_service(service.into_server())

@@ -21,6 +21,8 @@ pub struct OsdConfig {
     pub disks: Vec<PathBuf>,
     /// The cell coordinator's gRPC address (`host:port`).
     pub coordinator: String,
+    /// This OSD's certificate (CN `osd:osd-<osd_id>`), key and the pocket's CA.
+    pub tls: pocket_transport::TlsConfig,
     /// Address to listen on for gRPC; port 0 picks a free port.
     #[serde(default = "default_listen")]
     pub listen: String,
@@ -46,6 +48,10 @@ pub struct OsdConfig {
     /// Upper bound for any single request, including a whole append stream.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
+    /// Longest pause between two messages of an append stream before the
+    /// OSD gives up on it and frees what it holds.
+    #[serde(default = "default_stream_idle_timeout_ms")]
+    pub stream_idle_timeout_ms: u64,
     /// Most bytes of appends gathered into one fdatasync (group commit).
     #[serde(default = "default_group_commit_max_bytes")]
     pub group_commit_max_bytes: u64,
@@ -65,6 +71,9 @@ fn default_max_concurrent_requests_per_connection() -> usize {
 }
 fn default_request_timeout_ms() -> u64 {
     60_000
+}
+fn default_stream_idle_timeout_ms() -> u64 {
+    10_000
 }
 fn default_group_commit_max_bytes() -> u64 {
     64 * 1024 * 1024

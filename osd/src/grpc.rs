@@ -4,9 +4,11 @@
 use std::pin::Pin;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::Stream;
 use pocket_proto::{pb, BodyCollector, ByteBudget, Key, CHUNK_SIZE_BYTES, EXTENT_FULL_PREFIX, MAX_MESSAGE_SIZE_BYTES};
 use tonic::{Request, Response, Status, Streaming};
+
+use pocket_transport::{authorize, Role};
 
 use crate::config::OsdConfig;
 use crate::store::{AppendOutcome, Store, StoreError};
@@ -21,18 +23,33 @@ const MAX_STATUS_BATCH: usize = 10_000;
 const MAX_HAS_BATCH: usize = 10_000;
 
 pub struct OsdService {
+    osd_id: u64,
     store: Store,
     budget: ByteBudget,
     max_blob_size_bytes: u64,
+    stream_idle_timeout: std::time::Duration,
 }
 
 impl OsdService {
     pub fn new(store: Store, config: &OsdConfig) -> OsdService {
         OsdService {
+            osd_id: config.osd_id,
             store,
             budget: ByteBudget::new(config.max_inflight_bytes),
             max_blob_size_bytes: config.max_blob_size_bytes,
+            stream_idle_timeout: std::time::Duration::from_millis(config.stream_idle_timeout_ms),
         }
+    }
+
+    /// Refuses a request meant for another OSD (stale address in the caller's cache).
+    fn check_addressee(&self, osd_id: u64) -> Result<(), Status> {
+        if osd_id != self.osd_id {
+            return Err(Status::failed_precondition(format!(
+                "this is OSD {}, not OSD {osd_id}; refresh its address",
+                self.osd_id
+            )));
+        }
+        Ok(())
     }
 
     pub fn into_server(self) -> pb::osd_server::OsdServer<OsdService> {
@@ -77,7 +94,9 @@ impl pb::osd_server::Osd for OsdService {
         &self,
         request: Request<pb::CreateExtentRequest>,
     ) -> Result<Response<pb::CreateExtentResponse>, Status> {
+        authorize(&request, &[Role::Coordinator])?;
         let request = request.into_inner();
+        self.check_addressee(request.osd_id)?;
         if !(MIN_EXTENT_SIZE_BYTES..=MAX_EXTENT_SIZE_BYTES).contains(&request.max_size_bytes) {
             return Err(Status::invalid_argument(format!(
                 "max_size_bytes must be between {MIN_EXTENT_SIZE_BYTES} and {MAX_EXTENT_SIZE_BYTES}"
@@ -90,12 +109,14 @@ impl pb::osd_server::Osd for OsdService {
 
     #[tracing::instrument(name = "osd.append", skip_all, fields(extent, key, bytes))]
     async fn append(&self, request: Request<Streaming<pb::AppendRequest>>) -> Result<Response<pb::AppendResponse>, Status> {
+        authorize(&request, &[Role::Frontend])?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(pb::AppendRequest { part: Some(pb::append_request::Part::Header(header)) }) => header,
             Some(_) => return Err(Status::invalid_argument("the first message of an append must be its header")),
             None => return Err(Status::invalid_argument("empty append stream")),
         };
+        self.check_addressee(header.osd_id)?;
         let key = Key::from_slice(&header.key)?;
         if header.length_bytes > self.max_blob_size_bytes {
             return Err(Status::invalid_argument(format!(
@@ -109,13 +130,23 @@ impl pb::osd_server::Osd for OsdService {
         span.record("bytes", header.length_bytes);
         let _permit = self.budget.reserve(header.length_bytes).await?;
         let mut body = BodyCollector::new(header.length_bytes);
-        while let Some(message) = stream.message().await? {
+        // The OSD checks the key itself: a record it stores always hashes to
+        // its key, so AlreadyPresent can trust the key alone, and bytes
+        // damaged between the frontend's check and here are never stored.
+        let mut hasher = blake3::Hasher::new();
+        while let Some(message) = pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
             match message.part {
-                Some(pb::append_request::Part::Chunk(chunk)) => body.push(&chunk)?,
+                Some(pb::append_request::Part::Chunk(chunk)) => {
+                    body.push(&chunk)?;
+                    hasher.update(&chunk);
+                }
                 _ => return Err(Status::invalid_argument("only chunks may follow the header")),
             }
         }
         let data = body.finish()?;
+        if Key(*hasher.finalize().as_bytes()) != key {
+            return Err(Status::invalid_argument(format!("record bytes do not hash to the key {key}")));
+        }
         let outcome = self.store.append(header.extent_id, key, data).await.map_err(status_of)?;
         metrics::counter!("pocket_osd_appends_total").increment(1);
         metrics::counter!("pocket_osd_append_bytes_total").increment(header.length_bytes);
@@ -130,13 +161,20 @@ impl pb::osd_server::Osd for OsdService {
 
     #[tracing::instrument(name = "osd.read", skip_all, fields(extent, key))]
     async fn read(&self, request: Request<pb::ReadRequest>) -> Result<Response<ReadStream>, Status> {
+        authorize(&request, &[Role::Frontend, Role::Coordinator, Role::Osd])?;
         let request = request.into_inner();
+        self.check_addressee(request.osd_id)?;
         let key = Key::from_slice(&request.key)?;
         tracing::Span::current().record("extent", request.extent_id);
         tracing::Span::current().record("key", tracing::field::display(&key));
-        // The record's length is unknown until it is located; reserve the
-        // maximum so that concurrent reads cannot exceed the budget.
-        let permit = self.budget.reserve(self.max_blob_size_bytes).await?;
+        // Budget the record's length (from metadata) before reading it; a
+        // corrupt length is capped by the largest record this OSD accepts.
+        let store = self.store.clone();
+        let (extent_id, lookup_key) = (request.extent_id, key);
+        let length = blocking(move || store.record_len(extent_id, &lookup_key))
+            .await?
+            .ok_or_else(|| Status::not_found(format!("extent {extent_id} holds no record for {key}")))?;
+        let permit = self.budget.reserve(length.min(self.max_blob_size_bytes)).await?;
         let data = self.store.read(request.extent_id, &key).await.map_err(|e| {
             if matches!(e, StoreError::Corrupt { .. }) {
                 metrics::counter!("pocket_osd_corrupt_reads_total").increment(1);
@@ -145,16 +183,21 @@ impl pb::osd_server::Osd for OsdService {
         })?;
         metrics::counter!("pocket_osd_reads_total").increment(1);
         metrics::counter!("pocket_osd_read_bytes_total").increment(data.len() as u64);
-        Ok(Response::new(chunked(data, permit)))
+        Ok(Response::new(chunked(data, permit, self.stream_idle_timeout)))
     }
 
     async fn seal(&self, request: Request<pb::SealRequest>) -> Result<Response<pb::SealResponse>, Status> {
-        let info = self.store.seal(request.into_inner().extent_id).await.map_err(status_of)?;
+        authorize(&request, &[Role::Coordinator])?;
+        let request = request.into_inner();
+        self.check_addressee(request.osd_id)?;
+        let info = self.store.seal(request.extent_id).await.map_err(status_of)?;
         Ok(Response::new(pb::SealResponse { size_bytes: info.size_bytes, record_count: info.record_count }))
     }
 
     async fn has(&self, request: Request<pb::HasRequest>) -> Result<Response<pb::HasResponse>, Status> {
+        authorize(&request, &[Role::Frontend, Role::Coordinator, Role::Osd])?;
         let request = request.into_inner();
+        self.check_addressee(request.osd_id)?;
         if request.keys.len() > MAX_HAS_BATCH {
             return Err(Status::invalid_argument(format!("at most {MAX_HAS_BATCH} keys per call")));
         }
@@ -171,7 +214,10 @@ impl pb::osd_server::Osd for OsdService {
         &self,
         request: Request<pb::ExtentStatusRequest>,
     ) -> Result<Response<pb::ExtentStatusResponse>, Status> {
-        let ids = request.into_inner().extent_ids;
+        authorize(&request, &[Role::Frontend, Role::Coordinator, Role::Osd])?;
+        let request = request.into_inner();
+        self.check_addressee(request.osd_id)?;
+        let ids = request.extent_ids;
         if ids.len() > MAX_STATUS_BATCH {
             return Err(Status::invalid_argument(format!("at most {MAX_STATUS_BATCH} extents per call")));
         }
@@ -193,18 +239,15 @@ impl pb::osd_server::Osd for OsdService {
     }
 }
 
-/// Streams `data` in chunks, holding `permit` until the last chunk is sent.
-fn chunked(data: Bytes, permit: tokio::sync::OwnedSemaphorePermit) -> ReadStream {
+/// Streams `data` in chunks, holding `permit` until the last chunk is taken
+/// or the reader stalls for `idle`.
+fn chunked(data: Bytes, permit: tokio::sync::OwnedSemaphorePermit, idle: std::time::Duration) -> ReadStream {
     let total = data.len() as u64;
     let chunk_count = data.len().div_ceil(CHUNK_SIZE_BYTES).max(1);
-    let stream = futures::stream::iter(0..chunk_count).map(move |index| {
-        let _hold = &permit;
+    let messages = (0..chunk_count).map(move |index| {
         let start = index * CHUNK_SIZE_BYTES;
         let end = (start + CHUNK_SIZE_BYTES).min(data.len());
-        Ok(pb::ReadResponse {
-            blob_length_bytes: if index == 0 { total } else { 0 },
-            chunk: data.slice(start..end),
-        })
+        pb::ReadResponse { blob_length_bytes: if index == 0 { total } else { 0 }, chunk: data.slice(start..end) }
     });
-    Box::pin(stream)
+    Box::pin(pocket_proto::paced_stream(messages, permit, idle))
 }

@@ -53,12 +53,15 @@ pub async fn run(
     tracing::info!(osd_id, extents = store.list_extents().len(), "store open");
 
     let advertise = config.advertise_addr.clone().unwrap_or_else(|| local_addr.to_string());
+    let tls = pocket_transport::Tls::load(&config.tls).context("load OSD TLS material")?;
     let service = grpc::OsdService::new(store.clone(), &config);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let heartbeats = tokio::spawn(heartbeat_loop(config.clone(), advertise, store.clone(), stop_rx));
+    let heartbeats = tokio::spawn(heartbeat_loop(config.clone(), tls.clone(), advertise, store.clone(), stop_rx));
 
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
+        .tls_config(tls.server_tls())
+        .context("configure OSD TLS")?
         .concurrency_limit_per_connection(config.max_concurrent_requests_per_connection)
         .timeout(Duration::from_millis(config.request_timeout_ms))
         .add_service(service.into_server())
@@ -78,10 +81,16 @@ pub async fn run(
 
 /// Registers with the coordinator (retrying with capped backoff) and then
 /// heartbeats every interval it asks for; registers again when forgotten.
-async fn heartbeat_loop(config: OsdConfig, advertise: String, store: store::Store, mut stop: watch::Receiver<bool>) {
+async fn heartbeat_loop(
+    config: OsdConfig,
+    tls: pocket_transport::Tls,
+    advertise: String,
+    store: store::Store,
+    mut stop: watch::Receiver<bool>,
+) {
     /// Cap on the delay between registration attempts while the coordinator is away.
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
-    let channel = match pocket_proto::net::channel(&config.coordinator) {
+    let channel = match tls.channel(&config.coordinator) {
         Ok(channel) => channel,
         Err(e) => {
             tracing::error!(error = %e, "coordinator address is invalid; not registering");

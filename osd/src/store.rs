@@ -529,10 +529,16 @@ impl Store {
 
     /// Whether extent `id` holds `key`, from metadata only (no extent I/O).
     pub fn has(&self, id: ExtentId, key: &Key) -> Result<bool, StoreError> {
+        Ok(self.record_len(id, key)?.is_some())
+    }
+
+    /// The data length of `key`'s record in extent `id`, from metadata only
+    /// (no data read): what a reader must budget before `read`.
+    pub fn record_len(&self, id: ExtentId, key: &Key) -> Result<Option<u64>, StoreError> {
         let ext = self.extent(id)?;
         match meta::get_record(&self.inner.disks[ext.disk].db, id, key)? {
-            Lookup::Found(_) => Ok(true),
-            Lookup::Missing => Ok(false),
+            Lookup::Found(location) => Ok(Some(location.data_len)),
+            Lookup::Missing => Ok(None),
             Lookup::Undecodable => Err(StoreError::CorruptMeta { extent: id, detail: "undecodable record entry" }),
         }
     }
@@ -1475,6 +1481,21 @@ impl<'a> Window<'a> {
         Ok(header.check_data_crc(crc).map(|()| header))
     }
 
+    /// Whether the data of the record at `pos` hashes to its key (BLAKE3).
+    fn data_hashes_to_key(&mut self, pos: u64, header: &RecordHeader) -> io::Result<bool> {
+        let mut hasher = blake3::Hasher::new();
+        let mut at = pos + RECORD_HEADER_LEN as u64;
+        let mut remaining = header.data_len;
+        while remaining > 0 {
+            let n = remaining.min(SCAN_WINDOW_BYTES as u64) as usize;
+            let chunk = self.get(at, n)?;
+            hasher.update(chunk);
+            at += chunk.len() as u64;
+            remaining -= chunk.len() as u64;
+        }
+        Ok(*hasher.finalize().as_bytes() == *header.key.as_bytes())
+    }
+
     /// The first valid record starting at or after `from`, if any.
     fn find_next_record(&mut self, from: u64) -> io::Result<Option<u64>> {
         let magic = RECORD_MAGIC.to_le_bytes();
@@ -1489,8 +1510,12 @@ impl<'a> Window<'a> {
                 .map(|(i, _)| p + i as u64)
                 .collect();
             for c in candidates {
-                if self.check_record(c)?.is_ok() {
-                    return Ok(Some(c));
+                // A record-shaped run of bytes can sit inside a blob's data;
+                // only a record whose data hashes to its key is a real one.
+                if let Ok(header) = self.check_record(c)? {
+                    if self.data_hashes_to_key(c, &header)? {
+                        return Ok(Some(c));
+                    }
                 }
             }
             if n < magic.len() {
@@ -1662,13 +1687,19 @@ mod tests {
         // Plant a fake magic with a bad header first: it must be skipped.
         bytes[100..104].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
         let at = bytes.len() as u64;
+        // A record whose data does not hash to its key, inside what could be
+        // a blob's bytes: CRC-valid, but not a real record.
+        let forged = vec![5u8; 100];
+        bytes[200..200 + RECORD_HEADER_LEN].copy_from_slice(&RecordHeader::for_blob(Key([1; 32]), &forged).encode());
+        bytes[200 + RECORD_HEADER_LEN..200 + RECORD_HEADER_LEN + 100].copy_from_slice(&forged);
         let data = vec![7u8; 1000];
-        bytes.extend_from_slice(&RecordHeader::for_blob(Key([9; 32]), &data).encode());
+        bytes.extend_from_slice(&RecordHeader::for_blob(Key::of(&data), &data).encode());
         bytes.extend_from_slice(&data);
         fs::write(&path, &bytes).expect("write");
         let file = File::open(&path).expect("open");
         let mut w = Window::new(&file, bytes.len() as u64);
-        assert_eq!(w.find_next_record(1).expect("io"), Some(at));
+        assert!(w.check_record(200).expect("io").is_ok(), "the forged record is CRC-valid");
+        assert_eq!(w.find_next_record(1).expect("io"), Some(at), "resync skips the forged record");
         assert_eq!(w.find_next_record(at + 1).expect("io"), None);
         let h = w.check_record(at).expect("io").expect("valid record");
         assert_eq!(h.data_len, 1000);

@@ -130,38 +130,6 @@ mod tests {
     }
 }
 
-/// Outbound connections. Every internal client is built here, so transport
-/// settings (timeouts, and TLS in a later issue) live in one place.
-pub mod net {
-    use std::time::Duration;
-
-    /// Time to establish a TCP connection to a peer before giving up.
-    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-    /// Upper bound for one unary RPC or one whole blob transfer between daemons.
-    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("invalid peer address {addr:?}: {source}")]
-    pub struct AddrError {
-        pub addr: String,
-        #[source]
-        pub source: tonic::transport::Error,
-    }
-
-    /// A lazily connected channel to `addr` (`host:port` or `http://host:port`).
-    pub fn channel(addr: &str) -> Result<tonic::transport::Channel, AddrError> {
-        let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        let endpoint = tonic::transport::Endpoint::from_shared(uri)
-            .map_err(|source| AddrError { addr: addr.to_string(), source })?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
-        Ok(endpoint.connect_lazy())
-    }
-}
-
 /// Reassembles a blob streamed in chunks, refusing more or fewer bytes than
 /// the header announced. Memory is exactly the announced length, which the
 /// caller has checked against its limit before creating the collector.
@@ -244,4 +212,43 @@ impl ByteBudget {
             Err(_) => Err(tonic::Status::resource_exhausted("in-flight byte budget exhausted; retry later")),
         }
     }
+}
+
+/// The next message of a client stream, or `DEADLINE_EXCEEDED` when the
+/// sender stays silent for `idle`: a stalled client cannot hold a handler,
+/// and the memory it reserved, for longer than that.
+pub async fn next_message<T>(
+    stream: &mut tonic::Streaming<T>,
+    idle: std::time::Duration,
+) -> Result<Option<T>, tonic::Status> {
+    match tokio::time::timeout(idle, stream.message()).await {
+        Ok(result) => result,
+        Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+            "stream idle for more than {} ms",
+            idle.as_millis()
+        ))),
+    }
+}
+
+/// Serves `messages` as a response stream from a task that waits at most
+/// `idle` for the client to take each one. A client that stops reading
+/// loses its stream after `idle`, and `hold` (e.g. the byte-budget permit
+/// of the buffered blob) is released then, not never.
+pub fn paced_stream<T: Send + 'static>(
+    messages: impl Iterator<Item = T> + Send + 'static,
+    hold: impl Send + 'static,
+    idle: std::time::Duration,
+) -> tokio_stream::wrappers::ReceiverStream<Result<T, tonic::Status>> {
+    /// Messages buffered ahead of the client: one being sent, one ready.
+    const AHEAD: usize = 2;
+    let (sender, receiver) = tokio::sync::mpsc::channel(AHEAD);
+    tokio::spawn(async move {
+        let _hold = hold;
+        for message in messages {
+            if sender.send_timeout(Ok(message), idle).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
 }

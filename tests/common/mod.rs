@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use pocket::runinfo::RunInfo;
 use pocket_client::{Client, ClientConfig};
+use pocket_proto::pb;
+use pocket_transport::{pki, Identity, Role, Tls};
 
 pub const POCKET: &str = env!("CARGO_BIN_EXE_pocket");
 /// Start-up of a whole cell in a debug build on a loaded 2-core machine.
@@ -23,11 +25,13 @@ pub struct LocalPocket {
 pub struct UpOptions {
     pub osds: u32,
     pub extent_size: &'static str,
+    /// Extra `pocket up` flags (limits).
+    pub extra: Vec<String>,
 }
 
 impl Default for UpOptions {
     fn default() -> Self {
-        UpOptions { osds: 9, extent_size: "16MiB" }
+        UpOptions { osds: 9, extent_size: "64MiB", extra: Vec::new() }
     }
 }
 
@@ -42,6 +46,7 @@ impl LocalPocket {
             .args(["up", "--dir"])
             .arg(dir)
             .args(["--osds", &options.osds.to_string(), "--extent-size", options.extent_size])
+            .args(&options.extra)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log"))
             .stderr(log)
@@ -60,6 +65,23 @@ impl LocalPocket {
         let client_config = ClientConfig::load(&client_path).expect("load client.toml");
         let client = Client::connect(&client_config).expect("connect client");
         LocalPocket { dir: dir.to_path_buf(), up: Some(child), client, client_config }
+    }
+
+    /// The TLS material of `ROLE:NAME` from the pocket's local PKI.
+    pub fn tls(&self, role: Role, name: &str) -> Tls {
+        Tls::load(&pki::tls_config(&self.dir.join("pki"), &Identity::new(role, name))).expect("load TLS material")
+    }
+
+    /// A coordinator client acting as the operator `admin`.
+    pub fn coordinator_as_operator(&self) -> pb::coordinator_client::CoordinatorClient<tonic::transport::Channel> {
+        let channel = self.tls(Role::Operator, "admin").channel(&self.run_info("coordinator").grpc).expect("channel");
+        pb::coordinator_client::CoordinatorClient::new(channel)
+    }
+
+    /// A client of the public API with the identity `client:NAME`.
+    pub fn blob_store_as(&self, name: &str) -> pb::blob_store_client::BlobStoreClient<tonic::transport::Channel> {
+        let channel = self.tls(Role::Client, name).channel(&self.client_config.frontend).expect("channel");
+        pb::blob_store_client::BlobStoreClient::new(channel)
     }
 
     pub fn run_info(&self, daemon: &str) -> RunInfo {

@@ -1,0 +1,146 @@
+//! Who is calling: the identity in a verified peer certificate, and the
+//! check of that identity's role against what a service allows.
+
+use std::fmt;
+
+/// What a certificate's holder is. Services allow roles, never names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    Coordinator,
+    Osd,
+    Frontend,
+    /// A service using the public BlobStore API; its permissions are listed
+    /// in the frontend's config by name.
+    Client,
+    /// A human or tool driving the admin API; every call is audited.
+    Operator,
+}
+
+impl Role {
+    pub const ALL: [Role; 5] = [Role::Coordinator, Role::Osd, Role::Frontend, Role::Client, Role::Operator];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Coordinator => "coordinator",
+            Role::Osd => "osd",
+            Role::Frontend => "frontend",
+            Role::Client => "client",
+            Role::Operator => "operator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.as_str() == s)
+    }
+
+    /// Whether certificates of this role may serve (server-auth usage).
+    pub fn is_daemon(self) -> bool {
+        matches!(self, Role::Coordinator | Role::Osd | Role::Frontend)
+    }
+}
+
+/// A verified caller: the subject common name `ROLE:NAME` of its certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub role: Role,
+    pub name: String,
+}
+
+/// Longest accepted identity name (the part after `ROLE:`).
+pub const MAX_NAME_LEN: usize = 64;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    #[error("certificate is not valid X.509")]
+    NotX509,
+    #[error("certificate has no subject common name")]
+    NoCommonName,
+    #[error("certificate common name {0:?} is not ROLE:NAME with a known role")]
+    BadCommonName(String),
+}
+
+impl Identity {
+    pub fn new(role: Role, name: &str) -> Identity {
+        Identity { role, name: name.to_string() }
+    }
+
+    /// Parses `ROLE:NAME`; NAME is 1 to 64 of `[A-Za-z0-9._-]`.
+    pub fn parse(common_name: &str) -> Result<Identity, IdentityError> {
+        let bad = || IdentityError::BadCommonName(common_name.chars().take(100).collect());
+        let (role, name) = common_name.split_once(':').ok_or_else(bad)?;
+        let role = Role::parse(role).ok_or_else(bad)?;
+        let name_ok = !name.is_empty()
+            && name.len() <= MAX_NAME_LEN
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
+        if !name_ok {
+            return Err(bad());
+        }
+        Ok(Identity::new(role, name))
+    }
+
+    /// The identity in a DER certificate (already verified by TLS).
+    pub fn from_certificate(der: &[u8]) -> Result<Identity, IdentityError> {
+        let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|_| IdentityError::NotX509)?;
+        let common_name = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .ok_or(IdentityError::NoCommonName)?;
+        Identity::parse(common_name)
+    }
+
+    pub fn common_name(&self) -> String {
+        format!("{}:{}", self.role.as_str(), self.name)
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.role.as_str(), self.name)
+    }
+}
+
+/// The caller of `request`, from the certificate TLS verified.
+/// `UNAUTHENTICATED` if there is none or it carries no valid identity.
+pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
+    let certs = request
+        .peer_certs()
+        .ok_or_else(|| tonic::Status::unauthenticated("a client certificate is required"))?;
+    let leaf = certs.first().ok_or_else(|| tonic::Status::unauthenticated("a client certificate is required"))?;
+    Identity::from_certificate(leaf.as_ref()).map_err(|e| tonic::Status::unauthenticated(e.to_string()))
+}
+
+/// The caller, if its role is one of `allowed`; else `PERMISSION_DENIED`
+/// (counted in `pocket_denied_total`).
+pub fn authorize<T>(request: &tonic::Request<T>, allowed: &[Role]) -> Result<Identity, tonic::Status> {
+    let identity = peer_identity(request)?;
+    if allowed.contains(&identity.role) {
+        Ok(identity)
+    } else {
+        metrics::counter!("pocket_denied_total", "role" => identity.role.as_str()).increment(1);
+        Err(tonic::Status::permission_denied(format!(
+            "{identity} may not call this service; allowed roles: {}",
+            allowed.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ")
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_names_parse_strictly() {
+        assert_eq!(Identity::parse("osd:osd-3"), Ok(Identity::new(Role::Osd, "osd-3")));
+        assert_eq!(Identity::parse("client:local"), Ok(Identity::new(Role::Client, "local")));
+        for bad in ["", "osd", "osd:", "root:x", "client:a b", "client:a:b", &format!("client:{}", "x".repeat(65))] {
+            assert!(Identity::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn garbage_is_not_a_certificate() {
+        assert_eq!(Identity::from_certificate(b"not a certificate"), Err(IdentityError::NotX509));
+    }
+}

@@ -3,6 +3,7 @@
 //! files daemons write once they serve, and `pocket up`, the local cell.
 //! Root integration tests (`tests/`) run the built binary.
 
+pub mod bench;
 pub mod ops;
 pub mod runinfo;
 pub mod up;

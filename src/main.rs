@@ -73,6 +73,29 @@ enum Command {
         #[arg(long, env = "POCKET_CONFIG", default_value = "pocket-data/client.toml")]
         config: PathBuf,
     },
+    /// Load a running pocket: PUT, GET (every byte verified) or mixed; prints
+    /// MiB/s, ops/s and latency percentiles per phase.
+    Bench {
+        #[arg(long, value_enum, default_value = "all")]
+        mode: pocket::bench::Mode,
+        /// Operations per phase (ignored with --duration-secs).
+        #[arg(long, default_value_t = 256)]
+        count: usize,
+        /// Blob size, e.g. 4MiB or 64KiB.
+        #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+        size: u64,
+        /// Operations in flight at once.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Run each measured phase for this many seconds instead of --count operations.
+        #[arg(long)]
+        duration_secs: Option<u64>,
+        /// Print JSON instead of a table (and no progress bar).
+        #[arg(long)]
+        json: bool,
+        #[arg(long, env = "POCKET_CONFIG", default_value = "pocket-data/client.toml")]
+        config: PathBuf,
+    },
     /// Print a stored blob's length, cell, bucket and creation time (JSON).
     Stat {
         key: String,
@@ -166,6 +189,27 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 std::process::exit(1)
             }
         }
+        Command::Bench { mode, count, size, concurrency, duration_secs, json, config } => {
+            let options = pocket::bench::BenchOptions {
+                mode,
+                count,
+                size_bytes: usize::try_from(size).context("size")?,
+                concurrency,
+                duration: duration_secs.map(std::time::Duration::from_secs),
+                progress: !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+                seed: rand::random(),
+            };
+            let reports = pocket::bench::run(client(&config)?, options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                print!("{}", pocket::bench::table(&reports));
+            }
+            if reports.iter().any(|r| r.errors > 0) {
+                bail!("some operations failed; see the errors column");
+            }
+            Ok(())
+        }
         Command::Stat { key, config } => {
             let key = parse_key(&key)?;
             let info = client(&config)?.stat(&key).await.with_context(|| format!("stat {key}"))?;
@@ -186,7 +230,12 @@ fn client(config: &Path) -> anyhow::Result<Client> {
 
 fn load_config<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     let text = std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
-    toml::from_str(&text).with_context(|| format!("parse config {}", path.display()))
+    // The message and position only: toml's full error quotes the offending
+    // line, which may hold a database password.
+    toml::from_str(&text).map_err(|e| {
+        let at = e.span().map(|span| text[..span.start.min(text.len())].lines().count()).unwrap_or(0);
+        anyhow::anyhow!("parse config {} (line {at}): {}", path.display(), e.message())
+    })
 }
 
 /// Binds the daemon's listeners, serves `/metrics` and `/healthz`, writes the

@@ -22,6 +22,11 @@ pub fn install_metrics() -> anyhow::Result<PrometheusHandle> {
 
 /// Connections the operations endpoint serves at once.
 const MAX_OPS_CONNECTIONS: usize = 32;
+/// Longest an ops connection may stay open: a scrape takes milliseconds.
+const MAX_OPS_CONNECTION_DURATION: std::time::Duration = std::time::Duration::from_secs(30);
+/// Pause after a failed accept (e.g. out of file descriptors) so the loop
+/// does not spin.
+const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Serves the operations endpoint over mutual TLS (any certificate of the
 /// pocket's CA may scrape) until `shutdown` resolves.
@@ -45,6 +50,7 @@ pub async fn serve(
                 Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "ops endpoint accept failed");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                     continue;
                 }
             },
@@ -58,10 +64,21 @@ pub async fn serve(
             let _slot = slot;
             let handshake = tokio::time::timeout(pocket_transport::tls::HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
             let Ok(Ok(stream)) = handshake else { return };
+            // Operators and daemons may read the ops endpoint; clients may not.
+            let role = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|leaf| pocket_transport::Identity::from_certificate(leaf.as_ref()).ok())
+                .map(|identity| identity.role);
+            if !matches!(role, Some(role) if role == pocket_transport::Role::Operator || role.is_daemon()) {
+                return;
+            }
             let service = hyper_util::service::TowerToHyperService::new(app);
-            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
+            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(MAX_OPS_CONNECTION_DURATION, connection).await;
         });
     }
 }

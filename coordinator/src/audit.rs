@@ -23,9 +23,9 @@ impl AuditLog {
         Ok(AuditLog { file: Arc::new(Mutex::new(file)) })
     }
 
-    /// Appends one record and syncs it; a failure to audit is logged as an
-    /// error (the call it describes has already happened).
-    pub fn record(&self, who: &Identity, action: &str, outcome: Result<(), &tonic::Status>) {
+    /// Appends one record and syncs it. If that fails the caller must not
+    /// report success: an operator call that cannot be audited fails.
+    pub fn record(&self, who: &Identity, action: &str, outcome: Result<(), &tonic::Status>) -> std::io::Result<()> {
         let line = serde_json::json!({
             "unix_ms": now_unix_ms(),
             "who": who.to_string(),
@@ -33,9 +33,8 @@ impl AuditLog {
             "outcome": match outcome { Ok(()) => "ok".to_string(), Err(status) => format!("{:?}: {}", status.code(), status.message()) },
         });
         let mut file = self.file.lock().expect("audit log lock poisoned");
-        let written = writeln!(file, "{line}").and_then(|()| file.sync_data());
-        if let Err(e) = written {
+        writeln!(file, "{line}").and_then(|()| file.sync_data()).inspect_err(|e| {
             tracing::error!(error = %e, "could not write the audit log");
-        }
+        })
     }
 }

@@ -5,12 +5,14 @@ use std::collections::HashMap;
 use pocket_proto::pb;
 use tonic::{Request, Response, Status};
 
-use pocket_transport::{authorize, Identity, Role};
+use pocket_transport::{authorize, Identity, Role, RoleGate};
 
 use crate::audit::AuditLog;
 use crate::cell::{Cell, CellError, Placement};
 use crate::db::OsdRow;
 
+/// Largest request the coordinator decodes: its requests are ids and names.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Longest OSD address or failure-domain name accepted at registration.
 const MAX_NAME_LEN: usize = 255;
 
@@ -27,13 +29,21 @@ impl CoordinatorService {
     /// Records `result` in the audit log if the caller is an operator.
     fn audited<T>(&self, who: &Identity, action: &str, result: Result<T, Status>) -> Result<T, Status> {
         if who.role == Role::Operator {
-            self.audit.record(who, action, result.as_ref().map(|_| ()));
+            if let Err(e) = self.audit.record(who, action, result.as_ref().map(|_| ())) {
+                return Err(Status::unavailable(format!("the audit log cannot be written: {e}")));
+            }
         }
         result
     }
 
-    pub fn into_server(self) -> pb::coordinator_server::CoordinatorServer<CoordinatorService> {
-        pb::coordinator_server::CoordinatorServer::new(self)
+    /// The service behind a gate that refuses clients before their request
+    /// is decoded; its messages are small, so so is its decode limit.
+    pub fn into_server(
+        self,
+    ) -> tonic::service::interceptor::InterceptedService<pb::coordinator_server::CoordinatorServer<CoordinatorService>, RoleGate>
+    {
+        let server = pb::coordinator_server::CoordinatorServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES);
+        tonic::service::interceptor::InterceptedService::new(server, RoleGate::new(&[Role::Osd, Role::Frontend, Role::Operator]))
     }
 }
 

@@ -27,6 +27,10 @@ use tokio::sync::watch;
 
 pub use config::CoordinatorConfig;
 
+/// Requests one connection may have in flight: a frontend's placement and
+/// location lookups, an OSD's heartbeat. Calls are short; this is a fence.
+const MAX_CONCURRENT_REQUESTS_PER_CONNECTION: usize = 64;
+
 /// Runs the coordinator until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
@@ -46,9 +50,14 @@ pub async fn run(
     let local_addr = listener.local_addr().context("read coordinator address")?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
+        // Reap connections whose peer has gone without closing them.
+        .http2_keepalive_interval(Some(pocket_transport::tls::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(pocket_transport::tls::KEEPALIVE_TIMEOUT))
         .tls_config(tls.server_tls())
         .context("configure coordinator TLS")?
         .timeout(Duration::from_secs(30))
+        .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
+        .max_concurrent_streams(Some(MAX_CONCURRENT_REQUESTS_PER_CONNECTION as u32))
         .add_service(grpc::CoordinatorService::new(cell, audit).into_server())
         .serve_with_incoming_shutdown(incoming, shutdown);
     ready.send_replace(true);

@@ -12,6 +12,8 @@ use pocket_proto::{pb, BodyCollector, ByteBudget, Key, CHUNK_SIZE_BYTES, MAX_MES
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::blobs::{Blobs, GetError, PutError};
+use pocket_transport::{Role, RoleGate};
+
 use crate::access::Access;
 use crate::config::{FrontendConfig, Permission};
 
@@ -22,6 +24,7 @@ pub struct BlobService {
     max_blob_size_bytes: u64,
     max_exists_batch: usize,
     stream_idle_timeout: Duration,
+    request_timeout: Duration,
 }
 
 impl BlobService {
@@ -33,13 +36,19 @@ impl BlobService {
             max_blob_size_bytes: config.max_blob_size_bytes,
             max_exists_batch: config.max_exists_batch,
             stream_idle_timeout: Duration::from_millis(config.stream_idle_timeout_ms),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
         }
     }
 
-    pub fn into_server(self) -> pb::blob_store_server::BlobStoreServer<BlobService> {
-        pb::blob_store_server::BlobStoreServer::new(self)
+    /// The service behind a gate that refuses non-client callers before
+    /// their request is decoded.
+    pub fn into_server(
+        self,
+    ) -> tonic::service::interceptor::InterceptedService<pb::blob_store_server::BlobStoreServer<BlobService>, RoleGate> {
+        let server = pb::blob_store_server::BlobStoreServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_SIZE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE_BYTES);
+        tonic::service::interceptor::InterceptedService::new(server, RoleGate::new(&[Role::Client]))
     }
 }
 
@@ -84,7 +93,7 @@ impl pb::blob_store_server::BlobStore for BlobService {
     async fn put(&self, request: Request<Streaming<pb::PutRequest>>) -> Result<Response<pb::PutResponse>, Status> {
         let _admission = self.access.admit(&request, Permission::Put)?;
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
+        let header = match pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
             Some(pb::PutRequest { part: Some(pb::put_request::Part::Header(header)) }) => header,
             Some(_) => return Err(Status::invalid_argument("the first message of a PUT must be its header")),
             None => return Err(Status::invalid_argument("empty PUT stream")),
@@ -129,7 +138,9 @@ impl pb::blob_store_server::BlobStore for BlobService {
 
     #[tracing::instrument(name = "get", skip_all, fields(key))]
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<GetStream>, Status> {
-        let _admission = self.access.admit(&request, Permission::Get)?;
+        // Held by the response stream until its last chunk: the client's
+        // in-flight cap counts streams that are still sending.
+        let admission = self.access.admit(&request, Permission::Get)?;
         let request = request.into_inner();
         let key = Key::from_slice(&request.key)?;
         tracing::Span::current().record("key", tracing::field::display(&key));
@@ -156,7 +167,8 @@ impl pb::blob_store_server::BlobStore for BlobService {
             let stop = (start + CHUNK_SIZE_BYTES).min(range.len());
             pb::GetResponse { blob_length_bytes: if index == 0 { total } else { 0 }, chunk: range.slice(start..stop) }
         });
-        let stream = pocket_proto::paced_stream(messages, permit, self.stream_idle_timeout);
+        let stream =
+            pocket_proto::paced_stream(messages, (permit, admission), self.stream_idle_timeout, self.request_timeout);
         Ok(Response::new(Box::pin(stream)))
     }
 

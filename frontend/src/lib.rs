@@ -41,9 +41,14 @@ pub async fn run(
     let local_addr = listener.local_addr().context("read frontend address")?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
+        // Reap connections whose peer has gone without closing them.
+        .http2_keepalive_interval(Some(pocket_transport::tls::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(pocket_transport::tls::KEEPALIVE_TIMEOUT))
         .tls_config(tls.server_tls())
         .context("configure frontend TLS")?
         .concurrency_limit_per_connection(config.max_concurrent_requests_per_connection)
+        // The same cap at the HTTP/2 layer: a peer cannot open more streams.
+        .max_concurrent_streams(u32::try_from(config.max_concurrent_requests_per_connection).ok())
         .timeout(Duration::from_millis(config.request_timeout_ms))
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown);

@@ -8,7 +8,7 @@ use futures::Stream;
 use pocket_proto::{pb, BodyCollector, ByteBudget, Key, CHUNK_SIZE_BYTES, EXTENT_FULL_PREFIX, MAX_MESSAGE_SIZE_BYTES};
 use tonic::{Request, Response, Status, Streaming};
 
-use pocket_transport::{authorize, Role};
+use pocket_transport::{authorize, Role, RoleGate};
 
 use crate::config::OsdConfig;
 use crate::store::{AppendOutcome, Store, StoreError};
@@ -17,6 +17,9 @@ use crate::store::{AppendOutcome, Store, StoreError};
 const MIN_EXTENT_SIZE_BYTES: u64 = 64 * 1024;
 /// Largest extent the coordinator may ask for (prod uses 1 GiB).
 const MAX_EXTENT_SIZE_BYTES: u64 = 64 * 1024 * 1024 * 1024;
+/// Longest a read's response stream may take in total, however steadily the
+/// reader takes chunks: a slow reader cannot hold the byte budget longer.
+const MAX_READ_STREAM_DURATION: std::time::Duration = std::time::Duration::from_secs(120);
 /// Most extents one ExtentStatus call may ask about.
 const MAX_STATUS_BATCH: usize = 10_000;
 /// Most keys one Has call may ask about.
@@ -52,10 +55,18 @@ impl OsdService {
         Ok(())
     }
 
-    pub fn into_server(self) -> pb::osd_server::OsdServer<OsdService> {
-        pb::osd_server::OsdServer::new(self)
+    /// The service behind a gate that refuses non-daemon callers before
+    /// their request is decoded.
+    pub fn into_server(
+        self,
+    ) -> tonic::service::interceptor::InterceptedService<pb::osd_server::OsdServer<OsdService>, RoleGate> {
+        let server = pb::osd_server::OsdServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_SIZE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_SIZE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE_BYTES);
+        tonic::service::interceptor::InterceptedService::new(
+            server,
+            RoleGate::new(&[Role::Frontend, Role::Coordinator, Role::Osd]),
+        )
     }
 }
 
@@ -111,7 +122,7 @@ impl pb::osd_server::Osd for OsdService {
     async fn append(&self, request: Request<Streaming<pb::AppendRequest>>) -> Result<Response<pb::AppendResponse>, Status> {
         authorize(&request, &[Role::Frontend])?;
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
+        let header = match pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
             Some(pb::AppendRequest { part: Some(pb::append_request::Part::Header(header)) }) => header,
             Some(_) => return Err(Status::invalid_argument("the first message of an append must be its header")),
             None => return Err(Status::invalid_argument("empty append stream")),
@@ -249,5 +260,5 @@ fn chunked(data: Bytes, permit: tokio::sync::OwnedSemaphorePermit, idle: std::ti
         let end = (start + CHUNK_SIZE_BYTES).min(data.len());
         pb::ReadResponse { blob_length_bytes: if index == 0 { total } else { 0 }, chunk: data.slice(start..end) }
     });
-    Box::pin(pocket_proto::paced_stream(messages, permit, idle))
+    Box::pin(pocket_proto::paced_stream(messages, permit, idle, MAX_READ_STREAM_DURATION))
 }

@@ -231,21 +231,24 @@ pub async fn next_message<T>(
 }
 
 /// Serves `messages` as a response stream from a task that waits at most
-/// `idle` for the client to take each one. A client that stops reading
-/// loses its stream after `idle`, and `hold` (e.g. the byte-budget permit
-/// of the buffered blob) is released then, not never.
+/// `idle` for the client to take each one, and at most `total` for all of
+/// them. A client that stops or slows reading loses its stream, and `hold`
+/// (e.g. the byte-budget permit of the buffered blob) is released then.
 pub fn paced_stream<T: Send + 'static>(
     messages: impl Iterator<Item = T> + Send + 'static,
     hold: impl Send + 'static,
     idle: std::time::Duration,
+    total: std::time::Duration,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<T, tonic::Status>> {
     /// Messages buffered ahead of the client: one being sent, one ready.
     const AHEAD: usize = 2;
     let (sender, receiver) = tokio::sync::mpsc::channel(AHEAD);
+    let deadline = tokio::time::Instant::now() + total;
     tokio::spawn(async move {
         let _hold = hold;
         for message in messages {
-            if sender.send_timeout(Ok(message), idle).await.is_err() {
+            let wait = idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            if sender.send_timeout(Ok(message), wait).await.is_err() {
                 return;
             }
         }

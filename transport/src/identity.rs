@@ -126,6 +126,26 @@ pub fn authorize<T>(request: &tonic::Request<T>, allowed: &[Role]) -> Result<Ide
     }
 }
 
+/// An interceptor that refuses callers whose role is not in `allowed` before
+/// their request body is decoded (each method still checks its own roles).
+#[derive(Clone, Copy)]
+pub struct RoleGate {
+    allowed: &'static [Role],
+}
+
+impl RoleGate {
+    pub const fn new(allowed: &'static [Role]) -> RoleGate {
+        RoleGate { allowed }
+    }
+}
+
+impl tonic::service::Interceptor for RoleGate {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        authorize(&request, self.allowed)?;
+        Ok(request)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

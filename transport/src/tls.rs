@@ -13,6 +13,10 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time to establish a TCP connection to a peer before giving up.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Interval of HTTP/2 keepalive pings on every connection, both directions.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// A peer that does not answer a keepalive ping within this is dropped.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound for one outbound unary RPC or one whole blob transfer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -143,8 +147,8 @@ impl Tls {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(5));
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT);
         Ok(endpoint.connect_lazy())
     }
 }

@@ -129,6 +129,18 @@ impl FrontendConfig {
         if self.max_inflight_bytes < self.max_blob_size_bytes {
             bail!("frontend config: max_inflight_bytes must be at least max_blob_size_bytes");
         }
+        if !(100..=3_600_000).contains(&self.stream_idle_timeout_ms) {
+            bail!("frontend config: stream_idle_timeout_ms must be between 100 ms and 1 h");
+        }
+        if !(1_000..=3_600_000).contains(&self.request_timeout_ms) {
+            bail!("frontend config: request_timeout_ms must be between 1 s and 1 h");
+        }
+        if !(1..=100_000).contains(&self.max_exists_batch) {
+            bail!("frontend config: max_exists_batch must be between 1 and 100000");
+        }
+        if !(1..=10_000).contains(&self.max_concurrent_requests_per_connection) {
+            bail!("frontend config: max_concurrent_requests_per_connection must be between 1 and 10000");
+        }
         if self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
             bail!("frontend config: rate_limit_per_sec and rate_limit_burst must be positive");
         }

@@ -150,7 +150,7 @@ pub fn ensure_local(dir: &Path, identities: &[Identity]) -> Result<(), PkiError>
     let now = OffsetDateTime::now_utc();
     for identity in identities {
         let config = tls_config(dir, identity);
-        if config.cert.exists() && config.key.exists() {
+        if config.key.exists() && valid_for_a_while(&config.cert, now) {
             continue;
         }
         let (cert, key) = ca.issue(identity, &["127.0.0.1", "localhost", "::1"], now - Duration::hours(1), now + LEAF_VALIDITY)?;
@@ -158,6 +158,20 @@ pub fn ensure_local(dir: &Path, identities: &[Identity]) -> Result<(), PkiError>
         write_file(&config.cert, cert.as_bytes(), false)?;
     }
     Ok(())
+}
+
+/// A certificate is reissued when it expires within this: `pocket up` renews
+/// its local identities on any start inside the window.
+const RENEW_BEFORE: Duration = Duration::days(30);
+
+/// Whether the certificate at `path` exists, parses and is valid past
+/// `now + RENEW_BEFORE`.
+fn valid_for_a_while(path: &Path, now: OffsetDateTime) -> bool {
+    use rustls_pki_types::pem::PemObject;
+    let Ok(pem) = std::fs::read(path) else { return false };
+    let Ok(der) = rustls_pki_types::CertificateDer::from_pem_slice(&pem) else { return false };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else { return false };
+    cert.validity().not_after.timestamp() > (now + RENEW_BEFORE).unix_timestamp()
 }
 
 /// Writes atomically (tmp + rename); `secret` files are created mode 0600.
@@ -199,6 +213,24 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("ca.key")).expect("meta").permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn a_certificate_close_to_expiry_is_renewed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let client = Identity::new(Role::Client, "soon");
+        ensure_local(dir.path(), std::slice::from_ref(&client)).expect("pki");
+        let now = OffsetDateTime::now_utc();
+        let (cert, key) = Ca::load(dir.path())
+            .expect("ca")
+            .issue(&client, &["127.0.0.1"], now - Duration::days(1), now + Duration::days(10))
+            .expect("issue");
+        let config = tls_config(dir.path(), &client);
+        std::fs::write(&config.cert, cert).expect("write");
+        std::fs::write(&config.key, key).expect("write");
+        assert!(!valid_for_a_while(&config.cert, now), "10 days left is inside the renewal window");
+        ensure_local(dir.path(), std::slice::from_ref(&client)).expect("renew");
+        assert!(valid_for_a_while(&config.cert, now), "the certificate was not renewed");
     }
 
     use rustls_pki_types::pem::PemObject;

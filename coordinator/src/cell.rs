@@ -18,6 +18,9 @@ use crate::db::{CellDb, DbError, OsdRow, VolumeRow, VolumeState};
 /// OSD must not hold up the maintenance of the rest of the cell.
 const OSD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most cached OSD channels (one per address ever seen) before the cache is cleared.
+const MAX_CACHED_CHANNELS: usize = 4_096;
+
 fn with_deadline<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(OSD_CALL_TIMEOUT);
@@ -171,6 +174,10 @@ impl Cell {
         let mut channels = self.inner.osd_channels.lock().expect("osd channel map lock poisoned");
         if let Some(channel) = channels.get(addr) {
             return Some(pb::osd_client::OsdClient::new(channel.clone()));
+        }
+        if channels.len() >= MAX_CACHED_CHANNELS {
+            // OSD addresses change on restarts; forget stale ones.
+            channels.clear();
         }
         let channel = self.inner.tls.channel(addr).ok()?;
         channels.insert(addr.to_string(), channel.clone());

@@ -17,6 +17,9 @@ const WRITABLE_TTL: Duration = Duration::from_secs(1);
 /// How long a bucket's location is trusted. Locations change only when a
 /// volume is re-encoded, and a failed read refreshes it anyway.
 const LOCATION_TTL: Duration = Duration::from_secs(30);
+/// Most cached OSD channels (one per address ever seen) before the cache is
+/// cleared: far above a cell's OSD count, so only restarts on new ports fill it.
+const MAX_CACHED_CHANNELS: usize = 4_096;
 /// Deadline of a call to the coordinator on the request path.
 const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Most cached bucket locations; the cache is cleared when it grows past this.
@@ -166,6 +169,10 @@ impl CellView {
         let channel = match channels.get(&replica.grpc_addr) {
             Some(channel) => channel.clone(),
             None => {
+                if channels.len() >= MAX_CACHED_CHANNELS {
+                    // OSD addresses change on restarts; forget stale ones.
+                    channels.clear();
+                }
                 let channel = self.tls.channel(&replica.grpc_addr).map_err(|e| ReplicaError::Failed {
                     osd_id: replica.osd_id,
                     addr: replica.grpc_addr.clone(),

@@ -4,6 +4,7 @@
 //! Root integration tests (`tests/`) run the built binary.
 
 pub mod bench;
+pub mod limits;
 pub mod ops;
 pub mod runinfo;
 pub mod up;

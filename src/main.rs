@@ -96,6 +96,28 @@ enum Command {
         #[arg(long, env = "POCKET_CONFIG", default_value = "pocket-data/client.toml")]
         config: PathBuf,
     },
+    /// Measure the machine's own ceilings on --dir's disk (write with
+    /// fdatasync, read, BLAKE3 per core, the RPC layer); with --config, also
+    /// bench the running pocket (4 MiB, 8 in flight) and print its ratios.
+    Limits {
+        /// A directory on the disk the OSDs use (a file is written and removed).
+        #[arg(long, default_value = "pocket-data")]
+        dir: PathBuf,
+        /// Bytes written and read back by the disk measurements.
+        #[arg(long, default_value = "1GiB", value_parser = parse_size)]
+        disk_size: u64,
+        /// A running pocket's client config: bench it and report ratios.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Blobs per phase of that bench.
+        #[arg(long, default_value_t = 128)]
+        count: usize,
+        /// The pocket's replication factor (PUT is bounded by write bandwidth / R).
+        #[arg(long, default_value_t = 3)]
+        replicas: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a stored blob's length, cell, bucket and creation time (JSON).
     Stat {
         key: String,
@@ -207,6 +229,46 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             if reports.iter().any(|r| r.errors > 0) {
                 bail!("some operations failed; see the errors column");
+            }
+            Ok(())
+        }
+        Command::Limits { dir, disk_size, config, count, replicas, json } => {
+            let options = pocket::limits::LimitsOptions {
+                dir,
+                disk_bytes: disk_size,
+                sync_every_bytes: vec![4 << 20, 64 << 20],
+                hash_bytes: 1 << 30,
+                rpc_bytes: 1 << 30,
+            };
+            let limits = pocket::limits::measure(&options).await?;
+            let mut reports = Vec::new();
+            let mut ratios = Vec::new();
+            if let Some(config) = config {
+                let bench = pocket::bench::BenchOptions {
+                    mode: pocket::bench::Mode::All,
+                    count,
+                    size_bytes: 4 << 20,
+                    concurrency: 8,
+                    duration: None,
+                    progress: false,
+                    seed: rand::random(),
+                };
+                reports = pocket::bench::run(client(&config)?, bench).await?;
+                let figure = |phase: &str| reports.iter().find(|r| r.phase == phase).map(|r| r.mib_per_sec).unwrap_or(0.0);
+                ratios = pocket::limits::ratios(&limits, replicas, figure("put"), figure("get"));
+            }
+            if json {
+                let all = serde_json::json!({ "limits": limits, "bench": reports, "ratios": ratios });
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                print!("{}", pocket::limits::table(&limits));
+                if !reports.is_empty() {
+                    print!("\n{}", pocket::bench::table(&reports));
+                    println!("\nphase  pocket MiB/s  bound MiB/s  ratio  bound");
+                    for r in &ratios {
+                        println!("{:<6} {:>12.1} {:>12.1} {:>6.2}  {}", r.what, r.pocket_mib_per_sec, r.bound_mib_per_sec, r.ratio, r.bound);
+                    }
+                }
             }
             Ok(())
         }

@@ -170,6 +170,8 @@ pub enum StoreError {
     InvalidOptions(&'static str),
     #[error("disk {path}: {reason}")]
     DiskIdentity { path: PathBuf, reason: &'static str },
+    #[error("{path} was written in extent format version {version}, which this binary does not know; refusing to start")]
+    UnsupportedFormat { path: PathBuf, version: u32 },
     #[error("{context}: {source}")]
     Io {
         context: &'static str,
@@ -1062,6 +1064,7 @@ struct RecoveryStats {
     corrupt_ranges: u64,
     corrupt_bytes: u64,
     quarantined: u64,
+    damaged_headers: u64,
     resealed: u64,
     orphan_metas: u64,
 }
@@ -1126,6 +1129,7 @@ fn recover_disk(disk: usize, dir: &Path, db: &DB) -> Result<Vec<Extent>, StoreEr
         corrupt_ranges = stats.corrupt_ranges,
         corrupt_bytes = stats.corrupt_bytes,
         quarantined = stats.quarantined,
+        damaged_headers = stats.damaged_headers,
         resealed = stats.resealed,
         orphan_metadata = stats.orphan_metas,
         elapsed_ms = started.elapsed().as_millis() as u64,
@@ -1191,19 +1195,32 @@ fn recover_extent(
             available: file_len,
         })
     };
-    let header = match header {
-        Ok(h) if h.extent_id == id => h,
+    let max_size_bytes = match header {
+        Ok(h) if h.extent_id == id => h.max_size_bytes,
         Ok(h) => {
             let why = format!("header names extent {} but the file name names {id}", h.extent_id);
             quarantine(db, id, path, &why, stats)?;
             return Ok(None);
+        }
+        // A newer format is not corruption: refuse to run rather than
+        // discard extents a newer binary wrote.
+        Err(FormatError::UnsupportedVersion(version)) => {
+            return Err(StoreError::UnsupportedFormat { path: path.to_path_buf(), version });
+        }
+        // The header is damaged but the metadata knows the extent: its
+        // records are independent of the header and each carries its own
+        // checksums, so keep serving them rather than drop acknowledged data.
+        Err(e) if meta.is_some() => {
+            let m = meta.as_ref().map(|m| m.max_size_bytes).unwrap_or_default();
+            error!(extent = id, error = %e, "extent header is damaged; keeping the extent on its metadata, records are still checked one by one");
+            stats.damaged_headers += 1;
+            m
         }
         Err(e) => {
             quarantine(db, id, path, &e, stats)?;
             return Ok(None);
         }
     };
-    let max_size_bytes = header.max_size_bytes;
     if let Some(m) = meta {
         if m.max_size_bytes != max_size_bytes {
             warn!(

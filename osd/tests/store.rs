@@ -759,3 +759,20 @@ async fn a_blob_that_looks_like_a_footer_does_not_seal_an_open_extent() -> Resul
     fill(&store, 1, 77, 1, 10).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_damaged_header_with_intact_metadata_keeps_the_extent_and_its_records() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(4, MIB)?;
+    let records = fill(&store, 4, 30, 3, 100).await?;
+    drop(store);
+    let path = d.extent_path(4)?;
+    flip_bit(&path, 17)?; // inside the extent header
+
+    let store = d.open()?;
+    assert!(path.exists(), "the extent must not be quarantined while its metadata knows it");
+    assert_eq!(store.list_extents().iter().map(|e| e.id).collect::<Vec<_>>(), vec![4]);
+    assert_readable(&store, 4, &records).await?;
+    Ok(())
+}

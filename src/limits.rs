@@ -193,7 +193,7 @@ async fn measure_rpc(dir: &Path, bytes: u64) -> anyhow::Result<f64> {
         });
     let server = tokio::spawn(server);
 
-    let channel = client_tls.channel(&addr)?;
+    let channel = client_tls.channel(&addr, &server_id.dns_name())?;
     let client = pb::loopback_client::LoopbackClient::new(channel)
         .max_encoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES);
     let mut payload = vec![0u8; RPC_PAYLOAD_BYTES];

@@ -367,7 +367,8 @@ const CLIENT_GRANTS: &str = "[[clients]]\nname = \"local\"\npermissions = [\"put
 
 /// Waits until the coordinator offers at least one writable bucket.
 async fn wait_writable(tls: &pocket_transport::Tls, coordinator_addr: &str) -> anyhow::Result<()> {
-    let mut client = pb::coordinator_client::CoordinatorClient::new(tls.channel(coordinator_addr)?);
+    let name = pocket_transport::role_dns_name(Role::Coordinator);
+    let mut client = pb::coordinator_client::CoordinatorClient::new(tls.channel(coordinator_addr, &name)?);
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
         if let Ok(response) = client.writable_buckets(pb::WritableBucketsRequest {}).await {

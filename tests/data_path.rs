@@ -144,7 +144,8 @@ async fn osd_killed_during_puts_loses_no_acknowledged_record() {
     // of the buckets it is a replica of.
     let victim_addr = pocket.run_info(&format!("osd-{victim_id}")).grpc;
     // Reading an OSD directly takes a daemon's identity: act as the frontend.
-    let osd_channel = pocket.tls(Role::Frontend, "frontend-1").channel(&victim_addr).expect("channel");
+    let osd_name = pocket_transport::Identity::new(Role::Osd, &format!("osd-{victim_id}")).dns_name();
+    let osd_channel = pocket.tls(Role::Frontend, "frontend-1").channel(&victim_addr, &osd_name).expect("channel");
     let mut osd = pb::osd_client::OsdClient::new(osd_channel);
     let mut placements = HashMap::new();
     let mut checked = 0;

@@ -11,7 +11,7 @@ use bytes::{Buf, BufMut, Bytes};
 use common::{LocalPocket, UpOptions};
 use pocket_proto::{pb, Key};
 use pocket_transport::pki::Ca;
-use pocket_transport::{Identity, Role, Tls, TlsConfig};
+use pocket_transport::{role_dns_name, Identity, Role, Tls, TlsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 
@@ -40,7 +40,7 @@ fn foreign_tls(dir: &std::path::Path, name: &str, pki_dir: &std::path::Path, cer
 }
 
 async fn exists_as(tls: &Tls, addr: &str, key: Key) -> Result<Vec<bool>, tonic::Status> {
-    let channel = tls.channel(addr).expect("channel");
+    let channel = tls.channel(addr, &role_dns_name(Role::Frontend)).expect("channel");
     let mut client = pb::blob_store_client::BlobStoreClient::new(channel);
     client
         .exists(pb::ExistsRequest { keys: vec![Bytes::copy_from_slice(key.as_bytes())] })
@@ -120,27 +120,45 @@ async fn security_bad_input_suite() {
     // 4. A client certificate cannot talk to an OSD or act as the coordinator's operator.
     let client_tls = pocket.tls(Role::Client, "local");
     let osd_addr = pocket.run_info("osd-1").grpc;
-    let mut osd = pb::osd_client::OsdClient::new(client_tls.channel(&osd_addr).expect("channel"));
+    let osd1_name = Identity::new(Role::Osd, "osd-1").dns_name();
+    let mut osd = pb::osd_client::OsdClient::new(client_tls.channel(&osd_addr, &osd1_name).expect("channel"));
     let status = osd
         .extent_status(pb::ExtentStatusRequest { extent_ids: vec![1], osd_id: 1 })
         .await
         .expect_err("client on OSD");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let mut cell = pb::coordinator_client::CoordinatorClient::new(
-        client_tls.channel(&pocket.run_info("coordinator").grpc).expect("channel"),
+        client_tls.channel(&pocket.run_info("coordinator").grpc, &role_dns_name(Role::Coordinator)).expect("channel"),
     );
     let status = cell.cell_status(pb::CellStatusRequest {}).await.expect_err("client on admin");
     assert_eq!(status.code(), Code::PermissionDenied);
     // An OSD certificate speaks only for its own OSD id.
     let osd1 = pocket.tls(Role::Osd, "osd-1");
     let mut as_osd1 = pb::coordinator_client::CoordinatorClient::new(
-        osd1.channel(&pocket.run_info("coordinator").grpc).expect("channel"),
+        osd1.channel(&pocket.run_info("coordinator").grpc, &role_dns_name(Role::Coordinator)).expect("channel"),
     );
     let status = as_osd1
         .heartbeat(pb::HeartbeatRequest { osd_id: 2, used_bytes: 0, capacity_bytes: 0 })
         .await
         .expect_err("impersonation");
     assert_eq!(status.code(), Code::PermissionDenied);
+
+    // A client dialling an OSD's address while expecting the frontend (a
+    // daemon of another role on a reused address) refuses the connection;
+    // so does the frontend expecting OSD 2 at OSD 1's address.
+    let wrong_role = pocket.tls(Role::Client, "local").channel(&osd_addr, &role_dns_name(Role::Frontend)).expect("channel");
+    let status = pb::blob_store_client::BlobStoreClient::new(wrong_role)
+        .exists(pb::ExistsRequest { keys: vec![] })
+        .await
+        .expect_err("an OSD posing as the frontend");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let osd2_name = Identity::new(Role::Osd, "osd-2").dns_name();
+    let wrong_osd = pocket.tls(Role::Frontend, "frontend-1").channel(&osd_addr, &osd2_name).expect("channel");
+    let status = pb::osd_client::OsdClient::new(wrong_osd)
+        .extent_status(pb::ExtentStatusRequest { extent_ids: vec![], osd_id: 2 })
+        .await
+        .expect_err("OSD 1 posing as OSD 2");
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
 
     // 5. A missing permission: `reader` may get but not put.
     let mut reader = pocket.blob_store_as("reader");
@@ -175,7 +193,7 @@ async fn security_bad_input_suite() {
     assert_eq!(pocket.client.exists(&[stalled_key]).await.expect("exists"), vec![false]);
 
     // 8. Malformed protobuf bytes.
-    let channel = client_tls.channel(&frontend).expect("channel");
+    let channel = client_tls.channel(&frontend, &role_dns_name(Role::Frontend)).expect("channel");
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("ready");
     let status = grpc

@@ -62,7 +62,8 @@ pub struct Client {
 
 impl Client {
     pub fn connect(config: &ClientConfig) -> Result<Client, ClientError> {
-        let channel = pocket_transport::Tls::load(&config.tls)?.channel(&config.frontend)?;
+        let frontend_name = pocket_transport::role_dns_name(pocket_transport::Role::Frontend);
+        let channel = pocket_transport::Tls::load(&config.tls)?.channel(&config.frontend, &frontend_name)?;
         Ok(Client {
             inner: pb::blob_store_client::BlobStoreClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_SIZE_BYTES)

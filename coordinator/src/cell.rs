@@ -170,17 +170,20 @@ impl Cell {
         Ok(())
     }
 
-    fn osd_client(&self, addr: &str) -> Option<pb::osd_client::OsdClient<tonic::transport::Channel>> {
+    /// A client of OSD `osd_id` at `addr`; TLS refuses any other server.
+    fn osd_client(&self, osd_id: OsdId, addr: &str) -> Option<pb::osd_client::OsdClient<tonic::transport::Channel>> {
+        let cache_key = format!("{osd_id}@{addr}");
         let mut channels = self.inner.osd_channels.lock().expect("osd channel map lock poisoned");
-        if let Some(channel) = channels.get(addr) {
+        if let Some(channel) = channels.get(&cache_key) {
             return Some(pb::osd_client::OsdClient::new(channel.clone()));
         }
         if channels.len() >= MAX_CACHED_CHANNELS {
             // OSD addresses change on restarts; forget stale ones.
             channels.clear();
         }
-        let channel = self.inner.tls.channel(addr).ok()?;
-        channels.insert(addr.to_string(), channel.clone());
+        let name = pocket_transport::Identity::new(pocket_transport::Role::Osd, &format!("osd-{osd_id}")).dns_name();
+        let channel = self.inner.tls.channel(addr, &name).ok()?;
+        channels.insert(cache_key, channel.clone());
         Some(pb::osd_client::OsdClient::new(channel))
     }
 
@@ -260,7 +263,7 @@ impl Cell {
     async fn finish_creating(&self, volume: VolumeRow, alive: &HashMap<OsdId, OsdRow>) -> Result<(), CellError> {
         for extent in &volume.extents {
             let created = match alive.get(&extent.osd_id) {
-                Some(osd) => match self.osd_client(&osd.grpc_addr) {
+                Some(osd) => match self.osd_client(osd.osd_id, &osd.grpc_addr) {
                     Some(mut client) => client
                         .create_extent(with_deadline(pb::CreateExtentRequest {
                             extent_id: extent.extent_id,
@@ -292,7 +295,7 @@ impl Cell {
                 all_sealed = false;
                 continue;
             };
-            let Some(mut client) = self.osd_client(&osd.grpc_addr) else {
+            let Some(mut client) = self.osd_client(osd.osd_id, &osd.grpc_addr) else {
                 all_sealed = false;
                 continue;
             };

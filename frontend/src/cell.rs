@@ -83,7 +83,7 @@ fn bucket_of(placement: pb::BucketPlacement) -> Bucket {
 
 impl CellView {
     pub fn new(coordinator_addr: &str, tls: pocket_transport::Tls) -> anyhow::Result<CellView> {
-        let channel = tls.channel(coordinator_addr)?;
+        let channel = tls.channel(coordinator_addr, &pocket_transport::role_dns_name(pocket_transport::Role::Coordinator))?;
         Ok(CellView {
             coordinator: pb::coordinator_client::CoordinatorClient::new(channel),
             writable: tokio::sync::Mutex::new(None),
@@ -166,19 +166,22 @@ impl CellView {
 
     fn osd(&self, replica: &Replica) -> Result<pb::osd_client::OsdClient<Channel>, ReplicaError> {
         let mut channels = self.channels.lock().expect("channel map lock poisoned");
-        let channel = match channels.get(&replica.grpc_addr) {
+        let cache_key = format!("{}@{}", replica.osd_id, replica.grpc_addr);
+        let channel = match channels.get(&cache_key) {
             Some(channel) => channel.clone(),
             None => {
                 if channels.len() >= MAX_CACHED_CHANNELS {
                     // OSD addresses change on restarts; forget stale ones.
                     channels.clear();
                 }
-                let channel = self.tls.channel(&replica.grpc_addr).map_err(|e| ReplicaError::Failed {
+                let name =
+                    pocket_transport::Identity::new(pocket_transport::Role::Osd, &format!("osd-{}", replica.osd_id)).dns_name();
+                let channel = self.tls.channel(&replica.grpc_addr, &name).map_err(|e| ReplicaError::Failed {
                     osd_id: replica.osd_id,
                     addr: replica.grpc_addr.clone(),
                     status: tonic::Status::internal(e.to_string()),
                 })?;
-                channels.insert(replica.grpc_addr.clone(), channel.clone());
+                channels.insert(cache_key, channel.clone());
                 channel
             }
         };

@@ -95,7 +95,7 @@ async fn heartbeat_loop(
 ) {
     /// Cap on the delay between registration attempts while the coordinator is away.
     const MAX_BACKOFF: Duration = Duration::from_secs(5);
-    let channel = match tls.channel(&config.coordinator) {
+    let channel = match tls.channel(&config.coordinator, &pocket_transport::role_dns_name(pocket_transport::Role::Coordinator)) {
         Ok(channel) => channel,
         Err(e) => {
             tracing::error!(error = %e, "coordinator address is invalid; not registering");

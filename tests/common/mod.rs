@@ -74,13 +74,19 @@ impl LocalPocket {
 
     /// A coordinator client acting as the operator `admin`.
     pub fn coordinator_as_operator(&self) -> pb::coordinator_client::CoordinatorClient<tonic::transport::Channel> {
-        let channel = self.tls(Role::Operator, "admin").channel(&self.run_info("coordinator").grpc).expect("channel");
+        let channel = self
+            .tls(Role::Operator, "admin")
+            .channel(&self.run_info("coordinator").grpc, &pocket_transport::role_dns_name(Role::Coordinator))
+            .expect("channel");
         pb::coordinator_client::CoordinatorClient::new(channel)
     }
 
     /// A client of the public API with the identity `client:NAME`.
     pub fn blob_store_as(&self, name: &str) -> pb::blob_store_client::BlobStoreClient<tonic::transport::Channel> {
-        let channel = self.tls(Role::Client, name).channel(&self.client_config.frontend).expect("channel");
+        let channel = self
+            .tls(Role::Client, name)
+            .channel(&self.client_config.frontend, &pocket_transport::role_dns_name(Role::Frontend))
+            .expect("channel");
         pb::blob_store_client::BlobStoreClient::new(channel)
     }
 

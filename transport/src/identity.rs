@@ -90,6 +90,21 @@ impl Identity {
         Identity::parse(common_name)
     }
 
+    /// The DNS name only this daemon's certificate carries, which a peer
+    /// dialling this very daemon expects (`osd-3.osd.pocket`).
+    pub fn dns_name(&self) -> String {
+        format!("{}.{}.pocket", self.name, self.role.as_str())
+    }
+
+    /// Names a daemon certificate carries: its own and its role's.
+    pub fn dns_names(&self) -> Vec<String> {
+        if self.role.is_daemon() {
+            vec![self.dns_name(), role_dns_name(self.role)]
+        } else {
+            Vec::new()
+        }
+    }
+
     pub fn common_name(&self) -> String {
         format!("{}:{}", self.role.as_str(), self.name)
     }
@@ -99,6 +114,12 @@ impl fmt::Display for Identity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.role.as_str(), self.name)
     }
+}
+
+/// The DNS name every daemon certificate of `role` carries, which a peer
+/// dialling "some daemon of that role" expects (`coordinator.pocket`).
+pub fn role_dns_name(role: Role) -> String {
+    format!("{}.pocket", role.as_str())
 }
 
 /// The caller of `request`, from the certificate TLS verified.

@@ -17,5 +17,5 @@ pub mod identity;
 pub mod pki;
 pub mod tls;
 
-pub use identity::{authorize, peer_identity, Identity, Role, RoleGate};
+pub use identity::{authorize, peer_identity, role_dns_name, Identity, Role, RoleGate};
 pub use tls::{Tls, TlsConfig, TlsError};

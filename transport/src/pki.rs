@@ -89,7 +89,8 @@ impl Ca {
     }
 
     /// Issues a certificate for `identity`, valid from `not_before` to
-    /// `not_after`, for the DNS names / IP addresses in `hosts`. Daemon roles
+    /// `not_after`, for the DNS names / IP addresses in `hosts` plus, for a
+    /// daemon, its identity's DNS names (`Identity::dns_names`). Daemon roles
     /// get server and client usage; clients and operators client usage only,
     /// so their certificates cannot impersonate a daemon.
     pub fn issue(
@@ -104,11 +105,14 @@ impl Ca {
         let mut name = DistinguishedName::new();
         name.push(DnType::CommonName, identity.common_name());
         params.distinguished_name = name;
+        let names = identity.dns_names();
         params.subject_alt_names = hosts
             .iter()
+            .copied()
+            .chain(names.iter().map(String::as_str))
             .map(|host| match host.parse::<std::net::IpAddr>() {
                 Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => Ok(SanType::DnsName((*host).try_into()?)),
+                Err(_) => Ok(SanType::DnsName(host.try_into()?)),
             })
             .collect::<Result<Vec<_>, rcgen::Error>>()?;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
@@ -150,7 +154,7 @@ pub fn ensure_local(dir: &Path, identities: &[Identity]) -> Result<(), PkiError>
     let now = OffsetDateTime::now_utc();
     for identity in identities {
         let config = tls_config(dir, identity);
-        if config.key.exists() && valid_for_a_while(&config.cert, now) {
+        if config.key.exists() && valid_for_a_while(&config.cert, now) && carries_names(&config.cert, identity) {
             continue;
         }
         let (cert, key) = ca.issue(identity, &["127.0.0.1", "localhost", "::1"], now - Duration::hours(1), now + LEAF_VALIDITY)?;
@@ -172,6 +176,26 @@ fn valid_for_a_while(path: &Path, now: OffsetDateTime) -> bool {
     let Ok(der) = rustls_pki_types::CertificateDer::from_pem_slice(&pem) else { return false };
     let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else { return false };
     cert.validity().not_after.timestamp() > (now + RENEW_BEFORE).unix_timestamp()
+}
+
+/// Whether the certificate at `path` carries every DNS name of `identity`
+/// (certificates from before role names were added are reissued).
+fn carries_names(path: &Path, identity: &Identity) -> bool {
+    use rustls_pki_types::pem::PemObject;
+    let Ok(pem) = std::fs::read(path) else { return false };
+    let Ok(der) = rustls_pki_types::CertificateDer::from_pem_slice(&pem) else { return false };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der.as_ref()) else { return false };
+    let Ok(Some(san)) = cert.subject_alternative_name() else { return identity.dns_names().is_empty() };
+    let present: Vec<String> = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+            _ => None,
+        })
+        .collect();
+    identity.dns_names().iter().all(|name| present.contains(name))
 }
 
 /// Writes atomically (tmp + rename); `secret` files are created mode 0600.

@@ -129,15 +129,15 @@ impl Tls {
     }
 
     /// A lazily connected mutual-TLS channel to `addr` (`host:port`). The
-    /// server must present a certificate from the pocket's CA valid for the
-    /// host (loopback addresses are in every local certificate).
-    pub fn channel(&self, addr: &str) -> Result<Channel, TlsError> {
-        let host = addr.rsplit_once(':').map(|(host, _)| host).unwrap_or(addr);
-        let host = host.trim_start_matches('[').trim_end_matches(']');
+    /// server must present a certificate from the pocket's CA carrying the
+    /// DNS name `server_name`: [`crate::role_dns_name`] for any daemon of a
+    /// role, [`crate::Identity::dns_name`] for one daemon. So a daemon of
+    /// another role, or another OSD now on a reused address, is refused.
+    pub fn channel(&self, addr: &str, server_name: &str) -> Result<Channel, TlsError> {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.inner.ca_pem))
             .identity(TonicIdentity::from_pem(&self.inner.cert_pem, &self.inner.key_pem))
-            .domain_name(host.to_string())
+            .domain_name(server_name.to_string())
             .timeout(HANDSHAKE_TIMEOUT);
         let bad = |detail: String| TlsError::Address { addr: addr.to_string(), detail };
         let endpoint = Endpoint::from_shared(format!("https://{addr}"))

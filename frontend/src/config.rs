@@ -23,6 +23,10 @@ pub struct FrontendConfig {
     /// Requests a client may make in a burst above its rate.
     #[serde(default = "default_rate_limit_burst")]
     pub rate_limit_burst: u32,
+    /// Blob bytes one client may have buffered at once (its share of
+    /// `max_inflight_bytes`); default 128 MiB, a quarter of the default total.
+    #[serde(default = "default_max_inflight_bytes_per_client")]
+    pub max_inflight_bytes_per_client: u64,
     /// Requests one client may have in flight at once, over all its connections.
     #[serde(default = "default_max_concurrent_requests_per_client")]
     pub max_concurrent_requests_per_client: usize,
@@ -92,6 +96,9 @@ fn default_rate_limit_per_sec() -> u32 {
 fn default_rate_limit_burst() -> u32 {
     4_000
 }
+fn default_max_inflight_bytes_per_client() -> u64 {
+    128 * 1024 * 1024
+}
 fn default_max_concurrent_requests_per_client() -> usize {
     256
 }
@@ -140,6 +147,11 @@ impl FrontendConfig {
         }
         if !(1..=10_000).contains(&self.max_concurrent_requests_per_connection) {
             bail!("frontend config: max_concurrent_requests_per_connection must be between 1 and 10000");
+        }
+        if self.max_inflight_bytes_per_client < self.max_blob_size_bytes
+            || self.max_inflight_bytes_per_client > self.max_inflight_bytes
+        {
+            bail!("frontend config: max_inflight_bytes_per_client must be between max_blob_size_bytes and max_inflight_bytes");
         }
         if self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
             bail!("frontend config: rate_limit_per_sec and rate_limit_burst must be positive");

@@ -55,11 +55,9 @@ impl BlobService {
 fn index_status(error: IndexError) -> Status {
     tracing::error!(error = %error, "index failure");
     match error {
-        IndexError::Database { .. } | IndexError::Cancelled { .. } => {
-            Status::unavailable(format!("index unavailable: {error}"))
-        }
-        IndexError::CorruptRow { .. } => Status::data_loss(format!("index row corrupt: {error}")),
-        _ => Status::internal(format!("index error: {error}")),
+        IndexError::Database { .. } | IndexError::Cancelled { .. } => Status::unavailable("index unavailable; retry later"),
+        IndexError::CorruptRow { .. } => Status::data_loss("an index row is corrupt; operators are alerted"),
+        _ => Status::internal("index error"),
     }
 }
 
@@ -67,8 +65,9 @@ fn put_status(error: PutError) -> Status {
     match error {
         PutError::Index(e) => index_status(e),
         e => {
+            // Details (OSD addresses, internal errors) go to the log, not to clients.
             tracing::error!(error = %e, "PUT failed");
-            Status::unavailable(e.to_string())
+            Status::unavailable("no bucket accepted the blob; retry later")
         }
     }
 }
@@ -79,9 +78,12 @@ fn get_status(error: GetError) -> Status {
         GetError::Index(e) => index_status(e),
         e @ GetError::Unreadable { .. } => {
             tracing::error!(error = %e, "GET found no intact replica");
-            Status::unavailable(e.to_string())
+            Status::unavailable("no replica returned the blob intact; retry later")
         }
-        e => Status::unavailable(e.to_string()),
+        e => {
+            tracing::error!(error = %e, "GET failed");
+            Status::unavailable("the cell could not serve the blob; retry later")
+        }
     }
 }
 
@@ -91,7 +93,7 @@ type GetStream = Pin<Box<dyn Stream<Item = Result<pb::GetResponse, Status>> + Se
 impl pb::blob_store_server::BlobStore for BlobService {
     #[tracing::instrument(name = "put", skip_all, fields(key, bytes))]
     async fn put(&self, request: Request<Streaming<pb::PutRequest>>) -> Result<Response<pb::PutResponse>, Status> {
-        let _admission = self.access.admit(&request, Permission::Put)?;
+        let admission = self.access.admit(&request, Permission::Put)?;
         let mut stream = request.into_inner();
         let header = match pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
             Some(pb::PutRequest { part: Some(pb::put_request::Part::Header(header)) }) => header,
@@ -108,6 +110,7 @@ impl pb::blob_store_server::BlobStore for BlobService {
                 header.length_bytes, self.max_blob_size_bytes
             )));
         }
+        let _client_share = admission.reserve(header.length_bytes).await?;
         let _permit = self.budget.reserve(header.length_bytes).await?;
         let mut body = BodyCollector::new(header.length_bytes);
         let mut hasher = blake3::Hasher::new();
@@ -151,6 +154,7 @@ impl pb::blob_store_server::BlobStore for BlobService {
                 request.offset, entry.length_bytes
             )));
         }
+        let client_share = admission.reserve(entry.length_bytes).await?;
         let permit = self.budget.reserve(entry.length_bytes).await?;
         let (entry, data) = self.blobs.get(&key).await.map_err(get_status)?;
         metrics::counter!("pocket_frontend_gets_total").increment(1);
@@ -168,7 +172,7 @@ impl pb::blob_store_server::BlobStore for BlobService {
             pb::GetResponse { blob_length_bytes: if index == 0 { total } else { 0 }, chunk: range.slice(start..stop) }
         });
         let stream =
-            pocket_proto::paced_stream(messages, (permit, admission), self.stream_idle_timeout, self.request_timeout);
+            pocket_proto::paced_stream(messages, (permit, client_share, admission), self.stream_idle_timeout, self.request_timeout);
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -246,6 +246,18 @@ async fn security_bad_input_suite() {
     assert_eq!(record["who"], "operator:admin");
     assert_eq!(record["outcome"], "ok");
     assert!(record["unix_ms"].as_i64().expect("time") > 0);
+    // A refused operator call is audited as well.
+    let status = pocket
+        .coordinator_as_operator()
+        .report_bucket(pb::ReportBucketRequest { bucket_id: 1, problem: 1, osd_id: 1, detail: String::new() })
+        .await
+        .expect_err("operators may not report buckets");
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let audit = std::fs::read_to_string(dir.join("coordinator").join("audit.log")).expect("audit log");
+    let line = audit.lines().rev().find(|l| l.contains("ReportBucket")).expect("the refusal is audited");
+    let record: serde_json::Value = serde_json::from_str(line).expect("JSON line");
+    assert_eq!(record["who"], "operator:admin");
+    assert!(record["outcome"].as_str().expect("outcome").starts_with("PermissionDenied"), "{record}");
 
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let served = bystander.await.expect("bystander");

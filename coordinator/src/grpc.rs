@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use pocket_proto::pb;
 use tonic::{Request, Response, Status};
 
-use pocket_transport::{authorize, Identity, Role, RoleGate};
+use pocket_transport::{authorize, peer_identity, Identity, Role, RoleGate};
 
 use crate::audit::AuditLog;
 use crate::cell::{Cell, CellError, Placement};
@@ -24,6 +24,19 @@ pub struct CoordinatorService {
 impl CoordinatorService {
     pub fn new(cell: Cell, audit: AuditLog) -> CoordinatorService {
         CoordinatorService { cell, audit }
+    }
+
+    /// `authorize`, and an operator refused is audited too: the log shows
+    /// attempts, not only what succeeded.
+    fn authorize<T>(&self, request: &Request<T>, allowed: &[Role], action: &str) -> Result<Identity, Status> {
+        authorize(request, allowed).inspect_err(|status| {
+            if let Ok(who) = peer_identity(request) {
+                if who.role == Role::Operator {
+                    // The call is refused either way; a failed audit write is logged by `record`.
+                    let _ = self.audit.record(&who, action, Err(status));
+                }
+            }
+        })
     }
 
     /// Records `result` in the audit log if the caller is an operator.
@@ -75,7 +88,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::RegisterOsdRequest>,
     ) -> Result<Response<pb::RegisterOsdResponse>, Status> {
-        let who = authorize(&request, &[Role::Osd])?;
+        let who = self.authorize(&request, &[Role::Osd], "RegisterOsd")?;
         let request = request.into_inner();
         check_osd_identity(&who, request.osd_id)?;
         if request.grpc_addr.is_empty() || request.grpc_addr.len() > MAX_NAME_LEN {
@@ -102,7 +115,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn heartbeat(&self, request: Request<pb::HeartbeatRequest>) -> Result<Response<pb::HeartbeatResponse>, Status> {
-        let who = authorize(&request, &[Role::Osd])?;
+        let who = self.authorize(&request, &[Role::Osd], "Heartbeat")?;
         let request = request.into_inner();
         check_osd_identity(&who, request.osd_id)?;
         let known = self
@@ -117,7 +130,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::WritableBucketsRequest>,
     ) -> Result<Response<pb::WritableBucketsResponse>, Status> {
-        let who = authorize(&request, &[Role::Frontend, Role::Operator])?;
+        let who = self.authorize(&request, &[Role::Frontend, Role::Operator], "WritableBuckets")?;
         let result = self.cell.writable_buckets().await.map_err(status_of).map(|buckets| pb::WritableBucketsResponse {
             cell_id: self.cell.config().cell_id,
             buckets: buckets.into_iter().map(to_pb).collect(),
@@ -129,7 +142,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ReportBucketRequest>,
     ) -> Result<Response<pb::ReportBucketResponse>, Status> {
-        authorize(&request, &[Role::Frontend])?;
+        self.authorize(&request, &[Role::Frontend], "ReportBucket")?;
         let request = request.into_inner();
         let problem = match pb::BucketProblem::try_from(request.problem) {
             Ok(pb::BucketProblem::Full) => "full",
@@ -144,7 +157,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::LocateBucketRequest>,
     ) -> Result<Response<pb::LocateBucketResponse>, Status> {
-        let who = authorize(&request, &[Role::Frontend, Role::Osd, Role::Operator])?;
+        let who = self.authorize(&request, &[Role::Frontend, Role::Osd, Role::Operator], "LocateBucket")?;
         let bucket_id = request.into_inner().bucket_id;
         let result = self.cell.locate(bucket_id).await.map_err(status_of).map(|placement| {
             let volume_state = placement.volume.state.as_str().to_string();
@@ -154,7 +167,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
     }
 
     async fn cell_status(&self, request: Request<pb::CellStatusRequest>) -> Result<Response<pb::CellStatusResponse>, Status> {
-        let who = authorize(&request, &[Role::Operator])?;
+        let who = self.authorize(&request, &[Role::Operator], "CellStatus")?;
         let result = self.cell_status_inner().await;
         self.audited(&who, "CellStatus", result).map(Response::new)
     }

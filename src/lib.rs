@@ -1,6 +1,7 @@
 //! The `pocket` binary's library half: what the entry point needs beyond the
 //! service crates — the operations HTTP endpoint every daemon serves, the run
-//! files daemons write once they serve, and `pocket up`, the local cell.
+//! files daemons write once they serve, `pocket up` (the local cell), and
+//! the measurement commands `pocket bench` and `pocket limits`.
 //! Root integration tests (`tests/`) run the built binary.
 
 pub mod bench;

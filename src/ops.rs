@@ -28,8 +28,9 @@ const MAX_OPS_CONNECTION_DURATION: std::time::Duration = std::time::Duration::fr
 /// does not spin.
 const ACCEPT_ERROR_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 
-/// Serves the operations endpoint over mutual TLS (any certificate of the
-/// pocket's CA may scrape) until `shutdown` resolves.
+/// Serves the operations endpoint over mutual TLS to operator and daemon
+/// certificates of the pocket's CA (client certificates are dropped) until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
     tls: &pocket_transport::Tls,

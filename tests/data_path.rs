@@ -80,7 +80,7 @@ async fn thousand_blobs_round_trip_and_survive_a_full_restart() {
     let (_, created) = pocket.client.put(blobs[3].clone()).await.expect("second put");
     assert!(!created, "a second PUT of the same blob must not write again");
 
-    // Volumes filled up and closed while we wrote (16 MiB extents, ~1.5 GB written).
+    // Volumes filled up and closed while we wrote (64 MiB extents, ~1.6 GB written over R=3).
     let mut cell = pocket.coordinator_as_operator();
     let status = cell.cell_status(pb::CellStatusRequest {}).await.expect("cell status").into_inner();
     assert!(status.volumes_by_state.get("closed").copied().unwrap_or(0) > 0, "no volume closed: {:?}", status.volumes_by_state);

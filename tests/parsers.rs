@@ -82,6 +82,21 @@ fn mutate(base: &[u8], flips: &[(usize, u8)], cut: usize) -> Vec<u8> {
 }
 
 #[test]
+fn the_deploy_examples_load_and_validate() {
+    let read = |name: &str| {
+        std::fs::read_to_string(format!("{}/deploy/examples/{name}", env!("CARGO_MANIFEST_DIR"))).expect("read example")
+    };
+    let frontend: pocket_frontend::FrontendConfig = toml::from_str(&read("frontend.toml")).expect("frontend example");
+    frontend.validate().expect("frontend example validates");
+    assert_eq!(frontend.clients.len(), 1);
+    let osd: pocket_osd::OsdConfig = toml::from_str(&read("osd.toml")).expect("osd example");
+    osd.validate().expect("osd example validates");
+    let coordinator: pocket_coordinator::CoordinatorConfig =
+        toml::from_str(&read("coordinator.toml")).expect("coordinator example");
+    coordinator.validate().expect("coordinator example validates");
+}
+
+#[test]
 fn the_valid_configs_parse() {
     toml::from_str::<pocket_frontend::FrontendConfig>(VALID_FRONTEND).expect("frontend config");
     toml::from_str::<pocket_osd::OsdConfig>(VALID_OSD).expect("osd config");

@@ -100,6 +100,9 @@ async fn security_bad_input_suite() {
     let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut answer)).await;
     assert!(!answer.starts_with(b"HTTP/1.1 200"), "plaintext HTTP was served");
 
+    // The probe helper works with a valid certificate (so its failures below mean something).
+    assert_eq!(exists_as(&pocket.tls(Role::Client, "local"), &frontend, probe).await.expect("valid certificate"), vec![false]);
+
     // 2. A certificate from an unknown CA is refused.
     let rogue = Ca::generate().expect("rogue CA");
     let now = time::OffsetDateTime::now_utc();
@@ -107,7 +110,8 @@ async fn security_bad_input_suite() {
         .issue(&Identity::new(Role::Client, "local"), &["127.0.0.1"], now - time::Duration::hours(1), now + time::Duration::days(1))
         .expect("issue");
     let rogue_tls = foreign_tls(tmp.path(), "rogue", &pki_dir, &cert, &key);
-    assert!(exists_as(&rogue_tls, &frontend, probe).await.is_err(), "unknown CA accepted");
+    let status = exists_as(&rogue_tls, &frontend, probe).await.expect_err("unknown CA accepted");
+    assert_transport_refused(&status);
 
     // 3. An expired certificate from the right CA is refused.
     let ca = Ca::load(&pki_dir).expect("load CA");
@@ -115,7 +119,8 @@ async fn security_bad_input_suite() {
         .issue(&Identity::new(Role::Client, "local"), &["127.0.0.1"], now - time::Duration::days(10), now - time::Duration::days(1))
         .expect("issue");
     let expired = foreign_tls(tmp.path(), "expired", &pki_dir, &cert, &key);
-    assert!(exists_as(&expired, &frontend, probe).await.is_err(), "expired certificate accepted");
+    let status = exists_as(&expired, &frontend, probe).await.expect_err("expired certificate accepted");
+    assert_transport_refused(&status);
 
     // 4. A client certificate cannot talk to an OSD or act as the coordinator's operator.
     let client_tls = pocket.tls(Role::Client, "local");
@@ -151,14 +156,14 @@ async fn security_bad_input_suite() {
         .exists(pb::ExistsRequest { keys: vec![] })
         .await
         .expect_err("an OSD posing as the frontend");
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_transport_refused(&status);
     let osd2_name = Identity::new(Role::Osd, "osd-2").dns_name();
     let wrong_osd = pocket.tls(Role::Frontend, "frontend-1").channel(&osd_addr, &osd2_name).expect("channel");
     let status = pb::osd_client::OsdClient::new(wrong_osd)
         .extent_status(pb::ExtentStatusRequest { extent_ids: vec![], osd_id: 2 })
         .await
         .expect_err("OSD 1 posing as OSD 2");
-    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_transport_refused(&status);
 
     // 5. A missing permission: `reader` may get but not put.
     let mut reader = pocket.blob_store_as("reader");
@@ -263,6 +268,21 @@ async fn security_bad_input_suite() {
     let served = bystander.await.expect("bystander");
     assert!(served > 5, "the well-behaved client was served only {served} times");
     pocket.stop().await;
+}
+
+/// The connection itself was refused (TLS handshake or connection closed by
+/// the server), not a call answered by the service: a service-level status
+/// such as PERMISSION_DENIED would mean the handshake had succeeded.
+fn assert_transport_refused(status: &tonic::Status) {
+    assert!(
+        matches!(status.code(), Code::Unknown | Code::Unavailable | Code::Cancelled),
+        "the server must refuse the connection: {status:?}"
+    );
+    let detail = format!("{status:?}");
+    assert!(
+        ["alert", "connection closed", "transport error", "invalid peer certificate"].iter().any(|m| detail.contains(m)),
+        "not a transport failure: {detail}"
+    );
 }
 
 /// GET `path` over mutual TLS; returns the raw response.

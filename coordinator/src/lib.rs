@@ -1,6 +1,7 @@
 //! The cell coordinator: the registry of the cell's OSDs, placement of
 //! volumes on them, the pool of open buckets frontends write to, and the
-//! lifecycle of each volume (creating → open → closing → closed).
+//! lifecycle of each volume (creating → open → closing → closed, or
+//! creating → abandoned when creation fails).
 //!
 //! Invariants:
 //! - The cell database ([`db`]) is the only state; the process can be killed

@@ -1,5 +1,6 @@
 //! The OSD's gRPC edge: converts wire messages to store calls and store
-//! errors to statuses. The only module of this crate that touches prost types.
+//! errors to statuses. With the register/heartbeat loop in `lib.rs`, the
+//! only code of this crate that touches prost types.
 
 use std::pin::Pin;
 

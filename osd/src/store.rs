@@ -6,7 +6,7 @@
 //! ```text
 //! DISK/POCKET_DISK                      identity: magic, DISK_FORMAT_VERSION, disk uuid
 //! DISK/extents/{extent_id:016x}.ext     extent files (format: extent.rs, docs/extent-format.md)
-//! DISK/extents/{..}.ext.corrupt         quarantined extents (unreadable header)
+//! DISK/extents/{..}.ext.corrupt         quarantined extents (invalid header unknown to the metadata)
 //! DISK/meta/                            RocksDB (schema: meta.rs)
 //! DISK/meta.corrupt-{unix_ms}/          a metadata database that failed to open, set aside
 //! *.tmp                                 files being written; removed at start-up

@@ -2,8 +2,9 @@
 //! small types every crate shares: [`Key`], ids, size limits and the mapping of
 //! a malformed key to a gRPC status.
 //!
-//! Invariant: only this crate and each service's `grpc` module touch prost
-//! types; domain code works with [`Key`] and plain integers.
+//! Invariant: domain logic never touches prost types; only this crate and
+//! the wire edges of each service do. Domain code works with [`Key`] and
+//! plain integers.
 
 use std::fmt;
 use std::str::FromStr;

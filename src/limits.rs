@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
-use pocket_proto::{pb, CHUNK_SIZE_BYTES};
+use pocket_proto::pb;
 use pocket_transport::{pki, Identity, Role, Tls};
 use rand::RngCore;
 use serde::Serialize;
@@ -208,9 +208,7 @@ async fn measure_rpc(dir: &Path, bytes: u64) -> anyhow::Result<f64> {
         let (mut client, payload) = (client.clone(), payload.clone());
         tasks.spawn(async move {
             let _permit = permit;
-            let chunks = (0..payload.len()).step_by(CHUNK_SIZE_BYTES).map(move |start| pb::LoopbackChunk {
-                chunk: payload.slice(start..(start + CHUNK_SIZE_BYTES).min(payload.len())),
-            });
+            let chunks = pocket_proto::chunks(&payload).map(|chunk| pb::LoopbackChunk { chunk });
             client.upload(futures::stream::iter(chunks)).await.map(|r| r.into_inner().received_bytes)
         });
     }

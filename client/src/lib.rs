@@ -86,9 +86,8 @@ impl Client {
                 length_bytes: data.len() as u64,
             })),
         };
-        let chunks = (0..data.len()).step_by(CHUNK_SIZE_BYTES).map(move |start| pb::PutRequest {
-            part: Some(pb::put_request::Part::Chunk(data.slice(start..(start + CHUNK_SIZE_BYTES).min(data.len())))),
-        });
+        let chunks = pocket_proto::chunks(&data)
+            .map(|chunk| pb::PutRequest { part: Some(pb::put_request::Part::Chunk(chunk)) });
         let response = self.inner.clone().put(futures::stream::iter(std::iter::once(header).chain(chunks))).await?;
         Ok(response.into_inner().created)
     }

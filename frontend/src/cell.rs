@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pocket_proto::{pb, BodyCollector, BucketId, CellId, ExtentId, Key, OsdId, CHUNK_SIZE_BYTES, EXTENT_FULL_PREFIX};
+use pocket_proto::{pb, BodyCollector, BucketId, CellId, ExtentId, Key, OsdId, EXTENT_FULL_PREFIX};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -201,9 +201,8 @@ impl CellView {
                 osd_id: replica.osd_id,
             })),
         };
-        let chunks = (0..data.len()).step_by(CHUNK_SIZE_BYTES).map(move |start| pb::AppendRequest {
-            part: Some(pb::append_request::Part::Chunk(data.slice(start..(start + CHUNK_SIZE_BYTES).min(data.len())))),
-        });
+        let chunks = pocket_proto::chunks(&data)
+            .map(|chunk| pb::AppendRequest { part: Some(pb::append_request::Part::Chunk(chunk)) });
         let messages = futures::stream::iter(std::iter::once(header).chain(chunks));
         match client.append(messages).await {
             Ok(_) => Ok(()),

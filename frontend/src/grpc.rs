@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use pocket_index::IndexError;
-use pocket_proto::{pb, BodyCollector, ByteBudget, Key, CHUNK_SIZE_BYTES, MAX_MESSAGE_SIZE_BYTES};
+use pocket_proto::{pb, BodyCollector, ByteBudget, Key, MAX_MESSAGE_SIZE_BYTES};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::blobs::{Blobs, GetError, PutError};
@@ -165,11 +165,9 @@ impl pb::blob_store_server::BlobStore for BlobService {
         let range = data.slice(request.offset as usize..end as usize);
         metrics::counter!("pocket_frontend_get_bytes_total").increment(range.len() as u64);
         let total = entry.length_bytes;
-        let chunk_count = range.len().div_ceil(CHUNK_SIZE_BYTES).max(1);
-        let messages = (0..chunk_count).map(move |index| {
-            let start = index * CHUNK_SIZE_BYTES;
-            let stop = (start + CHUNK_SIZE_BYTES).min(range.len());
-            pb::GetResponse { blob_length_bytes: if index == 0 { total } else { 0 }, chunk: range.slice(start..stop) }
+        let messages = pocket_proto::chunks(&range).enumerate().map(move |(index, chunk)| pb::GetResponse {
+            blob_length_bytes: if index == 0 { total } else { 0 },
+            chunk,
         });
         let stream =
             pocket_proto::paced_stream(messages, (permit, client_share, admission), self.stream_idle_timeout, self.request_timeout);

@@ -6,7 +6,7 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures::Stream;
-use pocket_proto::{pb, BodyCollector, ByteBudget, Key, CHUNK_SIZE_BYTES, EXTENT_FULL_PREFIX, MAX_MESSAGE_SIZE_BYTES};
+use pocket_proto::{pb, BodyCollector, ByteBudget, Key, EXTENT_FULL_PREFIX, MAX_MESSAGE_SIZE_BYTES};
 use tonic::{Request, Response, Status, Streaming};
 
 use pocket_transport::{authorize, Role, RoleGate};
@@ -255,11 +255,9 @@ impl pb::osd_server::Osd for OsdService {
 /// or the reader stalls for `idle`.
 fn chunked(data: Bytes, permit: tokio::sync::OwnedSemaphorePermit, idle: std::time::Duration) -> ReadStream {
     let total = data.len() as u64;
-    let chunk_count = data.len().div_ceil(CHUNK_SIZE_BYTES).max(1);
-    let messages = (0..chunk_count).map(move |index| {
-        let start = index * CHUNK_SIZE_BYTES;
-        let end = (start + CHUNK_SIZE_BYTES).min(data.len());
-        pb::ReadResponse { blob_length_bytes: if index == 0 { total } else { 0 }, chunk: data.slice(start..end) }
+    let messages = pocket_proto::chunks(&data).enumerate().map(move |(index, chunk)| pb::ReadResponse {
+        blob_length_bytes: if index == 0 { total } else { 0 },
+        chunk,
     });
     Box::pin(pocket_proto::paced_stream(messages, permit, idle, MAX_READ_STREAM_DURATION))
 }

@@ -148,7 +148,7 @@ async fn append_and_read_across_extents_and_disks() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_appends_are_group_committed_and_all_readable() -> Result<()> {
+async fn concurrent_appends_all_land_and_are_readable() -> Result<()> {
     let d = disks(2)?;
     let store = d.open()?;
     for id in 1..=3 {

@@ -131,6 +131,18 @@ mod tests {
     }
 }
 
+/// `data` cut into the slices of at most [`CHUNK_SIZE_BYTES`] that every
+/// blob-carrying stream sends (no copy). Always at least one slice, so an
+/// empty blob is still one message.
+pub fn chunks(data: &bytes::Bytes) -> impl Iterator<Item = bytes::Bytes> + Send + 'static {
+    let data = data.clone();
+    let count = data.len().div_ceil(CHUNK_SIZE_BYTES).max(1);
+    (0..count).map(move |index| {
+        let start = index * CHUNK_SIZE_BYTES;
+        data.slice(start..(start + CHUNK_SIZE_BYTES).min(data.len()))
+    })
+}
+
 /// Reassembles a blob streamed in chunks, refusing more or fewer bytes than
 /// the header announced. Memory is exactly the announced length, which the
 /// caller has checked against its limit before creating the collector.

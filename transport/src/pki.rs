@@ -229,8 +229,10 @@ mod tests {
         let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem).expect("pem");
         assert_eq!(Identity::from_certificate(der.as_ref()), Ok(osd));
 
+        let ca_before = std::fs::read(dir.path().join("ca.pem")).expect("ca");
         let client = Identity::new(Role::Client, "later");
         ensure_local(dir.path(), std::slice::from_ref(&client)).expect("pki again");
+        assert_eq!(std::fs::read(dir.path().join("ca.pem")).expect("ca"), ca_before, "the CA must be reused, not replaced");
         let pem = std::fs::read(tls_config(dir.path(), &client).cert).expect("cert");
         let der = rustls_pki_types::CertificateDer::from_pem_slice(&pem).expect("pem");
         assert_eq!(Identity::from_certificate(der.as_ref()), Ok(client));

@@ -45,6 +45,12 @@ enum Command {
         /// Longest silence tolerated inside a PUT stream or from a GET reader, in ms.
         #[arg(long, default_value_t = 10_000)]
         stream_idle_timeout_ms: u64,
+        /// Data extents (k) per erasure-coded volume (first run only).
+        #[arg(long, default_value_t = 6)]
+        ec_data: u32,
+        /// Parity extents (m) per erasure-coded volume (first run only).
+        #[arg(long, default_value_t = 3)]
+        ec_parity: u32,
     },
     /// Run an OSD daemon.
     Osd(DaemonArgs),
@@ -118,11 +124,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Operator commands against a cell's coordinator.
+    Cell {
+        #[command(subcommand)]
+        command: CellCommand,
+    },
+    /// Measure erasure-coding throughput: the encode and reconstruct paths
+    /// beside the coding library on the same data (in memory).
+    EcBench {
+        #[arg(long, default_value_t = 6)]
+        data: usize,
+        #[arg(long, default_value_t = 3)]
+        parity: usize,
+        /// Size of each data extent.
+        #[arg(long, default_value = "64MiB", value_parser = parse_size)]
+        extent_size: u64,
+        /// Bytes of each shard per encoding step (the coordinator's stripe_bytes).
+        #[arg(long, default_value = "1MiB", value_parser = parse_size)]
+        stripe: u64,
+        /// Size of each record in the extents.
+        #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+        record_size: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a stored blob's length, cell, bucket and creation time (JSON).
     Stat {
         key: String,
         #[arg(long, env = "POCKET_CONFIG", default_value = "pocket-data/client.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum CellCommand {
+    /// Volumes by kind and state, storage overhead, OSDs.
+    Status {
+        /// Operator config: coordinator address and an operator certificate.
+        #[arg(long, default_value = "pocket-data/operator.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -150,7 +192,17 @@ fn main() -> anyhow::Result<()> {
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Up { dir, osds, extent_size, replicas, max_blob_size, client_rate_limit, stream_idle_timeout_ms } => {
+        Command::Up {
+            dir,
+            osds,
+            extent_size,
+            replicas,
+            max_blob_size,
+            client_rate_limit,
+            stream_idle_timeout_ms,
+            ec_data,
+            ec_parity,
+        } => {
             let settings = pocket::up::UpSettings {
                 osds,
                 extent_size_bytes: extent_size,
@@ -160,6 +212,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 frontend_port: 0,
                 client_rate_limit_per_sec: client_rate_limit,
                 stream_idle_timeout_ms,
+                ec_data_shards: ec_data,
+                ec_parity_shards: ec_parity,
             };
             pocket::up::Up::prepare(&dir, settings)?.run(shutdown_signal()).await
         }
@@ -229,6 +283,23 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             if reports.iter().any(|r| r.errors > 0) {
                 bail!("some operations failed; see the errors column");
+            }
+            Ok(())
+        }
+        Command::Cell { command: CellCommand::Status { config, json } } => pocket::cell_status::run(&config, json).await,
+        Command::EcBench { data, parity, extent_size, stripe, record_size, json } => {
+            let options = pocket::ec_bench::EcBenchOptions {
+                data_shards: data,
+                parity_shards: parity,
+                extent_size_bytes: extent_size,
+                stripe_bytes: usize::try_from(stripe).context("stripe size")?,
+                record_bytes: usize::try_from(record_size).context("record size")?,
+            };
+            let report = pocket::ec_bench::run(options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", pocket::ec_bench::render(&report));
             }
             Ok(())
         }

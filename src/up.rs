@@ -13,8 +13,10 @@
 //! osd-<n>/disk-0/     each OSD's disk
 //! pki/                the local CA and each identity's certificate and key
 //! run/<role>.run      address and pid of each running daemon
+//! hold/<role>         if present, a daemon that dies is not restarted (maintenance, tests)
 //! logs/<role>.log     each daemon's log
 //! client.toml         written once the pocket serves; removed when it stops
+//! operator.toml       the same for the operator `admin` (`pocket cell status`)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -61,6 +63,18 @@ pub struct UpSettings {
     /// Longest silence inside a PUT/append stream, or from a GET reader.
     #[serde(default = "default_stream_idle_timeout_ms")]
     pub stream_idle_timeout_ms: u64,
+    /// Erasure code of closed volumes: k data and m parity extents.
+    #[serde(default = "default_ec_data_shards")]
+    pub ec_data_shards: u32,
+    #[serde(default = "default_ec_parity_shards")]
+    pub ec_parity_shards: u32,
+}
+
+fn default_ec_data_shards() -> u32 {
+    6
+}
+fn default_ec_parity_shards() -> u32 {
+    3
 }
 
 fn default_client_rate_limit() -> u32 {
@@ -126,6 +140,17 @@ impl Up {
                 "extent size {} bytes cannot hold a blob of the maximum size {} bytes; raise --extent-size or lower --max-blob-size",
                 settings.extent_size_bytes,
                 settings.max_blob_size_bytes
+            );
+        }
+        if settings.ec_data_shards == 0 || settings.ec_parity_shards == 0 {
+            bail!("the erasure code needs at least one data and one parity shard");
+        }
+        if settings.osds < settings.ec_data_shards + settings.ec_parity_shards {
+            tracing::warn!(
+                osds = settings.osds,
+                k = settings.ec_data_shards,
+                m = settings.ec_parity_shards,
+                "fewer OSDs than k + m: closed volumes will stay replicated"
             );
         }
         if settings.coordinator_port == 0 {
@@ -205,13 +230,15 @@ impl Up {
         let coordinator_config = self.write_config(
             "coordinator",
             format!(
-                "cell_id = 1\nlisten = \"127.0.0.1:{}\"\ndatabase_url = \"sqlite://{}?mode=rwc\"\naudit_log = \"{}\"\nreplication_factor = {}\nextent_size_bytes = {}\n{}",
+                "cell_id = 1\nlisten = \"127.0.0.1:{}\"\ndatabase_url = \"sqlite://{}?mode=rwc\"\naudit_log = \"{}\"\nreplication_factor = {}\nextent_size_bytes = {}\n{}\n[erasure]\ndata_shards = {}\nparity_shards = {}\n",
                 self.settings.coordinator_port,
                 db.display(),
                 self.dir.join("coordinator").join("audit.log").display(),
                 self.settings.replication_factor,
                 self.settings.extent_size_bytes,
                 self.tls_table(&Identity::new(Role::Coordinator, "cell-1")),
+                self.settings.ec_data_shards,
+                self.settings.ec_parity_shards,
             ),
         )?;
         let coordinator = self.daemon("coordinator", "coordinator", &coordinator_config);
@@ -241,6 +268,13 @@ impl Up {
         }
         let operator_tls = pocket_transport::Tls::load(&pki::tls_config(&self.dir.join("pki"), &up_identity()))?;
         wait_writable(&operator_tls, &coordinator_addr).await?;
+        let operator_config = crate::cell_status::OperatorConfig {
+            coordinator: coordinator_addr.clone(),
+            tls: pki::tls_config(&self.dir.join("pki"), &Identity::new(Role::Operator, "admin")),
+        };
+        let tmp = self.dir.join("operator.toml.tmp");
+        std::fs::write(&tmp, toml::to_string(&operator_config)?).context("write operator.toml")?;
+        std::fs::rename(&tmp, self.dir.join("operator.toml")).context("install operator.toml")?;
 
         let index_db = self.dir.join("index").join("index-0.db");
         let frontend_config = self.write_config(
@@ -311,6 +345,10 @@ impl Up {
                 _ => None,
             };
             if let Some(status) = exited {
+                if self.dir.join("hold").join(&self.daemons[index].name).exists() {
+                    // On hold: stays down until the hold file goes.
+                    continue;
+                }
                 tracing::error!(daemon = %self.daemons[index].name, %status, "daemon died; restarting");
                 tokio::time::sleep(RESTART_DELAY).await;
                 if let Err(e) = self.start(index).await {

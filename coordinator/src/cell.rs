@@ -12,7 +12,7 @@ use rand::SeedableRng;
 use tokio::sync::{watch, Notify};
 
 use crate::config::CoordinatorConfig;
-use crate::db::{CellDb, DbError, OsdRow, VolumeRow, VolumeState};
+use crate::db::{CellDb, DbError, OsdRow, VolumeKind, VolumeRow, VolumeState};
 
 /// Deadline of one lifecycle call (CreateExtent, Seal) to an OSD: a stalled
 /// OSD must not hold up the maintenance of the rest of the cell.
@@ -27,19 +27,23 @@ fn with_deadline<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-/// A replica of a volume with the address of the OSD that holds it.
+/// A replica (or shard) of a volume with the address of the OSD that holds it.
 #[derive(Debug, Clone)]
 pub struct PlacedExtent {
     pub osd_id: OsdId,
     pub grpc_addr: String,
     pub extent_id: u64,
     pub position: u32,
+    pub size_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
 pub struct Placement {
     pub volume: VolumeRow,
     pub extents: Vec<PlacedExtent>,
+    /// The bucket asked for (or the volume's only bucket) and its position in the volume.
+    pub bucket_id: BucketId,
+    pub bucket_position: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +67,8 @@ struct Inner {
     osd_channels: Mutex<HashMap<String, tonic::transport::Channel>>,
     wake: Notify,
     started: Instant,
+    /// Failed erasure-coding attempts per volume being built (since start).
+    ec_attempts: Mutex<HashMap<u64, u32>>,
 }
 
 impl Cell {
@@ -80,6 +86,7 @@ impl Cell {
                 osd_channels: Mutex::new(HashMap::new()),
                 wake: Notify::new(),
                 started: Instant::now(),
+                ec_attempts: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -90,6 +97,22 @@ impl Cell {
 
     pub fn db(&self) -> &CellDb {
         &self.inner.db
+    }
+
+    pub(crate) fn rng(&self) -> std::sync::MutexGuard<'_, StdRng> {
+        self.inner.rng.lock().expect("rng lock poisoned")
+    }
+
+    /// Counts one more failed erasure-coding attempt of `volume_id`; returns the count.
+    pub(crate) fn count_attempt(&self, volume_id: u64) -> u32 {
+        let mut attempts = self.inner.ec_attempts.lock().expect("attempts lock poisoned");
+        let n = attempts.entry(volume_id).or_default();
+        *n += 1;
+        *n
+    }
+
+    pub(crate) fn forget_attempts(&self, volume_id: u64) {
+        self.inner.ec_attempts.lock().expect("attempts lock poisoned").remove(&volume_id);
     }
 
     pub async fn register(&self, osd: OsdRow) -> Result<(), CellError> {
@@ -107,7 +130,7 @@ impl Cell {
     /// period after start every registered OSD counts as alive, so that a
     /// restarted coordinator does not close every volume before the OSDs had
     /// a chance to heartbeat.
-    fn alive(&self, osds: &[OsdRow]) -> HashMap<OsdId, OsdRow> {
+    pub(crate) fn alive(&self, osds: &[OsdRow]) -> HashMap<OsdId, OsdRow> {
         let dead_after = Duration::from_millis(self.inner.config.osd_dead_after_ms);
         let grace = self.inner.started.elapsed() < dead_after;
         let now = now_unix_ms();
@@ -126,7 +149,8 @@ impl Cell {
         }).collect())
     }
 
-    fn place(&self, volume: VolumeRow, osds: &HashMap<OsdId, OsdRow>) -> Placement {
+    fn place(&self, volume: VolumeRow, bucket_id: BucketId, osds: &HashMap<OsdId, OsdRow>) -> Placement {
+        let bucket_position = volume.buckets.iter().position(|b| *b == bucket_id).unwrap_or(0) as u32;
         let extents = volume
             .extents
             .iter()
@@ -135,9 +159,10 @@ impl Cell {
                 grpc_addr: osds.get(&extent.osd_id).map(|osd| osd.grpc_addr.clone()).unwrap_or_default(),
                 extent_id: extent.extent_id,
                 position: extent.position,
+                size_bytes: extent.sealed_size_bytes,
             })
             .collect();
-        Placement { volume, extents }
+        Placement { volume, extents, bucket_id, bucket_position }
     }
 
     /// Open volumes whose replicas are all on alive OSDs.
@@ -147,8 +172,12 @@ impl Cell {
         let open = self.inner.db.volumes_in_state(VolumeState::Open).await?;
         Ok(open
             .into_iter()
+            .filter(|volume| volume.kind == VolumeKind::Replicated)
             .filter(|volume| volume.extents.iter().all(|extent| alive.contains_key(&extent.osd_id)))
-            .map(|volume| self.place(volume, &alive))
+            .map(|volume| {
+                let bucket_id = volume.buckets.first().copied().unwrap_or(volume.volume_id);
+                self.place(volume, bucket_id, &alive)
+            })
             .collect())
     }
 
@@ -156,7 +185,7 @@ impl Cell {
         let volume = self.inner.db.volume_of_bucket(bucket_id).await?.ok_or(CellError::UnknownBucket(bucket_id))?;
         let osds: HashMap<OsdId, OsdRow> =
             self.inner.db.list_osds().await?.into_iter().map(|osd| (osd.osd_id, osd)).collect();
-        Ok(self.place(volume, &osds))
+        Ok(self.place(volume, bucket_id, &osds))
     }
 
     /// A frontend could not write to `bucket_id`: stop writes to its volume.
@@ -171,7 +200,7 @@ impl Cell {
     }
 
     /// A client of OSD `osd_id` at `addr`; TLS refuses any other server.
-    fn osd_client(&self, osd_id: OsdId, addr: &str) -> Option<pb::osd_client::OsdClient<tonic::transport::Channel>> {
+    pub(crate) fn osd_client(&self, osd_id: OsdId, addr: &str) -> Option<pb::osd_client::OsdClient<tonic::transport::Channel>> {
         let cache_key = format!("{osd_id}@{addr}");
         let mut channels = self.inner.osd_channels.lock().expect("osd channel map lock poisoned");
         if let Some(channel) = channels.get(&cache_key) {
@@ -254,8 +283,14 @@ impl Cell {
             tracing::info!(volume_id = volume.volume_id, osds = ?chosen, "created volume");
             self.finish_creating(volume, &alive).await?;
         }
-        for (state, count) in db.volume_counts().await? {
-            metrics::gauge!("pocket_coordinator_volumes", "state" => state.as_str()).set(count as f64);
+        for (kind, state, count) in db.volume_counts().await? {
+            metrics::gauge!("pocket_coordinator_volumes", "kind" => kind.as_str(), "state" => state.as_str()).set(count as f64);
+        }
+        let totals = self.storage_totals().await?;
+        metrics::gauge!("pocket_coordinator_sealed_stored_bytes").set(totals.stored_bytes as f64);
+        metrics::gauge!("pocket_coordinator_sealed_logical_bytes").set(totals.logical_bytes as f64);
+        if totals.logical_bytes > 0 {
+            metrics::gauge!("pocket_coordinator_storage_overhead_ratio").set(totals.overhead());
         }
         Ok(())
     }
@@ -313,6 +348,47 @@ impl Cell {
             tracing::info!(volume_id = volume.volume_id, "volume closed");
         }
         Ok(())
+    }
+}
+
+/// Bytes of sealed data in the cell: what its extents take on disk, and one
+/// copy of each bucket (the logical size).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StorageTotals {
+    pub stored_bytes: u64,
+    pub logical_bytes: u64,
+}
+
+impl StorageTotals {
+    /// Bytes on disk per logical byte: R for replicated data, about (k+m)/k once erasure-coded.
+    pub fn overhead(&self) -> f64 {
+        self.stored_bytes as f64 / self.logical_bytes.max(1) as f64
+    }
+}
+
+impl Cell {
+    /// Sealed data only (closed, encoding, retiring, erasure-coded volumes):
+    /// open volumes grow until they close and are counted then. A retiring
+    /// volume's remaining replicas are stored bytes; its buckets are counted
+    /// once, in their erasure-coded volume.
+    pub async fn storage_totals(&self) -> Result<StorageTotals, CellError> {
+        let states = [VolumeState::Closed, VolumeState::Encoding, VolumeState::Retiring, VolumeState::Ec];
+        let extents = self.inner.db.stored_extents(&states).await?;
+        let mut totals = StorageTotals::default();
+        let mut replicated_copy: HashMap<u64, u64> = HashMap::new();
+        for extent in &extents {
+            totals.stored_bytes += extent.sealed_size_bytes;
+            match (extent.kind, extent.state) {
+                (VolumeKind::Ec, _) if extent.position < extent.data_count => totals.logical_bytes += extent.sealed_size_bytes,
+                (VolumeKind::Replicated, VolumeState::Closed | VolumeState::Encoding) => {
+                    let copy = replicated_copy.entry(extent.volume_id).or_default();
+                    *copy = (*copy).max(extent.sealed_size_bytes);
+                }
+                _ => {}
+            }
+        }
+        totals.logical_bytes += replicated_copy.values().sum::<u64>();
+        Ok(totals)
     }
 }
 

@@ -44,6 +44,67 @@ pub struct CoordinatorConfig {
     /// Connections to the cell database.
     #[serde(default = "default_max_db_connections")]
     pub max_db_connections: u32,
+    /// Erasure coding of closed volumes.
+    #[serde(default)]
+    pub erasure: ErasureConfig,
+}
+
+/// Erasure coding of closed volumes (`[erasure]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasureConfig {
+    /// Encode closed volumes at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// k: data extents (closed buckets) per erasure-coded volume.
+    #[serde(default = "default_data_shards")]
+    pub data_shards: u32,
+    /// m: parity extents per erasure-coded volume; any m of the k + m may be lost.
+    #[serde(default = "default_parity_shards")]
+    pub parity_shards: u32,
+    /// Bytes of each shard encoded per step: the encoding holds about
+    /// (k + m) × this (plus stream buffers) in memory.
+    #[serde(default = "default_stripe_bytes")]
+    pub stripe_bytes: u64,
+    /// Failed attempts after which a volume being built is abandoned (its
+    /// sources stay replicated and are planned again later).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Period of the erasure-coding loop.
+    #[serde(default = "default_ec_tick_interval_ms")]
+    pub tick_interval_ms: u64,
+}
+
+impl Default for ErasureConfig {
+    fn default() -> Self {
+        ErasureConfig {
+            enabled: true,
+            data_shards: default_data_shards(),
+            parity_shards: default_parity_shards(),
+            stripe_bytes: default_stripe_bytes(),
+            max_attempts: default_max_attempts(),
+            tick_interval_ms: default_ec_tick_interval_ms(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_data_shards() -> u32 {
+    6
+}
+fn default_parity_shards() -> u32 {
+    3
+}
+fn default_stripe_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_max_attempts() -> u32 {
+    5
+}
+fn default_ec_tick_interval_ms() -> u64 {
+    1_000
 }
 
 fn default_listen() -> String {
@@ -75,6 +136,19 @@ impl CoordinatorConfig {
         }
         if self.extent_size_bytes < 1024 * 1024 {
             bail!("coordinator config: extent_size_bytes must be at least 1 MiB");
+        }
+        let ec = &self.erasure;
+        if ec.data_shards == 0 || ec.parity_shards == 0 || (ec.data_shards + ec.parity_shards) as usize > pocket_erasure::MAX_SHARDS {
+            bail!(
+                "coordinator config: erasure data_shards and parity_shards must be at least 1 and together at most {}",
+                pocket_erasure::MAX_SHARDS
+            );
+        }
+        if !(4096..=64 * 1024 * 1024).contains(&ec.stripe_bytes) {
+            bail!("coordinator config: erasure stripe_bytes must be between 4 KiB and 64 MiB");
+        }
+        if ec.max_attempts == 0 {
+            bail!("coordinator config: erasure max_attempts must be at least 1");
         }
         if self.osd_dead_after_ms < 2 * self.heartbeat_interval_ms {
             bail!("coordinator config: osd_dead_after_ms must be at least two heartbeat intervals");

@@ -58,6 +58,11 @@ impl Dialect {
 }
 
 /// Volume states, as stored in `volumes.state`.
+///
+/// Replicated: creating → open → closing → closed → encoding → retiring →
+/// retired, or creating → abandoned; encoding → closed when its
+/// erasure-coded volume is abandoned. Erasure-coded: building → ec, or
+/// building → abandoned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum VolumeState {
     /// Rows written, extents being created on the OSDs; not writable yet.
@@ -68,13 +73,34 @@ pub enum VolumeState {
     Closing,
     /// Sealed on every replica; never reopens.
     Closed,
-    /// Creation failed before the volume was ever writable; holds no data.
+    /// Creation failed before the volume was ever writable (holds no data),
+    /// or an erasure-coded volume given up before its switch.
     Abandoned,
+    /// Closed, and claimed by an erasure-coded volume being built.
+    Encoding,
+    /// Its buckets now live in an erasure-coded volume; replicas being deleted.
+    Retiring,
+    /// Every replica deleted.
+    Retired,
+    /// Erasure-coded volume whose shards are being written and verified.
+    Building,
+    /// Erasure-coded volume serving its buckets.
+    Ec,
 }
 
 impl VolumeState {
-    pub const ALL: [VolumeState; 5] =
-        [VolumeState::Creating, VolumeState::Open, VolumeState::Closing, VolumeState::Closed, VolumeState::Abandoned];
+    pub const ALL: [VolumeState; 10] = [
+        VolumeState::Creating,
+        VolumeState::Open,
+        VolumeState::Closing,
+        VolumeState::Closed,
+        VolumeState::Abandoned,
+        VolumeState::Encoding,
+        VolumeState::Retiring,
+        VolumeState::Retired,
+        VolumeState::Building,
+        VolumeState::Ec,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -83,6 +109,11 @@ impl VolumeState {
             VolumeState::Closing => "closing",
             VolumeState::Closed => "closed",
             VolumeState::Abandoned => "abandoned",
+            VolumeState::Encoding => "encoding",
+            VolumeState::Retiring => "retiring",
+            VolumeState::Retired => "retired",
+            VolumeState::Building => "building",
+            VolumeState::Ec => "ec",
         }
     }
 
@@ -92,6 +123,75 @@ impl VolumeState {
             .find(|state| state.as_str() == s)
             .ok_or_else(|| DbError::CorruptRow(format!("unknown volume state {s:?}")))
     }
+}
+
+/// How a volume stores its buckets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VolumeKind {
+    /// One bucket, R identical-content replicas of its extent.
+    Replicated,
+    /// k buckets' extents plus m parity extents (`data_count`, `parity_count`).
+    Ec,
+}
+
+impl VolumeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeKind::Replicated => "replicated",
+            VolumeKind::Ec => "ec",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<VolumeKind, DbError> {
+        match s {
+            "replicated" => Ok(VolumeKind::Replicated),
+            "ec" => Ok(VolumeKind::Ec),
+            _ => Err(DbError::CorruptRow(format!("unknown volume kind {s:?}"))),
+        }
+    }
+}
+
+/// One shard of an erasure-coded volume's layout (`ec_layout`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayoutRow {
+    pub position: u32,
+    pub osd_id: OsdId,
+    pub extent_id: ExtentId,
+    /// Data positions: the bucket whose extent this is.
+    pub bucket_id: Option<BucketId>,
+    /// Data positions: the replicated volume the bucket comes from.
+    pub source_volume_id: Option<VolumeId>,
+    /// Data positions: the OSD whose replica is read (the target itself when it holds one).
+    pub source_osd_id: Option<OsdId>,
+    pub size_bytes: u64,
+}
+
+/// An erasure-coded volume with its layout.
+#[derive(Debug, Clone)]
+pub struct EcVolume {
+    pub volume_id: VolumeId,
+    pub state: VolumeState,
+    pub data_count: u32,
+    pub parity_count: u32,
+    pub layout: Vec<LayoutRow>,
+}
+
+impl EcVolume {
+    /// The replicated volumes this one is encoded from, in position order.
+    pub fn source_volumes(&self) -> Vec<VolumeId> {
+        self.layout.iter().filter_map(|row| row.source_volume_id).collect()
+    }
+}
+
+/// One stored extent with the kind and state of its volume (for storage totals).
+#[derive(Debug, Clone)]
+pub struct StoredExtent {
+    pub volume_id: VolumeId,
+    pub kind: VolumeKind,
+    pub state: VolumeState,
+    pub data_count: u32,
+    pub position: u32,
+    pub sealed_size_bytes: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -115,7 +215,10 @@ pub struct ExtentRow {
 #[derive(Debug, Clone)]
 pub struct VolumeRow {
     pub volume_id: VolumeId,
+    pub kind: VolumeKind,
     pub state: VolumeState,
+    pub data_count: u32,
+    pub parity_count: u32,
     pub extent_size_bytes: u64,
     pub buckets: Vec<BucketId>,
     pub extents: Vec<ExtentRow>,
@@ -129,6 +232,17 @@ pub struct CellDb {
 fn u64_of(row: &AnyRow, column: &str) -> Result<u64, DbError> {
     let value: i64 = row.try_get(column).ctx("decode column")?;
     u64::try_from(value).map_err(|_| DbError::CorruptRow(format!("negative {column}: {value}")))
+}
+
+fn small(value: u64) -> Result<u32, DbError> {
+    u32::try_from(value).map_err(|_| DbError::CorruptRow(format!("count out of range: {value}")))
+}
+
+fn opt_u64_of(row: &AnyRow, column: &str) -> Result<Option<u64>, DbError> {
+    let value: Option<i64> = row.try_get(column).ctx("decode column")?;
+    value
+        .map(|v| u64::try_from(v).map_err(|_| DbError::CorruptRow(format!("negative {column}: {v}"))))
+        .transpose()
 }
 
 fn to_i64(value: u64) -> i64 {
@@ -281,7 +395,10 @@ impl CellDb {
         tx.commit().await.ctx("commit create volume")?;
         Ok(VolumeRow {
             volume_id: id,
+            kind: VolumeKind::Replicated,
             state: VolumeState::Creating,
+            data_count: 1,
+            parity_count: 0,
             extent_size_bytes,
             buckets: vec![id],
             extents: osds
@@ -332,7 +449,8 @@ impl CellDb {
     }
 
     pub async fn volume(&self, volume_id: VolumeId) -> Result<Option<VolumeRow>, DbError> {
-        let Some(row) = sqlx::query("SELECT state, extent_size_bytes FROM volumes WHERE volume_id = ?")
+        let Some(row) =
+            sqlx::query("SELECT kind, state, data_count, parity_count, extent_size_bytes FROM volumes WHERE volume_id = ?")
             .bind(to_i64(volume_id))
             .fetch_optional(&self.pool)
             .await
@@ -367,9 +485,13 @@ impl CellDb {
             })
         })
         .collect::<Result<Vec<_>, DbError>>()?;
+        let kind: String = row.try_get("kind").ctx("decode kind")?;
         Ok(Some(VolumeRow {
             volume_id,
+            kind: VolumeKind::parse(&kind)?,
             state: VolumeState::parse(&state)?,
+            data_count: small(u64_of(&row, "data_count")?)?,
+            parity_count: small(u64_of(&row, "parity_count")?)?,
             extent_size_bytes: u64_of(&row, "extent_size_bytes")?,
             buckets,
             extents,
@@ -388,20 +510,337 @@ impl CellDb {
         self.volume(u64_of(&row, "volume_id")?).await
     }
 
-    pub async fn volume_counts(&self) -> Result<Vec<(VolumeState, u64)>, DbError> {
-        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM volumes GROUP BY state")
+    /// Volumes per (kind, state).
+    pub async fn volume_counts(&self) -> Result<Vec<(VolumeKind, VolumeState, u64)>, DbError> {
+        let rows = sqlx::query("SELECT kind, state, COUNT(*) AS n FROM volumes GROUP BY kind, state")
             .fetch_all(&self.pool)
             .await
             .ctx("count volumes")?;
         rows.iter()
             .map(|row| {
+                let kind: String = row.try_get("kind").ctx("decode kind")?;
                 let state: String = row.try_get("state").ctx("decode state")?;
-                Ok((VolumeState::parse(&state)?, u64_of(row, "n")?))
+                Ok((VolumeKind::parse(&kind)?, VolumeState::parse(&state)?, u64_of(row, "n")?))
             })
             .collect()
+    }
+
+    /// Plans an erasure-coded volume over `sources` (closed replicated
+    /// volumes, one per data position, in order) and `parity_osds`: in one
+    /// transaction the sources move closed → encoding, a new volume is
+    /// created in state `building`, and its layout is written. None if a
+    /// source was no longer closed (nothing changes then).
+    pub async fn plan_ec_volume(&self, sources: &[PlannedData], parity_osds: &[OsdId]) -> Result<Option<VolumeId>, DbError> {
+        let now = now_unix_ms();
+        let k = sources.len() as u64;
+        let m = parity_osds.len() as u64;
+        let mut tx = self.pool.begin().await.ctx("begin plan ec volume")?;
+        for source in sources {
+            let claimed = sqlx::query("UPDATE volumes SET state = ?, state_changed_unix_ms = ? WHERE volume_id = ? AND state = ?")
+                .bind(VolumeState::Encoding.as_str())
+                .bind(now)
+                .bind(to_i64(source.volume_id))
+                .bind(VolumeState::Closed.as_str())
+                .execute(&mut *tx)
+                .await
+                .ctx("claim source volume")?;
+            if claimed.rows_affected() != 1 {
+                tx.rollback().await.ctx("roll back plan")?;
+                return Ok(None);
+            }
+        }
+        sqlx::query("UPDATE id_alloc SET next_id = next_id + ? WHERE name = 'ids'")
+            .bind(to_i64(1 + m))
+            .execute(&mut *tx)
+            .await
+            .ctx("allocate ids")?;
+        let row = sqlx::query("SELECT next_id FROM id_alloc WHERE name = 'ids'").fetch_one(&mut *tx).await.ctx("read ids")?;
+        let first = u64_of(&row, "next_id")? - (1 + m);
+        let volume_id = first;
+        let shard_len = sources.iter().map(|s| s.size_bytes).max().unwrap_or(0);
+        sqlx::query(
+            "INSERT INTO volumes (volume_id, kind, state, data_count, parity_count, extent_size_bytes, created_unix_ms, state_changed_unix_ms) VALUES (?, 'ec', ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(to_i64(volume_id))
+        .bind(VolumeState::Building.as_str())
+        .bind(to_i64(k))
+        .bind(to_i64(m))
+        .bind(to_i64(shard_len))
+        .bind(now)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .ctx("insert ec volume")?;
+        let data_rows = sources.iter().enumerate().map(|(i, s)| LayoutRow {
+            position: i as u32,
+            osd_id: s.target_osd_id,
+            extent_id: s.extent_id,
+            bucket_id: Some(s.bucket_id),
+            source_volume_id: Some(s.volume_id),
+            source_osd_id: Some(s.source_osd_id),
+            size_bytes: s.size_bytes,
+        });
+        let parity_rows = parity_osds.iter().enumerate().map(|(j, osd_id)| LayoutRow {
+            position: (sources.len() + j) as u32,
+            osd_id: *osd_id,
+            extent_id: first + 1 + j as u64,
+            bucket_id: None,
+            source_volume_id: None,
+            source_osd_id: None,
+            size_bytes: shard_len,
+        });
+        for row in data_rows.chain(parity_rows) {
+            sqlx::query(
+                "INSERT INTO ec_layout (volume_id, position, osd_id, extent_id, bucket_id, source_volume_id, source_osd_id, size_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(to_i64(volume_id))
+            .bind(i64::from(row.position))
+            .bind(to_i64(row.osd_id))
+            .bind(to_i64(row.extent_id))
+            .bind(row.bucket_id.map(to_i64))
+            .bind(row.source_volume_id.map(to_i64))
+            .bind(row.source_osd_id.map(to_i64))
+            .bind(to_i64(row.size_bytes))
+            .execute(&mut *tx)
+            .await
+            .ctx("insert ec layout")?;
+        }
+        tx.commit().await.ctx("commit plan ec volume")?;
+        Ok(Some(volume_id))
+    }
+
+    pub async fn ec_volume(&self, volume_id: VolumeId) -> Result<Option<EcVolume>, DbError> {
+        let Some(volume) = self.volume(volume_id).await? else { return Ok(None) };
+        if volume.kind != VolumeKind::Ec {
+            return Ok(None);
+        }
+        let layout = self.layout(volume_id).await?;
+        Ok(Some(EcVolume {
+            volume_id,
+            state: volume.state,
+            data_count: volume.data_count,
+            parity_count: volume.parity_count,
+            layout,
+        }))
+    }
+
+    async fn layout(&self, volume_id: VolumeId) -> Result<Vec<LayoutRow>, DbError> {
+        sqlx::query(
+            "SELECT position, osd_id, extent_id, bucket_id, source_volume_id, source_osd_id, size_bytes FROM ec_layout WHERE volume_id = ? ORDER BY position",
+        )
+        .bind(to_i64(volume_id))
+        .fetch_all(&self.pool)
+        .await
+        .ctx("read ec layout")?
+        .iter()
+        .map(|row| {
+            Ok(LayoutRow {
+                position: small(u64_of(row, "position")?)?,
+                osd_id: u64_of(row, "osd_id")?,
+                extent_id: u64_of(row, "extent_id")?,
+                bucket_id: opt_u64_of(row, "bucket_id")?,
+                source_volume_id: opt_u64_of(row, "source_volume_id")?,
+                source_osd_id: opt_u64_of(row, "source_osd_id")?,
+                size_bytes: u64_of(row, "size_bytes")?,
+            })
+        })
+        .collect()
+    }
+
+    /// Every erasure-coded volume in `state`, with its layout.
+    pub async fn ec_volumes_in_state(&self, state: VolumeState) -> Result<Vec<EcVolume>, DbError> {
+        let rows = sqlx::query("SELECT volume_id FROM volumes WHERE state = ? AND kind = 'ec' ORDER BY volume_id")
+            .bind(state.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .ctx("list ec volumes")?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            if let Some(volume) = self.ec_volume(u64_of(&row, "volume_id")?).await? {
+                out.push(volume);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The switch, in one transaction: the erasure-coded volume building →
+    /// ec, each source volume encoding → retiring, each bucket moved to its
+    /// data position, and an `extents` row per shard (a replica that became
+    /// a data shard keeps its row, moved to the new volume). False (and
+    /// nothing changed) if any state was not as expected.
+    pub async fn switch_to_ec(&self, volume: &EcVolume) -> Result<bool, DbError> {
+        let now = now_unix_ms();
+        let mut tx = self.pool.begin().await.ctx("begin switch")?;
+        let cas = |id: VolumeId, from: VolumeState, to: VolumeState| {
+            sqlx::query("UPDATE volumes SET state = ?, state_changed_unix_ms = ? WHERE volume_id = ? AND state = ?")
+                .bind(to.as_str())
+                .bind(now)
+                .bind(to_i64(id))
+                .bind(from.as_str())
+        };
+        let mut changes = vec![(volume.volume_id, VolumeState::Building, VolumeState::Ec)];
+        changes.extend(volume.source_volumes().into_iter().map(|id| (id, VolumeState::Encoding, VolumeState::Retiring)));
+        for (id, from, to) in changes {
+            if cas(id, from, to).execute(&mut *tx).await.ctx("switch volume state")?.rows_affected() != 1 {
+                tx.rollback().await.ctx("roll back switch")?;
+                return Ok(false);
+            }
+        }
+        for row in &volume.layout {
+            if let Some(bucket_id) = row.bucket_id {
+                sqlx::query("UPDATE buckets SET volume_id = ?, position = ? WHERE bucket_id = ?")
+                    .bind(to_i64(volume.volume_id))
+                    .bind(i64::from(row.position))
+                    .bind(to_i64(bucket_id))
+                    .execute(&mut *tx)
+                    .await
+                    .ctx("move bucket")?;
+            }
+            let moved = sqlx::query(
+                "UPDATE extents SET volume_id = ?, position = ?, sealed_size_bytes = ? WHERE extent_id = ? AND osd_id = ?",
+            )
+            .bind(to_i64(volume.volume_id))
+            .bind(i64::from(row.position))
+            .bind(to_i64(row.size_bytes))
+            .bind(to_i64(row.extent_id))
+            .bind(to_i64(row.osd_id))
+            .execute(&mut *tx)
+            .await
+            .ctx("move reused extent")?;
+            if moved.rows_affected() == 0 {
+                sqlx::query("INSERT INTO extents (extent_id, osd_id, volume_id, position, sealed_size_bytes) VALUES (?, ?, ?, ?, ?)")
+                    .bind(to_i64(row.extent_id))
+                    .bind(to_i64(row.osd_id))
+                    .bind(to_i64(volume.volume_id))
+                    .bind(i64::from(row.position))
+                    .bind(to_i64(row.size_bytes))
+                    .execute(&mut *tx)
+                    .await
+                    .ctx("insert ec extent")?;
+            }
+        }
+        tx.commit().await.ctx("commit switch")?;
+        Ok(true)
+    }
+
+    /// Gives up an erasure-coded volume before its switch: building →
+    /// abandoned and its sources encoding → closed, in one transaction. Its
+    /// layout rows stay, naming the shards to delete.
+    pub async fn abandon_ec(&self, volume: &EcVolume) -> Result<bool, DbError> {
+        let now = now_unix_ms();
+        let mut tx = self.pool.begin().await.ctx("begin abandon")?;
+        let mut changes = vec![(volume.volume_id, VolumeState::Building, VolumeState::Abandoned)];
+        changes.extend(volume.source_volumes().into_iter().map(|id| (id, VolumeState::Encoding, VolumeState::Closed)));
+        for (id, from, to) in changes {
+            let result = sqlx::query("UPDATE volumes SET state = ?, state_changed_unix_ms = ? WHERE volume_id = ? AND state = ?")
+                .bind(to.as_str())
+                .bind(now)
+                .bind(to_i64(id))
+                .bind(from.as_str())
+                .execute(&mut *tx)
+                .await
+                .ctx("abandon volume state")?;
+            if result.rows_affected() != 1 {
+                tx.rollback().await.ctx("roll back abandon")?;
+                return Ok(false);
+            }
+        }
+        tx.commit().await.ctx("commit abandon")?;
+        Ok(true)
+    }
+
+    /// Whether an `extents` row names this copy: a copy that is named must
+    /// never be deleted as garbage.
+    pub async fn extent_is_live(&self, extent_id: ExtentId, osd_id: OsdId) -> Result<bool, DbError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM extents WHERE extent_id = ? AND osd_id = ?")
+            .bind(to_i64(extent_id))
+            .bind(to_i64(osd_id))
+            .fetch_one(&self.pool)
+            .await
+            .ctx("check extent row")?;
+        Ok(u64_of(&row, "n")? > 0)
+    }
+
+    /// Layout rows of abandoned erasure-coded volumes: shards to delete.
+    pub async fn abandoned_layout(&self) -> Result<Vec<(VolumeId, LayoutRow)>, DbError> {
+        let mut out = Vec::new();
+        for volume in self.ec_volumes_in_state(VolumeState::Abandoned).await? {
+            out.extend(volume.layout.into_iter().map(|row| (volume.volume_id, row)));
+        }
+        Ok(out)
+    }
+
+    pub async fn delete_layout_row(&self, volume_id: VolumeId, position: u32) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM ec_layout WHERE volume_id = ? AND position = ?")
+            .bind(to_i64(volume_id))
+            .bind(i64::from(position))
+            .execute(&self.pool)
+            .await
+            .ctx("delete layout row")?;
+        Ok(())
+    }
+
+    /// Forgets one copy of an extent of `volume_id` once the OSD deleted it.
+    pub async fn delete_extent_row(&self, volume_id: VolumeId, extent_id: ExtentId, osd_id: OsdId) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM extents WHERE volume_id = ? AND extent_id = ? AND osd_id = ?")
+            .bind(to_i64(volume_id))
+            .bind(to_i64(extent_id))
+            .bind(to_i64(osd_id))
+            .execute(&self.pool)
+            .await
+            .ctx("delete extent row")?;
+        Ok(())
+    }
+
+    /// Every stored extent of volumes in `states`, with its volume's kind.
+    pub async fn stored_extents(&self, states: &[VolumeState]) -> Result<Vec<StoredExtent>, DbError> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = vec!["?"; states.len()].join(", ");
+        let sql = format!(
+            "SELECT e.volume_id, e.position, e.sealed_size_bytes, v.kind, v.state, v.data_count FROM extents e JOIN volumes v ON e.volume_id = v.volume_id WHERE v.state IN ({placeholders})"
+        );
+        let mut query = sqlx::query(&sql);
+        for state in states {
+            query = query.bind(state.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await.ctx("list stored extents")?;
+        let mut out = Vec::new();
+        for row in &rows {
+            let state = VolumeState::parse(&row.try_get::<String, _>("state").ctx("decode state")?)?;
+            if !states.contains(&state) {
+                continue;
+            }
+            out.push(StoredExtent {
+                volume_id: u64_of(row, "volume_id")?,
+                kind: VolumeKind::parse(&row.try_get::<String, _>("kind").ctx("decode kind")?)?,
+                state,
+                data_count: small(u64_of(row, "data_count")?)?,
+                position: small(u64_of(row, "position")?)?,
+                sealed_size_bytes: u64_of(row, "sealed_size_bytes")?,
+            });
+        }
+        Ok(out)
     }
 
     pub async fn close(&self) {
         self.pool.close().await;
     }
 }
+
+/// One data position of a planned erasure-coded volume.
+#[derive(Debug, Clone)]
+pub struct PlannedData {
+    /// The closed replicated volume, its bucket and extent.
+    pub volume_id: VolumeId,
+    pub bucket_id: BucketId,
+    pub extent_id: ExtentId,
+    /// Sealed size of the extent (the shard's length).
+    pub size_bytes: u64,
+    /// Where the data shard will live.
+    pub target_osd_id: OsdId,
+    /// Which replica is read: the target itself when it holds one.
+    pub source_osd_id: OsdId,
+}
+

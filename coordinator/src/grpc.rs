@@ -71,14 +71,24 @@ fn status_of(error: CellError) -> Status {
 }
 
 fn to_pb(placement: Placement) -> pb::BucketPlacement {
+    let ec = placement.volume.kind == crate::db::VolumeKind::Ec;
     pb::BucketPlacement {
-        bucket_id: placement.volume.buckets.first().copied().unwrap_or_default(),
+        bucket_id: placement.bucket_id,
         volume_id: placement.volume.volume_id,
         replicas: placement
             .extents
             .into_iter()
-            .map(|extent| pb::Replica { osd_id: extent.osd_id, grpc_addr: extent.grpc_addr, extent_id: extent.extent_id })
+            .map(|extent| pb::Replica {
+                osd_id: extent.osd_id,
+                grpc_addr: extent.grpc_addr,
+                extent_id: extent.extent_id,
+                position: extent.position,
+                size_bytes: extent.size_bytes,
+            })
             .collect(),
+        data_shards: if ec { placement.volume.data_count } else { 0 },
+        parity_shards: if ec { placement.volume.parity_count } else { 0 },
+        bucket_position: placement.bucket_position,
     }
 }
 
@@ -177,8 +187,12 @@ impl CoordinatorService {
     async fn cell_status_inner(&self) -> Result<pb::CellStatusResponse, Status> {
         let osds = self.cell.osd_liveness().await.map_err(status_of)?;
         let counts = self.cell.db().volume_counts().await.map_err(|e| status_of(e.into()))?;
-        let volumes_by_state: HashMap<String, u64> =
-            counts.into_iter().map(|(state, count)| (state.as_str().to_string(), count)).collect();
+        let volumes_by_state: HashMap<String, u64> = counts
+            .into_iter()
+            .map(|(kind, state, count)| (format!("{}/{}", kind.as_str(), state.as_str()), count))
+            .collect();
+        let totals = self.cell.storage_totals().await.map_err(status_of)?;
+        let erasure = &self.cell.config().erasure;
         Ok(pb::CellStatusResponse {
             cell_id: self.cell.config().cell_id,
             osds: osds
@@ -192,6 +206,10 @@ impl CoordinatorService {
                 })
                 .collect(),
             volumes_by_state,
+            sealed_stored_bytes: totals.stored_bytes,
+            sealed_logical_bytes: totals.logical_bytes,
+            data_shards: erasure.data_shards,
+            parity_shards: erasure.parity_shards,
         })
     }
 }

@@ -1,14 +1,17 @@
 //! The cell coordinator: the registry of the cell's OSDs, placement of
 //! volumes on them, the pool of open buckets frontends write to, and the
 //! lifecycle of each volume (creating → open → closing → closed, or
-//! creating → abandoned when creation fails).
+//! creating → abandoned when creation fails), and the erasure coding of
+//! closed volumes ([`ec`]).
 //!
 //! Invariants:
 //! - The cell database ([`db`]) is the only state; the process can be killed
 //!   at any instant and a restart resumes every half-done step from it.
 //! - A volume is writable only once every replica's extent exists; it is
 //!   never reopened once closing.
-//! - The coordinator never sees blob bytes and knows nothing of the index.
+//! - The coordinator knows nothing of the index. It sees extent bytes only
+//!   while erasure coding (streams them from source OSDs to targets, never
+//!   interpreting records); blobs are never its business.
 //!
 //! Layout: [`config`], [`db`] (cell database), [`cell`] (decisions and the
 //! maintenance loop), [`grpc`] (the wire edge).
@@ -17,6 +20,7 @@ pub mod audit;
 pub mod cell;
 pub mod config;
 pub mod db;
+pub mod ec;
 pub mod grpc;
 
 use std::future::Future;
@@ -47,7 +51,8 @@ pub async fn run(
     let audit = audit::AuditLog::open(&config.audit_log).context("open audit log")?;
     let cell = cell::Cell::new(db.clone(), config.clone(), tls.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let maintenance = tokio::spawn(cell.clone().maintenance_loop(stop_rx));
+    let maintenance = tokio::spawn(cell.clone().maintenance_loop(stop_rx.clone()));
+    let erasure = tokio::spawn(cell.clone().ec_loop(stop_rx));
     let local_addr = listener.local_addr().context("read coordinator address")?;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     let server = tonic::transport::Server::builder()
@@ -67,6 +72,7 @@ pub async fn run(
     ready.send_replace(false);
     stop_tx.send_replace(true);
     let _ = maintenance.await;
+    let _ = erasure.await;
     db.close().await;
     tracing::info!("coordinator stopped");
     result

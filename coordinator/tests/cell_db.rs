@@ -1,6 +1,6 @@
 //! The cell database on SQLite and on MariaDB: the same assertions on both.
 
-use pocket_coordinator::db::{CellDb, OsdRow, VolumeState};
+use pocket_coordinator::db::{CellDb, OsdRow, PlannedData, VolumeKind, VolumeState};
 
 /// A fresh database per test: a SQLite file, and a MariaDB database created
 /// for the test (dropped afterwards). MariaDB unreachable: skipped with a
@@ -82,8 +82,118 @@ async fn volume_lifecycle_is_compare_and_set_on_both_backends() {
         assert!(db.volume_of_bucket(987654).await.expect("locate").is_none(), "{backend}");
 
         let counts = db.volume_counts().await.expect("counts");
-        assert!(counts.contains(&(VolumeState::Closing, 1)), "{backend}: {counts:?}");
-        assert!(counts.contains(&(VolumeState::Creating, 1)), "{backend}: {counts:?}");
+        assert!(counts.contains(&(VolumeKind::Replicated, VolumeState::Closing, 1)), "{backend}: {counts:?}");
+        assert!(counts.contains(&(VolumeKind::Replicated, VolumeState::Creating, 1)), "{backend}: {counts:?}");
+        db.close().await;
+        if let Some(name) = mysql_name {
+            drop_mysql_database(&name).await;
+        }
+    }
+}
+
+/// Two closed replicated volumes of 3 replicas each on OSDs 1..=5.
+async fn two_closed_volumes(db: &CellDb) -> Vec<(u64, Vec<u64>)> {
+    for id in 1..=5 {
+        db.upsert_osd(&osd(id)).await.expect("register");
+    }
+    let mut out = Vec::new();
+    for osds in [[1u64, 2, 3], [3, 4, 5]] {
+        let v = db.create_replicated_volume(&osds, 1 << 20).await.expect("create");
+        for (from, to) in [
+            (VolumeState::Creating, VolumeState::Open),
+            (VolumeState::Open, VolumeState::Closing),
+            (VolumeState::Closing, VolumeState::Closed),
+        ] {
+            assert!(db.transition(v.volume_id, from, to).await.expect("transition"));
+        }
+        for osd in osds {
+            db.record_sealed_size(v.volume_id, osd, 1000 + v.volume_id).await.expect("size");
+        }
+        out.push((v.volume_id, osds.to_vec()));
+    }
+    out
+}
+
+fn plan(sources: &[(u64, Vec<u64>)], targets: [u64; 2]) -> Vec<PlannedData> {
+    sources
+        .iter()
+        .zip(targets)
+        .map(|((volume_id, replicas), target)| PlannedData {
+            volume_id: *volume_id,
+            bucket_id: *volume_id,
+            extent_id: *volume_id,
+            size_bytes: 1000 + volume_id,
+            target_osd_id: target,
+            // Kept in place when the target holds a replica.
+            source_osd_id: if replicas.contains(&target) { target } else { replicas[0] },
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn erasure_coding_plan_switch_and_abandon_are_atomic_on_both_backends() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (backend, db, mysql_name) in backends(&tmp).await {
+        let sources = two_closed_volumes(&db).await;
+        // Data of the first volume stays on OSD 1 (a replica); the second is copied to OSD 2.
+        let ec = db.plan_ec_volume(&plan(&sources, [1, 2]), &[5]).await.expect("plan").expect("planned");
+        assert!(db.plan_ec_volume(&plan(&sources, [1, 2]), &[5]).await.expect("plan again").is_none(), "{backend}: claimed once");
+        for (id, _) in &sources {
+            assert_eq!(db.volume(*id).await.expect("read").expect("exists").state, VolumeState::Encoding, "{backend}");
+        }
+        let volume = db.ec_volume(ec).await.expect("read").expect("ec volume");
+        assert_eq!((volume.state, volume.data_count, volume.parity_count), (VolumeState::Building, 2, 1), "{backend}");
+        assert_eq!(volume.layout.len(), 3, "{backend}");
+        assert_eq!(volume.layout[2].bucket_id, None, "{backend}: parity has no bucket");
+        assert_eq!(volume.layout[2].size_bytes, volume.layout[0].size_bytes.max(volume.layout[1].size_bytes), "{backend}");
+
+        // Switch: buckets move, the reused replica row moves, new rows appear, sources retire.
+        assert!(db.switch_to_ec(&volume).await.expect("switch"), "{backend}");
+        assert!(!db.switch_to_ec(&volume).await.expect("switch again"), "{backend}: switch applies once");
+        let located = db.volume_of_bucket(sources[1].0).await.expect("locate").expect("bucket");
+        assert_eq!(located.volume_id, ec, "{backend}");
+        assert_eq!(located.kind, VolumeKind::Ec, "{backend}");
+        assert_eq!(located.buckets, vec![sources[0].0, sources[1].0], "{backend}: buckets in position order");
+        let shards: Vec<(u32, u64)> = located.extents.iter().map(|e| (e.position, e.osd_id)).collect();
+        assert_eq!(shards, vec![(0, 1), (1, 2), (2, 5)], "{backend}");
+        let first = db.volume(sources[0].0).await.expect("read").expect("exists");
+        assert_eq!(first.state, VolumeState::Retiring, "{backend}");
+        assert_eq!(first.extents.iter().map(|e| e.osd_id).collect::<Vec<_>>(), vec![2, 3], "{backend}: OSD 1's copy moved");
+        assert!(db.extent_is_live(sources[0].0, 1).await.expect("live"), "{backend}");
+        let totals = db.stored_extents(&[VolumeState::Ec]).await.expect("totals");
+        assert_eq!(totals.len(), 3, "{backend}");
+
+        // Abandon needs `building`: a switched volume cannot be abandoned.
+        assert!(!db.abandon_ec(&volume).await.expect("abandon"), "{backend}");
+        db.close().await;
+        if let Some(name) = mysql_name {
+            drop_mysql_database(&name).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_abandoned_erasure_coded_volume_returns_its_sources_to_closed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (backend, db, mysql_name) in backends(&tmp).await {
+        let sources = two_closed_volumes(&db).await;
+        let ec = db.plan_ec_volume(&plan(&sources, [4, 2]), &[5]).await.expect("plan").expect("planned");
+        let volume = db.ec_volume(ec).await.expect("read").expect("ec volume");
+        assert!(db.abandon_ec(&volume).await.expect("abandon"), "{backend}");
+        assert!(!db.switch_to_ec(&volume).await.expect("switch"), "{backend}: an abandoned volume never switches");
+        for (id, _) in &sources {
+            let v = db.volume(*id).await.expect("read").expect("exists");
+            assert_eq!(v.state, VolumeState::Closed, "{backend}");
+            assert_eq!(v.extents.len(), 3, "{backend}: replicas untouched");
+        }
+        let garbage = db.abandoned_layout().await.expect("garbage");
+        assert_eq!(garbage.len(), 3, "{backend}");
+        // OSD 4 held a replica of the second volume, not of the first: its copy of the first is garbage.
+        assert!(!db.extent_is_live(sources[0].0, 4).await.expect("live"), "{backend}");
+        for (volume_id, row) in garbage {
+            db.delete_layout_row(volume_id, row.position).await.expect("delete row");
+        }
+        assert!(db.abandoned_layout().await.expect("garbage").is_empty(), "{backend}");
         db.close().await;
         if let Some(name) = mysql_name {
             drop_mysql_database(&name).await;

@@ -356,16 +356,32 @@ pub async fn read_record_degraded<R: ShardReader + Sync>(
     }
     let mut bad = vec![false; total];
     bad[want] = true;
+    let order: Vec<usize> = (0..total).collect();
     let mut last = String::new();
-    // Rotate the preference order so that each retry leaves out a different shard.
-    for attempt in 0..(total - codec.data_shards()).max(1) {
-        let mut order: Vec<usize> = (0..total).collect();
-        order.rotate_left(attempt);
-        match read_record_once(codec, shape, reader, want, key, max_record_bytes, &order, &mut bad).await {
-            Ok(data) => return Ok(data),
-            Err(e @ (DegradedError::Erasure(ErasureError::TooFewShards { .. }) | DegradedError::TooLarge { .. })) => {
-                return Err(e)
+    // First with every shard; if the result is invalid (a survivor returned
+    // wrong bytes), again without each other shard in turn: one corrupt
+    // survivor among k + m − 1 is then left out by one of the attempts.
+    let exclusions = std::iter::once(None).chain((0..total).filter(|&s| s != want).map(Some));
+    for excluded in exclusions {
+        let mut attempt_bad = bad.clone();
+        if let Some(shard) = excluded {
+            if attempt_bad[shard] {
+                continue;
             }
+            attempt_bad[shard] = true;
+        }
+        let result = read_record_once(codec, shape, reader, want, key, max_record_bytes, &order, &mut attempt_bad).await;
+        // Shards that failed to answer stay out of later attempts.
+        for shard in 0..total {
+            if attempt_bad[shard] && Some(shard) != excluded {
+                bad[shard] = true;
+            }
+        }
+        match result {
+            Ok(data) => return Ok(data),
+            // Decided: the index (checksum verified) lacks the key, or the record is too large.
+            Err(e @ (DegradedError::NotInIndex(_) | DegradedError::TooLarge { .. })) => return Err(e),
+            Err(e @ DegradedError::Erasure(ErasureError::TooFewShards { .. })) if excluded.is_none() => return Err(e),
             Err(e) => last = e.to_string(),
         }
     }

@@ -9,7 +9,7 @@ use pocket_index::{Index, IndexEntry, IndexError, InsertOutcome};
 use pocket_proto::{now_unix_ms, pb, Key};
 use rand::seq::{IndexedRandom, SliceRandom};
 
-use crate::cell::{Bucket, CellError, CellView, ReplicaError};
+use crate::cell::{Bucket, CellError, CellView, EcShape, Replica, ReplicaError};
 use crate::config::FrontendConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -134,13 +134,26 @@ impl Blobs {
 
     /// Reads the whole blob from the first replica that returns bytes whose
     /// BLAKE3 is the key. Tries every replica, then once more with a fresh
-    /// location from the coordinator.
+    /// location from the coordinator. In an erasure-coded volume the bucket's
+    /// own data shard is read; if that fails, the record is reconstructed
+    /// from the other shards (and checked against the key all the same).
     pub async fn get(&self, key: &Key) -> Result<(IndexEntry, Bytes), GetError> {
         let entry = self.index.lookup(key).await?.ok_or(GetError::NotFound)?;
         let mut failures = 0;
         let mut last = String::from("no replica");
         for refresh in [false, true] {
             let mut bucket = self.cell.locate(entry.bucket_id, refresh).await?;
+            if let Some(shape) = bucket.ec {
+                match self.get_erasure_coded(&bucket, shape, key, entry.length_bytes).await {
+                    Ok(data) => return Ok((entry, data)),
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(bucket_id = bucket.bucket_id, %key, error = %e, "erasure-coded read failed");
+                        last = e;
+                        continue;
+                    }
+                }
+            }
             bucket.replicas.shuffle(&mut rand::rng());
             for replica in &bucket.replicas {
                 match self.cell.read(replica, key, entry.length_bytes).await {
@@ -160,5 +173,61 @@ impl Blobs {
             }
         }
         Err(GetError::Unreadable { failures, last })
+    }
+
+    /// The data shard first; reconstruction from the others if it fails.
+    async fn get_erasure_coded(&self, bucket: &Bucket, shape: EcShape, key: &Key, length: u64) -> Result<Bytes, String> {
+        let own = bucket.replicas.iter().find(|r| r.position == shape.position).ok_or("the volume lists no such shard")?;
+        let first_error = match self.cell.read(own, key, length).await {
+            Ok(data) if Key::of(&data) == *key => return Ok(data),
+            Ok(_) => {
+                metrics::counter!("pocket_frontend_corrupt_replica_reads_total").increment(1);
+                format!("OSD {} returned bytes that do not hash to the key", own.osd_id)
+            }
+            Err(e) => e.to_string(),
+        };
+        tracing::warn!(bucket_id = bucket.bucket_id, osd_id = own.osd_id, %key, error = %first_error, "data shard unreadable; reconstructing");
+        metrics::counter!("pocket_frontend_degraded_reads_total").increment(1);
+        let (k, m) = (shape.data_shards as usize, shape.parity_shards as usize);
+        let codec = pocket_erasure::Codec::new(k, m).map_err(|e| e.to_string())?;
+        let mut shards: Vec<Option<&Replica>> = vec![None; k + m];
+        for replica in &bucket.replicas {
+            if let Some(slot) = shards.get_mut(replica.position as usize) {
+                *slot = Some(replica);
+            }
+        }
+        let shards: Vec<&Replica> = shards.into_iter().collect::<Option<Vec<_>>>().ok_or("the volume's layout is incomplete")?;
+        let volume_shape = pocket_erasure::VolumeShape {
+            data_sizes: shards[..k].iter().map(|r| r.size_bytes).collect(),
+            parity: m,
+        };
+        let reader = ShardRanges { cell: &self.cell, shards };
+        let data = pocket_erasure::read_record_degraded(
+            &codec,
+            &volume_shape,
+            &reader,
+            shape.position as usize,
+            key,
+            self.config.max_blob_size_bytes,
+        )
+        .await
+        .map_err(|e| format!("{first_error}; reconstruction failed: {e}"))?;
+        if data.len() as u64 != length {
+            return Err(format!("reconstructed {} bytes, the index says {length}", data.len()));
+        }
+        Ok(data)
+    }
+}
+
+/// Raw ranges of an erasure-coded volume's shards, read from their OSDs.
+struct ShardRanges<'a> {
+    cell: &'a CellView,
+    shards: Vec<&'a Replica>,
+}
+
+impl pocket_erasure::ShardReader for ShardRanges<'_> {
+    async fn read(&self, shard: usize, offset: u64, len: usize) -> Result<Bytes, String> {
+        let replica = self.shards.get(shard).ok_or("no such shard")?;
+        self.cell.read_range(replica, offset, len).await.map_err(|e| e.to_string())
     }
 }

@@ -22,6 +22,9 @@ const LOCATION_TTL: Duration = Duration::from_secs(30);
 const MAX_CACHED_CHANNELS: usize = 4_096;
 /// Deadline of a call to the coordinator on the request path.
 const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of one raw range read from an OSD during a degraded read (at
+/// most 1 MiB per call).
+const RANGE_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most cached bucket locations; the cache is cleared when it grows past this.
 const MAX_CACHED_LOCATIONS: usize = 100_000;
 
@@ -30,12 +33,27 @@ pub struct Replica {
     pub osd_id: OsdId,
     pub grpc_addr: String,
     pub extent_id: ExtentId,
+    /// Erasure-coded volumes: shard position and length.
+    pub position: u32,
+    pub size_bytes: u64,
+}
+
+/// The erasure code of the volume holding a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EcShape {
+    pub data_shards: u32,
+    pub parity_shards: u32,
+    /// The bucket's own data shard.
+    pub position: u32,
 }
 
 #[derive(Debug, Clone)]
 pub struct Bucket {
     pub bucket_id: BucketId,
+    /// Replicated: the replicas of the bucket's extent. Erasure-coded: every shard of the volume.
     pub replicas: Vec<Replica>,
+    /// Set when the bucket lives in an erasure-coded volume.
+    pub ec: Option<EcShape>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,13 +89,25 @@ pub struct CellView {
 }
 
 fn bucket_of(placement: pb::BucketPlacement) -> Bucket {
+    let ec = (placement.data_shards > 0).then_some(EcShape {
+        data_shards: placement.data_shards,
+        parity_shards: placement.parity_shards,
+        position: placement.bucket_position,
+    });
     Bucket {
         bucket_id: placement.bucket_id,
         replicas: placement
             .replicas
             .into_iter()
-            .map(|r| Replica { osd_id: r.osd_id, grpc_addr: r.grpc_addr, extent_id: r.extent_id })
+            .map(|r| Replica {
+                osd_id: r.osd_id,
+                grpc_addr: r.grpc_addr,
+                extent_id: r.extent_id,
+                position: r.position,
+                size_bytes: r.size_bytes,
+            })
             .collect(),
+        ec,
     }
 }
 
@@ -214,6 +244,31 @@ impl CellView {
             }
             Err(status) => Err(ReplicaError::Failed { osd_id: replica.osd_id, addr: replica.grpc_addr.clone(), status }),
         }
+    }
+
+    /// Reads raw bytes `[offset, offset + len)` of a sealed or parity extent
+    /// (degraded reads). Checked only by what is built from them.
+    pub async fn read_range(&self, replica: &Replica, offset: u64, len: usize) -> Result<Bytes, ReplicaError> {
+        let failed = |status: tonic::Status| ReplicaError::Failed {
+            osd_id: replica.osd_id,
+            addr: replica.grpc_addr.clone(),
+            status,
+        };
+        let mut client = self.osd(replica)?;
+        let mut request = tonic::Request::new(pb::ReadRangeRequest {
+            extent_id: replica.extent_id,
+            offset,
+            length: len as u64,
+            osd_id: replica.osd_id,
+        });
+        request.set_timeout(RANGE_READ_TIMEOUT);
+        let mut stream = client.read_range(request).await.map_err(failed)?.into_inner();
+        let mut body = BodyCollector::new(len as u64);
+        while let Some(message) = stream.message().await.map_err(failed)? {
+            body.push(&message.chunk).map_err(failed)?;
+        }
+        let received = body.received_bytes();
+        body.finish().map_err(|_| ReplicaError::WrongLength { osd_id: replica.osd_id, got: received, expected: len as u64 })
     }
 
     /// Reads the record of `key` from one replica; `expected_bytes` bounds

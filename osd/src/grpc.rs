@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status, Streaming};
 use pocket_transport::{authorize, Role, RoleGate};
 
 use crate::config::OsdConfig;
-use crate::store::{AppendOutcome, Store, StoreError};
+use crate::store::{AppendOutcome, Store, StoreError, WholeKind};
 
 /// Smallest extent the coordinator may ask for: room for a header and a record.
 const MIN_EXTENT_SIZE_BYTES: u64 = 64 * 1024;
@@ -25,6 +25,9 @@ const MAX_READ_STREAM_DURATION: std::time::Duration = std::time::Duration::from_
 const MAX_STATUS_BATCH: usize = 10_000;
 /// Most keys one Has call may ask about.
 const MAX_HAS_BATCH: usize = 10_000;
+/// Largest whole extent WriteExtent accepts: the largest extent, plus as
+/// much again for its footer (an index entry is smaller than a record).
+const MAX_WHOLE_EXTENT_BYTES: u64 = 2 * MAX_EXTENT_SIZE_BYTES;
 
 pub struct OsdService {
     osd_id: u64,
@@ -84,6 +87,13 @@ fn status_of(error: StoreError) -> Status {
         StoreError::Poisoned(_) => Status::unavailable(message),
         StoreError::Corrupt { .. } => Status::data_loss(message),
         StoreError::ShuttingDown => Status::unavailable(message),
+        StoreError::OutOfRange { .. } => Status::out_of_range(message),
+        StoreError::NotSealed(_) => Status::failed_precondition(message),
+        StoreError::WholeLength { .. } => Status::invalid_argument(message),
+        StoreError::WholeHashMismatch(_) | StoreError::InvalidWhole { .. } => Status::data_loss(message),
+        StoreError::ContentConflict(_) | StoreError::ExtentFileExists { .. } => Status::already_exists(message),
+        StoreError::WriteInProgress(_) => Status::aborted(message),
+        StoreError::NoSpace { .. } => Status::resource_exhausted(message),
         _ => {
             tracing::error!(error = %message, "OSD store failure");
             Status::internal(message)
@@ -99,6 +109,22 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> +
 }
 
 type ReadStream = Pin<Box<dyn Stream<Item = Result<pb::ReadResponse, Status>> + Send>>;
+type ReadRangeStream = Pin<Box<dyn Stream<Item = Result<pb::ReadRangeResponse, Status>> + Send>>;
+
+fn whole_kind(kind: i32) -> Result<WholeKind, Status> {
+    match pb::ExtentKind::try_from(kind) {
+        Ok(pb::ExtentKind::Data) => Ok(WholeKind::Data),
+        Ok(pb::ExtentKind::Parity) => Ok(WholeKind::Parity),
+        _ => Err(Status::invalid_argument("extent kind must be DATA or PARITY")),
+    }
+}
+
+fn kind_of(kind: WholeKind) -> pb::ExtentKind {
+    match kind {
+        WholeKind::Data => pb::ExtentKind::Data,
+        WholeKind::Parity => pb::ExtentKind::Parity,
+    }
+}
 
 #[tonic::async_trait]
 impl pb::osd_server::Osd for OsdService {
@@ -248,6 +274,120 @@ impl pb::osd_server::Osd for OsdService {
             });
         }
         Ok(Response::new(pb::ExtentStatusResponse { extents }))
+    }
+
+    type ReadRangeStream = ReadRangeStream;
+
+    async fn read_range(&self, request: Request<pb::ReadRangeRequest>) -> Result<Response<ReadRangeStream>, Status> {
+        authorize(&request, &[Role::Frontend, Role::Coordinator])?;
+        let request = request.into_inner();
+        self.check_addressee(request.osd_id)?;
+        let store = self.store.clone();
+        let id = request.extent_id;
+        let source = blocking(move || store.range_source(id)).await?;
+        let end = request
+            .offset
+            .checked_add(request.length)
+            .filter(|&end| end <= source.size_bytes())
+            .ok_or_else(|| {
+                Status::out_of_range(format!("range lies outside the extent's {} bytes", source.size_bytes()))
+            })?;
+        metrics::counter!("pocket_osd_range_reads_total").increment(1);
+        metrics::counter!("pocket_osd_range_read_bytes_total").increment(request.length);
+        // One chunk read at a time, when the reader asks for it: memory per
+        // stream is one chunk whatever the range.
+        let chunks = futures::stream::unfold((source, request.offset), move |(source, at)| async move {
+            if at >= end {
+                return None;
+            }
+            let len = (end - at).min(pocket_proto::CHUNK_SIZE_BYTES as u64) as usize;
+            let reader = source.clone();
+            let read = tokio::task::spawn_blocking(move || reader.read(at, len))
+                .await
+                .map_err(|e| Status::internal(format!("store task failed: {e}")))
+                .and_then(|result| result.map_err(status_of));
+            match read {
+                Ok(chunk) => Some((Ok(pb::ReadRangeResponse { chunk }), (source, at + len as u64))),
+                Err(status) => Some((Err(status), (source, end))),
+            }
+        });
+        Ok(Response::new(Box::pin(chunks)))
+    }
+
+    async fn write_extent(
+        &self,
+        request: Request<Streaming<pb::WriteExtentRequest>>,
+    ) -> Result<Response<pb::WriteExtentResponse>, Status> {
+        authorize(&request, &[Role::Coordinator])?;
+        let mut stream = request.into_inner();
+        let header = match pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
+            Some(pb::WriteExtentRequest { part: Some(pb::write_extent_request::Part::Header(header)) }) => header,
+            Some(_) => return Err(Status::invalid_argument("the first message of a whole-extent write must be its header")),
+            None => return Err(Status::invalid_argument("empty whole-extent write")),
+        };
+        self.check_addressee(header.osd_id)?;
+        let kind = whole_kind(header.kind)?;
+        if header.size_bytes > MAX_WHOLE_EXTENT_BYTES {
+            return Err(Status::invalid_argument(format!("an extent of {} bytes is too large", header.size_bytes)));
+        }
+        let store = self.store.clone();
+        let (id, size) = (header.extent_id, header.size_bytes);
+        let mut write = blocking(move || store.begin_whole_write(id, kind, size)).await?;
+        let mut blake3: Option<[u8; 32]> = None;
+        while let Some(message) = pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
+            match message.part {
+                Some(pb::write_extent_request::Part::Chunk(chunk)) if blake3.is_none() => {
+                    let (back, result) = tokio::task::spawn_blocking(move || {
+                        let result = write.write(&chunk);
+                        (write, result)
+                    })
+                    .await
+                    .map_err(|e| Status::internal(format!("store task failed: {e}")))?;
+                    result.map_err(status_of)?;
+                    write = back;
+                }
+                Some(pb::write_extent_request::Part::Blake3(hash)) if blake3.is_none() => {
+                    blake3 = Some(
+                        hash.as_ref().try_into().map_err(|_| Status::invalid_argument("blake3 must be 32 bytes"))?,
+                    );
+                }
+                _ => return Err(Status::invalid_argument("chunks, then one blake3, may follow the header")),
+            }
+        }
+        let blake3 = blake3.ok_or_else(|| Status::invalid_argument("a whole-extent write must end with its blake3"))?;
+        let store = self.store.clone();
+        let already_present = blocking(move || store.finish_whole_write(write, blake3)).await?;
+        metrics::counter!("pocket_osd_whole_writes_total").increment(1);
+        Ok(Response::new(pb::WriteExtentResponse { already_present }))
+    }
+
+    async fn verify_extent(
+        &self,
+        request: Request<pb::VerifyExtentRequest>,
+    ) -> Result<Response<pb::VerifyExtentResponse>, Status> {
+        authorize(&request, &[Role::Coordinator])?;
+        let request = request.into_inner();
+        self.check_addressee(request.osd_id)?;
+        let store = self.store.clone();
+        let info = blocking(move || store.verify_whole(request.extent_id)).await?;
+        Ok(Response::new(pb::VerifyExtentResponse {
+            kind: kind_of(info.kind) as i32,
+            size_bytes: info.size_bytes,
+            blake3: Bytes::copy_from_slice(&info.blake3),
+            record_count: info.record_count,
+        }))
+    }
+
+    async fn delete_extent(
+        &self,
+        request: Request<pb::DeleteExtentRequest>,
+    ) -> Result<Response<pb::DeleteExtentResponse>, Status> {
+        authorize(&request, &[Role::Coordinator])?;
+        let request = request.into_inner();
+        self.check_addressee(request.osd_id)?;
+        let store = self.store.clone();
+        let existed = blocking(move || store.delete_whole(request.extent_id)).await?;
+        Ok(Response::new(pb::DeleteExtentResponse { existed }))
     }
 }
 

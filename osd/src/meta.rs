@@ -251,6 +251,59 @@ pub fn load_records(db: &DB, id: ExtentId) -> Result<(Vec<(Key, RecordLocation)>
     Ok((out, undecodable))
 }
 
+/// Key prefix of parity extents: `p` + extent_id (u64 BE).
+pub const PARITY_PREFIX: u8 = b'p';
+const PARITY_META_VERSION: u8 = 1;
+const PARITY_META_LEN: usize = 1 + 8 + 32;
+
+pub fn parity_key(id: ExtentId) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = PARITY_PREFIX;
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// What RocksDB remembers about a parity extent: its length and the BLAKE3
+/// of its bytes (parity has no per-record checksums of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParityMeta {
+    pub size_bytes: u64,
+    pub blake3: [u8; 32],
+}
+
+impl ParityMeta {
+    pub fn encode(&self) -> [u8; PARITY_META_LEN] {
+        let mut b = [0u8; PARITY_META_LEN];
+        b[0] = PARITY_META_VERSION;
+        b[1..9].copy_from_slice(&self.size_bytes.to_le_bytes());
+        b[9..].copy_from_slice(&self.blake3);
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Option<ParityMeta> {
+        if b.len() != PARITY_META_LEN || b[0] != PARITY_META_VERSION {
+            return None;
+        }
+        Some(ParityMeta { size_bytes: u64::from_le_bytes(b[1..9].try_into().ok()?), blake3: b[9..].try_into().ok()? })
+    }
+}
+
+/// Every parity entry; undecodable values come back as `None`.
+pub fn load_parity_metas(db: &DB) -> Result<Vec<(ExtentId, Option<ParityMeta>)>, rocksdb::Error> {
+    let mut out = Vec::new();
+    for item in db.iterator(IteratorMode::From(&[PARITY_PREFIX], Direction::Forward)) {
+        let (k, v) = item?;
+        if k.first() != Some(&PARITY_PREFIX) {
+            break;
+        }
+        if k.len() == 9 {
+            let id = u64::from_be_bytes(k[1..9].try_into().expect("9-byte key"));
+            out.push((id, ParityMeta::decode(&v)));
+        }
+    }
+    Ok(out)
+}
+
 /// Adds to `batch` the deletion of an extent's entry and all its record entries.
 pub fn delete_extent(batch: &mut rocksdb::WriteBatch, id: ExtentId) {
     batch.delete(extent_key(id));
@@ -277,6 +330,13 @@ mod tests {
         bad[0] = 9;
         assert_eq!(ExtentMeta::decode(&bad), None);
         assert_eq!(ExtentMeta::decode(&m.encode()[..10]), None);
+    }
+
+    #[test]
+    fn parity_meta_round_trips() {
+        let m = ParityMeta { size_bytes: 1 << 30, blake3: [7; 32] };
+        assert_eq!(ParityMeta::decode(&m.encode()), Some(m));
+        assert_eq!(ParityMeta::decode(&m.encode()[..9]), None);
     }
 
     #[test]

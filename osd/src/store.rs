@@ -42,6 +42,9 @@ use crate::extent::{
 };
 use crate::meta::{self, ExtentMeta, ExtentState, Lookup, RecordLocation, RecordStats};
 
+mod whole;
+pub use whole::{RangeSource, WholeInfo, WholeKind, WholeWrite, PARITY_DIR};
+
 /// Name of the identity file at the root of every disk.
 pub const DISK_IDENTITY_FILE: &str = "POCKET_DISK";
 /// First line of the identity file.
@@ -182,6 +185,22 @@ pub enum StoreError {
     Meta(#[from] rocksdb::Error),
     #[error("the store is shutting down")]
     ShuttingDown,
+    #[error("range of {len} bytes at {offset} lies outside the extent's {size_bytes} bytes")]
+    OutOfRange { offset: u64, len: u64, size_bytes: u64 },
+    #[error("extent {0} is not sealed")]
+    NotSealed(ExtentId),
+    #[error("extent {extent}: expected {expected} bytes, received {got}")]
+    WholeLength { extent: ExtentId, expected: u64, got: u64 },
+    #[error("extent {0}: the bytes do not hash to the BLAKE3 given")]
+    WholeHashMismatch(ExtentId),
+    #[error("extent {0} already exists with other content or of another kind")]
+    ContentConflict(ExtentId),
+    #[error("extent {0} is already being written")]
+    WriteInProgress(ExtentId),
+    #[error("no disk has room: {needed_bytes} bytes needed, {free_bytes} free")]
+    NoSpace { needed_bytes: u64, free_bytes: u64 },
+    #[error("extent {extent} is not a valid sealed extent: {detail}")]
+    InvalidWhole { extent: ExtentId, detail: String },
 }
 
 fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> StoreError {
@@ -211,7 +230,11 @@ struct Inner {
     opts: StoreOptions,
     disks: Vec<Disk>,
     extents: RwLock<HashMap<ExtentId, Arc<Extent>>>,
-    /// Serialises `create_extent` (blocking, rare).
+    /// Parity extents (erasure coding; `whole.rs`).
+    parity: RwLock<HashMap<ExtentId, Arc<whole::ParityExtent>>>,
+    /// Ids of whole extents being received.
+    whole_writes: Mutex<HashSet<ExtentId>>,
+    /// Serialises `create_extent`, whole-extent loading and deletion (blocking, rare).
     create_lock: Mutex<()>,
     read_budget: Arc<Semaphore>,
 }
@@ -274,8 +297,8 @@ impl Extent {
     }
 }
 
-/// A disk after `open_disk` and recovery: its uuid, database and extents.
-type OpenedDisk = (u128, DB, Vec<Extent>);
+/// A disk after `open_disk` and recovery: its uuid, database, extents and parity extents.
+type OpenedDisk = (u128, DB, Vec<Extent>, Vec<(ExtentId, whole::ParityExtent)>);
 
 enum Request {
     Append { extent: Arc<Extent>, key: Key, data: Bytes, resp: AppendResponder },
@@ -311,14 +334,23 @@ impl Store {
                     scope.spawn(move || {
                         let (uuid, db) = open_disk(dir)?;
                         let recovered = recover_disk(index, dir, &db)?;
-                        Ok((uuid, db, recovered))
+                        let parity = whole::recover_parity(index, dir, &db)?;
+                        Ok((uuid, db, recovered, parity))
                     })
                 })
                 .collect();
             workers.into_iter().map(|w| w.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))).collect()
         });
+        let mut parity_extents: HashMap<ExtentId, Arc<whole::ParityExtent>> = HashMap::new();
         for (dir, result) in disk_dirs.iter().zip(opened) {
-            let (uuid, db, recovered) = result?;
+            let (uuid, db, recovered, parity) = result?;
+            for (id, p) in parity {
+                if extents.contains_key(&id) || parity_extents.contains_key(&id) {
+                    error!(extent = id, disk = %dir.display(), "parity extent id is taken by another extent of this OSD; ignoring this copy");
+                    continue;
+                }
+                parity_extents.insert(id, Arc::new(p));
+            }
             for ext in recovered {
                 if extents.contains_key(&ext.id) {
                     error!(extent = ext.id, disk = %dir.display(), "extent exists on two disks of this OSD; serving the first copy, ignoring this one");
@@ -350,6 +382,8 @@ impl Store {
                 opts,
                 disks,
                 extents: RwLock::new(extents),
+                parity: RwLock::new(parity_extents),
+                whole_writes: Mutex::new(HashSet::new()),
                 create_lock: Mutex::new(()),
                 read_budget: Arc::new(Semaphore::new(READ_BUFFER_BUDGET_BYTES)),
             }),
@@ -369,6 +403,9 @@ impl Store {
             return Err(StoreError::BadMaxSize { extent: id, max_size_bytes });
         }
         let _creating = lock(&self.inner.create_lock);
+        if self.parity_extent(id).is_some() {
+            return Err(StoreError::ContentConflict(id));
+        }
         if let Ok(existing) = self.extent(id) {
             if existing.max_size_bytes == max_size_bytes {
                 return Ok(());
@@ -545,7 +582,17 @@ impl Store {
         }
     }
 
+    /// An extent's state; a parity extent shows as sealed, with no records.
     pub fn extent_info(&self, id: ExtentId) -> Result<Option<ExtentInfo>, StoreError> {
+        if let Some(parity) = self.parity_extent(id) {
+            return Ok(Some(ExtentInfo {
+                id,
+                sealed: true,
+                size_bytes: parity.size_bytes,
+                record_count: 0,
+                max_size_bytes: parity.size_bytes,
+            }));
+        }
         Ok(self.extent(id).ok().map(|e| e.info()))
     }
 
@@ -557,10 +604,10 @@ impl Store {
         out
     }
 
-    /// Bytes held by extent files.
+    /// Bytes held by extent files, parity extents included.
     pub fn used_bytes(&self) -> u64 {
         let map = self.inner.extents.read().unwrap_or_else(|p| p.into_inner());
-        map.values().map(|e| e.snapshot().size_bytes).sum()
+        map.values().map(|e| e.snapshot().size_bytes).sum::<u64>() + self.parity_bytes()
     }
 
     /// Total size of the filesystems holding the disks (each filesystem

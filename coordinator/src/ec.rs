@@ -1,0 +1,655 @@
+//! Erasure coding of closed volumes (ADR 0005): plan, encode, verify,
+//! switch, retire — each step recorded in the cell database, each idempotent.
+//!
+//! 1. **Plan** (one transaction): k closed replicated volumes move to
+//!    `encoding`; a new erasure-coded volume in `building` gets a layout of
+//!    k + m OSDs in distinct failure domains. A data shard goes, when it can,
+//!    to an OSD already holding a replica of its bucket (nothing to copy).
+//! 2. **Encode**: every source replica is verified by its OSD (each record
+//!    against its key); then the k sources are streamed stripe by stripe,
+//!    parity computed ([`pocket_erasure::StripeEncoder`]), data shards copied
+//!    and parity shards written; each target checks the BLAKE3 of what it got
+//!    (a data copy must hash like its verified source) before it syncs and
+//!    keeps it. Then every written shard is read back and verified by its OSD.
+//! 3. **Switch** (one transaction): buckets move to the new volume, which
+//!    becomes `ec`; the sources become `retiring`.
+//! 4. **Retire**: the replicas of retiring volumes are deleted, one row at a
+//!    time after the OSD confirmed; then the volume is `retired`.
+//!
+//! A crash anywhere leaves a `building` volume, which the next pass encodes
+//! again from the start (targets answer "already present" for shards they
+//! hold whole), or, after `max_attempts` failures, abandons: its sources go
+//! back to `closed` and its shards are deleted as garbage — never a copy an
+//! `extents` row names.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use pocket_erasure::{Codec, StripeEncoder};
+use pocket_proto::{pb, ExtentId, OsdId, VolumeId};
+use rand::seq::SliceRandom;
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+
+use crate::cell::{Cell, CellError};
+use crate::db::{EcVolume, OsdRow, PlannedData, VolumeKind, VolumeRow, VolumeState};
+
+/// Bytes asked of a source OSD per ReadRange call: long reads are split so
+/// that none comes near the OSD's per-request time limit.
+const READ_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
+/// Messages buffered towards each target OSD.
+const SINK_QUEUE_MESSAGES: usize = 4;
+/// Deadline of a whole-extent verification (reads and hashes the extent).
+const VERIFY_TIMEOUT: Duration = Duration::from_secs(300);
+
+type OsdClient = pb::osd_client::OsdClient<Channel>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EncodeError {
+    #[error("OSD {0} is not alive")]
+    OsdDead(OsdId),
+    #[error("OSD {osd_id}, extent {extent_id}: {status}")]
+    Osd { osd_id: OsdId, extent_id: ExtentId, status: tonic::Status },
+    #[error("OSD {osd_id}, extent {extent_id}: {detail}")]
+    Mismatch { osd_id: OsdId, extent_id: ExtentId, detail: String },
+    #[error(transparent)]
+    Erasure(#[from] pocket_erasure::ErasureError),
+    #[error("layout of volume {0} is malformed")]
+    BadLayout(VolumeId),
+}
+
+/// A replica of a closed volume that could become a data shard.
+#[derive(Debug, Clone)]
+pub struct SourceVolume {
+    pub volume_id: VolumeId,
+    pub bucket_id: u64,
+    pub extent_id: ExtentId,
+    /// (OSD, sealed size) of each replica.
+    pub replicas: Vec<(OsdId, u64)>,
+}
+
+/// Chooses the layout of an erasure-coded volume over `sources` (k of them)
+/// with `parity` parity shards: k + m alive OSDs in distinct failure
+/// domains. A data shard stays on an OSD holding a replica of its bucket
+/// when one is free; copies `excluded` (garbage of an abandoned attempt not
+/// yet deleted) are never targets. Ties are broken by `rng`.
+pub fn place_ec(
+    rng: &mut impl rand::Rng,
+    sources: &[SourceVolume],
+    parity: usize,
+    alive: &HashMap<OsdId, OsdRow>,
+    excluded: &HashSet<(ExtentId, OsdId)>,
+) -> Option<(Vec<PlannedData>, Vec<OsdId>)> {
+    let mut used_domains: HashSet<&str> = HashSet::new();
+    let mut used_osds: HashSet<OsdId> = HashSet::new();
+    let mut planned: Vec<Option<PlannedData>> = vec![None; sources.len()];
+    // Keep data in place where possible.
+    for (i, source) in sources.iter().enumerate() {
+        let mut replicas: Vec<&(OsdId, u64)> = source
+            .replicas
+            .iter()
+            .filter(|(osd, _)| alive.contains_key(osd) && !excluded.contains(&(source.extent_id, *osd)))
+            .collect();
+        replicas.shuffle(rng);
+        let chosen = replicas.into_iter().find(|(osd, _)| {
+            !used_osds.contains(osd) && !used_domains.contains(alive[osd].failure_domain.as_str())
+        });
+        if let Some(&(osd, size)) = chosen {
+            used_osds.insert(osd);
+            used_domains.insert(alive[&osd].failure_domain.as_str());
+            planned[i] = Some(PlannedData {
+                volume_id: source.volume_id,
+                bucket_id: source.bucket_id,
+                extent_id: source.extent_id,
+                size_bytes: size,
+                target_osd_id: osd,
+                source_osd_id: osd,
+            });
+        }
+    }
+    // The rest, least used first.
+    let mut pool: Vec<&OsdRow> = alive.values().collect();
+    pool.sort_by_key(|osd| osd.osd_id);
+    pool.shuffle(rng);
+    pool.sort_by_key(|osd| osd.used_bytes >> 30);
+    let mut take = |extent: Option<ExtentId>, used_domains: &mut HashSet<&str>| -> Option<OsdId> {
+        let osd = pool.iter().find(|osd| {
+            !used_osds.contains(&osd.osd_id)
+                && !used_domains.contains(osd.failure_domain.as_str())
+                && extent.is_none_or(|e| !excluded.contains(&(e, osd.osd_id)))
+        })?;
+        used_osds.insert(osd.osd_id);
+        Some(osd.osd_id)
+    };
+    for (i, source) in sources.iter().enumerate() {
+        if planned[i].is_some() {
+            continue;
+        }
+        let mut replicas: Vec<&(OsdId, u64)> = source.replicas.iter().filter(|(osd, _)| alive.contains_key(osd)).collect();
+        replicas.shuffle(rng);
+        let &(source_osd, size) = *replicas.first()?;
+        let target = take(Some(source.extent_id), &mut used_domains)?;
+        used_domains.insert(domain_of(alive, target));
+        // An OSD holding a replica of this bucket is its own source.
+        let source_osd_id = if source.replicas.iter().any(|(osd, _)| *osd == target) { target } else { source_osd };
+        let size_bytes = source.replicas.iter().find(|(osd, _)| *osd == source_osd_id).map_or(size, |(_, s)| *s);
+        planned[i] = Some(PlannedData {
+            volume_id: source.volume_id,
+            bucket_id: source.bucket_id,
+            extent_id: source.extent_id,
+            size_bytes,
+            target_osd_id: target,
+            source_osd_id,
+        });
+    }
+    let mut parity_osds = Vec::with_capacity(parity);
+    for _ in 0..parity {
+        let osd = take(None, &mut used_domains)?;
+        used_domains.insert(domain_of(alive, osd));
+        parity_osds.push(osd);
+    }
+    Some((planned.into_iter().collect::<Option<Vec<_>>>()?, parity_osds))
+}
+
+fn domain_of(alive: &HashMap<OsdId, OsdRow>, osd: OsdId) -> &str {
+    alive.get(&osd).map_or("", |row| row.failure_domain.as_str())
+}
+
+impl Cell {
+    /// Runs erasure-coding passes until `stop`.
+    pub async fn ec_loop(self, mut stop: watch::Receiver<bool>) {
+        let tick = Duration::from_millis(self.config().erasure.tick_interval_ms);
+        loop {
+            // A pass may be stopped anywhere: every step it takes is recorded
+            // and resumable, and a shard not yet acknowledged is discarded.
+            tokio::select! {
+                result = self.ec_pass() => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "erasure-coding pass failed; retrying next tick");
+                    }
+                }
+                _ = stop.changed() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(tick) => {}
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// One pass: resume volumes being built, retire switched replicas,
+    /// delete garbage of abandoned volumes, plan and build new volumes.
+    pub async fn ec_pass(&self) -> Result<(), CellError> {
+        let db = self.db().clone();
+        let osds = db.list_osds().await?;
+        let alive = self.alive(&osds);
+        for volume in db.ec_volumes_in_state(VolumeState::Building).await? {
+            self.build(volume, &alive).await?;
+        }
+        for volume in db.volumes_in_state(VolumeState::Retiring).await? {
+            self.retire(volume, &alive).await?;
+        }
+        self.collect_abandoned(&alive).await?;
+        if self.config().erasure.enabled {
+            while let Some(volume_id) = self.plan(&alive).await? {
+                let Some(volume) = db.ec_volume(volume_id).await? else { break };
+                if !self.build(volume, &alive).await? {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Plans one erasure-coded volume if k closed volumes wait for one.
+    async fn plan(&self, alive: &HashMap<OsdId, OsdRow>) -> Result<Option<VolumeId>, CellError> {
+        let ec = &self.config().erasure;
+        let (k, m) = (ec.data_shards as usize, ec.parity_shards as usize);
+        let db = self.db();
+        let closed: Vec<VolumeRow> = db
+            .volumes_in_state(VolumeState::Closed)
+            .await?
+            .into_iter()
+            .filter(|v| v.kind == VolumeKind::Replicated && v.buckets.len() == 1)
+            .collect();
+        if closed.len() < k {
+            return Ok(None);
+        }
+        let excluded: HashSet<(ExtentId, OsdId)> =
+            db.abandoned_layout().await?.into_iter().map(|(_, row)| (row.extent_id, row.osd_id)).collect();
+        let sources: Vec<SourceVolume> = closed
+            .iter()
+            .filter(|v| v.extents.iter().any(|e| alive.contains_key(&e.osd_id)))
+            .take(k)
+            .map(|v| SourceVolume {
+                volume_id: v.volume_id,
+                bucket_id: v.buckets[0],
+                extent_id: v.extents[0].extent_id,
+                replicas: v.extents.iter().map(|e| (e.osd_id, e.sealed_size_bytes)).collect(),
+            })
+            .collect();
+        if sources.len() < k {
+            return Ok(None);
+        }
+        let placed = {
+            let mut rng = self.rng();
+            place_ec(&mut *rng, &sources, m, alive, &excluded)
+        };
+        let Some((data, parity)) = placed else {
+            tracing::warn!(k, m, alive = alive.len(), "closed volumes wait for erasure coding: too few failure domains alive");
+            return Ok(None);
+        };
+        let volume_id = db.plan_ec_volume(&data, &parity).await?;
+        if let Some(id) = volume_id {
+            tracing::info!(
+                volume_id = id,
+                sources = ?data.iter().map(|d| d.volume_id).collect::<Vec<_>>(),
+                osds = ?data.iter().map(|d| d.target_osd_id).chain(parity.iter().copied()).collect::<Vec<_>>(),
+                "planned erasure-coded volume"
+            );
+        }
+        Ok(volume_id)
+    }
+
+    /// Encodes, verifies and switches `volume`; on failure counts an attempt
+    /// and abandons the volume after too many. Returns whether it switched.
+    async fn build(&self, volume: EcVolume, alive: &HashMap<OsdId, OsdRow>) -> Result<bool, CellError> {
+        let started = Instant::now();
+        match self.encode(&volume, alive).await {
+            Ok(encoded_bytes) => {
+                if self.db().switch_to_ec(&volume).await? {
+                    let seconds = started.elapsed().as_secs_f64();
+                    tracing::info!(
+                        volume_id = volume.volume_id,
+                        encoded_bytes,
+                        seconds,
+                        mib_per_sec = encoded_bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9),
+                        "volume erasure-coded and switched"
+                    );
+                    metrics::counter!("pocket_coordinator_ec_volumes_built_total").increment(1);
+                    metrics::counter!("pocket_coordinator_ec_encoded_bytes_total").increment(encoded_bytes);
+                    metrics::counter!("pocket_coordinator_ec_encode_seconds_total").increment(seconds.ceil() as u64);
+                }
+                self.forget_attempts(volume.volume_id);
+                Ok(true)
+            }
+            Err(e) => {
+                let attempts = self.count_attempt(volume.volume_id);
+                tracing::warn!(volume_id = volume.volume_id, attempts, error = %e, "erasure coding attempt failed");
+                metrics::counter!("pocket_coordinator_ec_failed_attempts_total").increment(1);
+                if attempts >= self.config().erasure.max_attempts && self.db().abandon_ec(&volume).await? {
+                    tracing::warn!(volume_id = volume.volume_id, "abandoned erasure-coded volume; its sources stay replicated");
+                    self.forget_attempts(volume.volume_id);
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    fn client_of(&self, alive: &HashMap<OsdId, OsdRow>, osd_id: OsdId) -> Result<OsdClient, EncodeError> {
+        let osd = alive.get(&osd_id).ok_or(EncodeError::OsdDead(osd_id))?;
+        self.osd_client(osd_id, &osd.grpc_addr)
+            .map(|c| c.max_decoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES))
+            .ok_or(EncodeError::OsdDead(osd_id))
+    }
+
+    async fn verify(&self, alive: &HashMap<OsdId, OsdRow>, osd_id: OsdId, extent_id: ExtentId) -> Result<pb::VerifyExtentResponse, EncodeError> {
+        let mut client = self.client_of(alive, osd_id)?;
+        let mut request = tonic::Request::new(pb::VerifyExtentRequest { extent_id, osd_id });
+        request.set_timeout(VERIFY_TIMEOUT);
+        client
+            .verify_extent(request)
+            .await
+            .map(tonic::Response::into_inner)
+            .map_err(|status| EncodeError::Osd { osd_id, extent_id, status })
+    }
+
+    /// Steps 2 of the module docs. Returns the bytes of parity written.
+    async fn encode(&self, volume: &EcVolume, alive: &HashMap<OsdId, OsdRow>) -> Result<u64, EncodeError> {
+        let (k, m) = (volume.data_count as usize, volume.parity_count as usize);
+        if volume.layout.len() != k + m || volume.layout.iter().enumerate().any(|(i, row)| row.position as usize != i) {
+            return Err(EncodeError::BadLayout(volume.volume_id));
+        }
+        let (data_rows, parity_rows) = volume.layout.split_at(k);
+        // Every source replica, checked record by record by its OSD.
+        let verified = futures::future::join_all(data_rows.iter().map(|row| async move {
+            let source = row.source_osd_id.ok_or(EncodeError::BadLayout(volume.volume_id))?;
+            let info = self.verify(alive, source, row.extent_id).await?;
+            if info.size_bytes != row.size_bytes {
+                return Err(EncodeError::Mismatch {
+                    osd_id: source,
+                    extent_id: row.extent_id,
+                    detail: format!("holds {} bytes, the plan says {}", info.size_bytes, row.size_bytes),
+                });
+            }
+            let hash: [u8; 32] = info.blake3.as_ref().try_into().map_err(|_| EncodeError::Mismatch {
+                osd_id: source,
+                extent_id: row.extent_id,
+                detail: "verify returned no BLAKE3".into(),
+            })?;
+            Ok::<_, EncodeError>((source, hash))
+        }))
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()?;
+
+        let codec = Arc::new(Codec::new(k, m)?);
+        let sizes: Vec<u64> = data_rows.iter().map(|row| row.size_bytes).collect();
+        let mut encoder = StripeEncoder::new(codec, sizes, self.config().erasure.stripe_bytes as usize)?;
+        let shard_len = encoder.shape().shard_len();
+        let mut sources = Vec::with_capacity(k);
+        for (row, (source, _)) in data_rows.iter().zip(&verified) {
+            sources.push(SourceReader::new(self.client_of(alive, *source)?, *source, row.extent_id, row.size_bytes));
+        }
+        // Data shards whose target is not their source are copied.
+        let mut data_sinks: Vec<Option<WholeSink>> = Vec::with_capacity(k);
+        for (row, (source, _)) in data_rows.iter().zip(&verified) {
+            data_sinks.push(if row.osd_id == *source {
+                None
+            } else {
+                let client = self.client_of(alive, row.osd_id)?;
+                Some(WholeSink::open(client, row.osd_id, row.extent_id, pb::ExtentKind::Data, row.size_bytes).await?)
+            });
+        }
+        let mut parity_sinks = Vec::with_capacity(m);
+        for row in parity_rows {
+            let client = self.client_of(alive, row.osd_id)?;
+            parity_sinks.push(WholeSink::open(client, row.osd_id, row.extent_id, pb::ExtentKind::Parity, shard_len).await?);
+        }
+        while let Some(stripe) = encoder.next_stripe() {
+            let shape = encoder.shape().clone();
+            let pieces = futures::future::try_join_all(
+                sources.iter_mut().enumerate().map(|(i, source)| source.take(shape.stored_len(i, stripe.offset, stripe.len))),
+            )
+            .await?;
+            let parity = tokio::task::block_in_place(|| encoder.encode_next(&pieces))?;
+            for (sink, piece) in data_sinks.iter_mut().zip(&pieces) {
+                if let Some(sink) = sink {
+                    sink.send(piece).await?;
+                }
+            }
+            for (sink, piece) in parity_sinks.iter_mut().zip(&parity) {
+                sink.send(piece).await?;
+            }
+        }
+        let parity_hashes = encoder.finish().ok_or(EncodeError::BadLayout(volume.volume_id))?;
+        // The bytes the parity was computed from are the bytes each source
+        // verified: otherwise a shard kept in place would not match its parity.
+        for (source, (osd_id, hash)) in sources.iter().zip(&verified) {
+            if source.streamed_hash() != *hash {
+                return Err(EncodeError::Mismatch {
+                    osd_id: *osd_id,
+                    extent_id: source.extent_id,
+                    detail: "streamed other bytes than it verified".into(),
+                });
+            }
+        }
+        let mut expected: Vec<(OsdId, ExtentId, u64, [u8; 32])> = Vec::new();
+        let mut finishing = Vec::new();
+        for ((sink, row), (_, hash)) in data_sinks.into_iter().zip(data_rows).zip(&verified) {
+            if let Some(sink) = sink {
+                finishing.push(sink.finish(*hash));
+                expected.push((row.osd_id, row.extent_id, row.size_bytes, *hash));
+            }
+        }
+        for ((sink, row), hash) in parity_sinks.into_iter().zip(parity_rows).zip(&parity_hashes) {
+            finishing.push(sink.finish(*hash));
+            expected.push((row.osd_id, row.extent_id, shard_len, *hash));
+        }
+        // All at once: each target syncs and checks its shard while the others do.
+        futures::future::join_all(finishing).await.into_iter().collect::<Result<Vec<bool>, _>>()?;
+        // Read back from disk by each target before the switch.
+        let checks = futures::future::join_all(expected.iter().map(|&(osd_id, extent_id, size, hash)| async move {
+            let info = self.verify(alive, osd_id, extent_id).await?;
+            if info.size_bytes != size || info.blake3.as_ref() != hash {
+                return Err(EncodeError::Mismatch { osd_id, extent_id, detail: "reads back other bytes than were written".into() });
+            }
+            Ok(())
+        }))
+        .await;
+        checks.into_iter().collect::<Result<Vec<()>, _>>()?;
+        Ok(shard_len * m as u64)
+    }
+
+    /// Deletes the replicas of a retiring volume; retired once none is left.
+    async fn retire(&self, volume: VolumeRow, alive: &HashMap<OsdId, OsdRow>) -> Result<(), CellError> {
+        let mut left = 0;
+        for extent in &volume.extents {
+            match self.delete_on_osd(alive, extent.osd_id, extent.extent_id).await {
+                Ok(()) => self.db().delete_extent_row(volume.volume_id, extent.extent_id, extent.osd_id).await?,
+                Err(e) => {
+                    left += 1;
+                    tracing::debug!(volume_id = volume.volume_id, error = %e, "replica not deleted yet");
+                }
+            }
+        }
+        if left == 0 && self.db().transition(volume.volume_id, VolumeState::Retiring, VolumeState::Retired).await? {
+            tracing::info!(volume_id = volume.volume_id, "replicated volume retired");
+        }
+        Ok(())
+    }
+
+    /// Deletes the shards of abandoned erasure-coded volumes, except copies
+    /// an `extents` row names (a replica reused in place).
+    async fn collect_abandoned(&self, alive: &HashMap<OsdId, OsdRow>) -> Result<(), CellError> {
+        for (volume_id, row) in self.db().abandoned_layout().await? {
+            if self.db().extent_is_live(row.extent_id, row.osd_id).await? {
+                self.db().delete_layout_row(volume_id, row.position).await?;
+                continue;
+            }
+            match self.delete_on_osd(alive, row.osd_id, row.extent_id).await {
+                Ok(()) => self.db().delete_layout_row(volume_id, row.position).await?,
+                Err(e) => tracing::debug!(volume_id, error = %e, "abandoned shard not deleted yet"),
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_on_osd(&self, alive: &HashMap<OsdId, OsdRow>, osd_id: OsdId, extent_id: ExtentId) -> Result<(), EncodeError> {
+        let mut client = self.client_of(alive, osd_id)?;
+        let mut request = tonic::Request::new(pb::DeleteExtentRequest { extent_id, osd_id });
+        request.set_timeout(Duration::from_secs(30));
+        client.delete_extent(request).await.map_err(|status| EncodeError::Osd { osd_id, extent_id, status })?;
+        Ok(())
+    }
+}
+
+/// The bytes of one sealed extent, read in order from its OSD.
+struct SourceReader {
+    client: OsdClient,
+    osd_id: OsdId,
+    extent_id: ExtentId,
+    size: u64,
+    requested_up_to: u64,
+    stream: Option<tonic::Streaming<pb::ReadRangeResponse>>,
+    buffer: BytesMut,
+    /// BLAKE3 of every byte handed out.
+    hasher: blake3::Hasher,
+}
+
+impl SourceReader {
+    fn new(client: OsdClient, osd_id: OsdId, extent_id: ExtentId, size: u64) -> SourceReader {
+        SourceReader {
+            client,
+            osd_id,
+            extent_id,
+            size,
+            requested_up_to: 0,
+            stream: None,
+            buffer: BytesMut::new(),
+            hasher: blake3::Hasher::new(),
+        }
+    }
+
+    fn streamed_hash(&self) -> [u8; 32] {
+        *self.hasher.finalize().as_bytes()
+    }
+
+    fn error(&self, status: tonic::Status) -> EncodeError {
+        EncodeError::Osd { osd_id: self.osd_id, extent_id: self.extent_id, status }
+    }
+
+    /// The next `len` bytes of the extent.
+    async fn take(&mut self, len: usize) -> Result<Bytes, EncodeError> {
+        while self.buffer.len() < len {
+            let message = match self.stream.as_mut() {
+                Some(stream) => stream.message().await.map_err(|status| self.error(status))?,
+                None => None,
+            };
+            match message {
+                Some(message) => self.buffer.extend_from_slice(&message.chunk),
+                None => {
+                    if self.requested_up_to >= self.size {
+                        return Err(self.error(tonic::Status::out_of_range("the extent ended early")));
+                    }
+                    let length = (self.size - self.requested_up_to).min(READ_SEGMENT_BYTES);
+                    let request = pb::ReadRangeRequest {
+                        extent_id: self.extent_id,
+                        offset: self.requested_up_to,
+                        length,
+                        osd_id: self.osd_id,
+                    };
+                    let stream = self.client.read_range(request).await.map_err(|status| self.error(status))?.into_inner();
+                    self.stream = Some(stream);
+                    self.requested_up_to += length;
+                }
+            }
+        }
+        let bytes = self.buffer.split_to(len).freeze();
+        self.hasher.update(&bytes);
+        Ok(bytes)
+    }
+}
+
+/// A whole-extent write to one OSD, fed stripe by stripe.
+struct WholeSink {
+    osd_id: OsdId,
+    extent_id: ExtentId,
+    tx: mpsc::Sender<pb::WriteExtentRequest>,
+    call: tokio::task::JoinHandle<Result<pb::WriteExtentResponse, tonic::Status>>,
+}
+
+impl WholeSink {
+    async fn open(
+        mut client: OsdClient,
+        osd_id: OsdId,
+        extent_id: ExtentId,
+        kind: pb::ExtentKind,
+        size_bytes: u64,
+    ) -> Result<WholeSink, EncodeError> {
+        let (tx, rx) = mpsc::channel(SINK_QUEUE_MESSAGES);
+        let header = pb::WriteExtentRequest {
+            part: Some(pb::write_extent_request::Part::Header(pb::WriteExtentHeader {
+                extent_id,
+                kind: kind as i32,
+                size_bytes,
+                osd_id,
+            })),
+        };
+        tx.send(header).await.map_err(|_| EncodeError::OsdDead(osd_id))?;
+        let call = tokio::spawn(async move {
+            client.write_extent(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map(tonic::Response::into_inner)
+        });
+        Ok(WholeSink { osd_id, extent_id, tx, call })
+    }
+
+    async fn send(&mut self, bytes: &Bytes) -> Result<(), EncodeError> {
+        for chunk in pocket_proto::chunks(bytes) {
+            let message = pb::WriteExtentRequest { part: Some(pb::write_extent_request::Part::Chunk(chunk)) };
+            if self.tx.send(message).await.is_err() {
+                // The call ended early: its status says why.
+                return Err(self.failure().await);
+            }
+        }
+        Ok(())
+    }
+
+    async fn failure(&mut self) -> EncodeError {
+        let status = match (&mut self.call).await {
+            Ok(Err(status)) => status,
+            Ok(Ok(_)) => tonic::Status::internal("the OSD answered before the extent was complete"),
+            Err(e) => tonic::Status::internal(format!("write task failed: {e}")),
+        };
+        EncodeError::Osd { osd_id: self.osd_id, extent_id: self.extent_id, status }
+    }
+
+    async fn finish(mut self, blake3: [u8; 32]) -> Result<bool, EncodeError> {
+        let last = pb::WriteExtentRequest {
+            part: Some(pb::write_extent_request::Part::Blake3(Bytes::copy_from_slice(&blake3))),
+        };
+        if self.tx.send(last).await.is_err() {
+            return Err(self.failure().await);
+        }
+        let (osd_id, extent_id) = (self.osd_id, self.extent_id);
+        drop(self.tx);
+        match self.call.await {
+            Ok(Ok(response)) => Ok(response.already_present),
+            Ok(Err(status)) => Err(EncodeError::Osd { osd_id, extent_id, status }),
+            Err(e) => Err(EncodeError::Osd { osd_id, extent_id, status: tonic::Status::internal(format!("write task failed: {e}")) }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::SeedableRng;
+
+    fn osds(n: u64) -> HashMap<OsdId, OsdRow> {
+        (1..=n)
+            .map(|id| {
+                let row = OsdRow {
+                    osd_id: id,
+                    grpc_addr: format!("127.0.0.1:{}", 7000 + id),
+                    failure_domain: format!("d{id}"),
+                    capacity_bytes: 1 << 40,
+                    used_bytes: 0,
+                    last_heartbeat_unix_ms: 0,
+                };
+                (id, row)
+            })
+            .collect()
+    }
+
+    fn sources(k: u64) -> Vec<SourceVolume> {
+        (0..k)
+            .map(|i| SourceVolume {
+                volume_id: 100 + i,
+                bucket_id: 100 + i,
+                extent_id: 100 + i,
+                replicas: vec![(1 + i % 9, 1000 + i), (1 + (i + 3) % 9, 1000 + i), (1 + (i + 6) % 9, 1000 + i)],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shards_land_in_distinct_domains_and_data_stays_in_place_when_it_can() {
+        let alive = osds(9);
+        for seed in 0..50 {
+            let (data, parity) = place_ec(&mut StdRng::seed_from_u64(seed), &sources(6), 3, &alive, &HashSet::new())
+                .expect("nine domains hold 6+3");
+            let all: HashSet<OsdId> = data.iter().map(|d| d.target_osd_id).chain(parity.iter().copied()).collect();
+            assert_eq!(all.len(), 9, "seed {seed}: {data:?} {parity:?}");
+            for d in &data {
+                let holds_replica = sources(6).iter().find(|s| s.volume_id == d.volume_id).expect("source").replicas.iter().any(|(o, _)| *o == d.target_osd_id);
+                assert_eq!(d.source_osd_id == d.target_osd_id, holds_replica, "{d:?}");
+            }
+            // With three replicas each over nine OSDs, most data never moves.
+            assert!(data.iter().filter(|d| d.source_osd_id == d.target_osd_id).count() >= 3, "seed {seed}: {data:?}");
+        }
+    }
+
+    #[test]
+    fn too_few_domains_or_excluded_copies_are_respected() {
+        assert!(place_ec(&mut StdRng::seed_from_u64(1), &sources(6), 3, &osds(8), &HashSet::new()).is_none());
+        // Garbage copies of extent 100 on OSDs 1 (a replica) and 2: neither may be its target.
+        let excluded: HashSet<(ExtentId, OsdId)> = [(100, 1), (100, 2)].into_iter().collect();
+        for seed in 0..50 {
+            let (data, _) = place_ec(&mut StdRng::seed_from_u64(seed), &sources(6), 3, &osds(9), &excluded).expect("placed");
+            assert!(![1, 2].contains(&data[0].target_osd_id), "seed {seed}: {:?}", data[0]);
+        }
+    }
+}

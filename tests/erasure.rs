@@ -1,0 +1,316 @@
+//! Erasure coding end to end, against real `pocket` processes: closed
+//! volumes become RS(6,3), old replicas go, overhead drops to about 1.5×;
+//! any 3 of a volume's 9 OSDs can be lost and every blob still reads back
+//! byte-identical; SIGKILLs of the coordinator and OSDs during encoding lose
+//! nothing and leave no volume half-switched.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{signal, LocalPocket, UpOptions};
+use pocket::cell_status::{CellReport, OperatorConfig};
+use pocket_proto::{pb, Key};
+use pocket_transport::Role;
+use rand::{Rng, SeedableRng};
+
+const K: usize = 6;
+const M: usize = 3;
+
+fn small_cell() -> UpOptions {
+    UpOptions {
+        osds: 9,
+        extent_size: "1MiB",
+        extra: vec!["--max-blob-size".into(), "256KiB".into(), "--ec-data".into(), "6".into(), "--ec-parity".into(), "3".into()],
+    }
+}
+
+/// The cell's state; retried for a while (the coordinator may be restarting).
+async fn report(pocket: &LocalPocket) -> CellReport {
+    for _ in 0..120 {
+        if let Some(r) = try_report(pocket).await {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    panic!("the coordinator did not answer CellStatus for a minute");
+}
+
+fn count(report: &CellReport, key: &str) -> u64 {
+    report.volumes.get(key).copied().unwrap_or(0)
+}
+
+/// Volumes that were ever sealed (closing or later), replicated.
+fn sealed_ever(report: &CellReport) -> u64 {
+    ["closing", "closed", "encoding", "retiring", "retired"].iter().map(|s| count(report, &format!("replicated/{s}"))).sum()
+}
+
+/// Nothing in flight: every closed volume that can be encoded was.
+fn settled(report: &CellReport) -> bool {
+    count(report, "replicated/creating") == 0
+        && count(report, "replicated/closing") == 0
+        && count(report, "replicated/encoding") == 0
+        && count(report, "replicated/retiring") == 0
+        && count(report, "ec/building") == 0
+        && (count(report, "replicated/closed") as usize) < K
+}
+
+async fn wait_settled(pocket: &LocalPocket, within: Duration) -> CellReport {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = report(pocket).await;
+        if settled(&r) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "cell did not settle: {:?}", r.volumes);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn blob(rng: &mut impl Rng) -> Bytes {
+    let mut data = vec![0u8; rng.random_range(1_000..64_000)];
+    rng.fill_bytes(&mut data);
+    Bytes::from(data)
+}
+
+/// PUTs one blob at a time until exactly `target` volumes (a multiple of k)
+/// were ever sealed, so that every one of them can be encoded.
+async fn fill_until_sealed(pocket: &LocalPocket, target: u64, stored: &mut Vec<(Key, Bytes)>, rng: &mut impl Rng) {
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let r = report(pocket).await;
+        let sealed = sealed_ever(&r);
+        if sealed >= target && sealed % K as u64 == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "volumes did not fill: {:?}", r.volumes);
+        for _ in 0..4 {
+            let data = blob(rng);
+            let (key, _) = pocket.client.put(data.clone()).await.expect("put");
+            stored.push((key, data));
+        }
+    }
+}
+
+async fn assert_all_readable(pocket: &LocalPocket, stored: &[(Key, Bytes)], context: &str) {
+    for (key, data) in stored {
+        let got = pocket.client.get(key).await.unwrap_or_else(|e| panic!("{context}: get {key}: {e}"));
+        assert!(got == *data, "{context}: blob {key} differs");
+    }
+}
+
+/// The shards of the erasure-coded volume holding `key`: position → (OSD id, extent id).
+async fn shards_of(pocket: &LocalPocket, key: &Key) -> (u64, BTreeMap<u32, (u64, u64)>) {
+    let stat = pocket.client.stat(key).await.expect("stat");
+    let placement = pocket
+        .coordinator_as_operator()
+        .locate_bucket(pb::LocateBucketRequest { bucket_id: stat.bucket_id })
+        .await
+        .expect("locate")
+        .into_inner()
+        .placement
+        .expect("placement");
+    assert_eq!(placement.data_shards as usize, K, "bucket {} is not erasure-coded", stat.bucket_id);
+    let shards = placement.replicas.iter().map(|r| (r.position, (r.osd_id, r.extent_id))).collect();
+    (placement.volume_id, shards)
+}
+
+/// Whether OSD `osd_id` still holds `extent_id` (asked as the coordinator would).
+async fn osd_holds(pocket: &LocalPocket, osd_id: u64, extent_id: u64) -> bool {
+    let run = pocket.run_info(&format!("osd-{osd_id}"));
+    let tls = pocket.tls(Role::Coordinator, "cell-1");
+    let name = pocket_transport::Identity::new(Role::Osd, &format!("osd-{osd_id}")).dns_name();
+    let mut client = pb::osd_client::OsdClient::new(tls.channel(&run.grpc, &name).expect("channel"));
+    let response = client
+        .extent_status(pb::ExtentStatusRequest { extent_ids: vec![extent_id], osd_id })
+        .await
+        .expect("extent status")
+        .into_inner();
+    response.extents.first().is_some_and(|e| e.found)
+}
+
+fn hold(pocket: &LocalPocket, daemon: &str) {
+    std::fs::create_dir_all(pocket.dir.join("hold")).expect("hold dir");
+    std::fs::write(pocket.dir.join("hold").join(daemon), b"").expect("hold file");
+}
+
+fn release(pocket: &LocalPocket, daemon: &str) {
+    let _ = std::fs::remove_file(pocket.dir.join("hold").join(daemon));
+}
+
+async fn wait_serving_again(pocket: &LocalPocket, daemon: &str, old_pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        if let Ok(info) = pocket::runinfo::RunInfo::read(&pocket.dir.join("run").join(format!("{daemon}.run"))) {
+            if info.pid != old_pid && common::process_alive(info.pid) {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{daemon} did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn closed_volumes_are_erasure_coded_and_survive_the_loss_of_any_m_shards() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pocket = LocalPocket::start(&tmp.path().join("pocket"), small_cell()).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(31);
+    let mut stored = Vec::new();
+
+    // Fill until 12 volumes (two erasure-coded volumes' worth) have closed.
+    fill_until_sealed(&pocket, 2 * K as u64, &mut stored, &mut rng).await;
+    let r = wait_settled(&pocket, Duration::from_secs(120)).await;
+    let ec_volumes = count(&r, "ec/ec");
+    assert!(ec_volumes >= 2, "expected at least two erasure-coded volumes: {:?}", r.volumes);
+    assert_eq!(count(&r, "replicated/closed"), 0, "{:?}", r.volumes);
+    assert_eq!(count(&r, "replicated/retired"), ec_volumes * K as u64, "{:?}", r.volumes);
+    let expected = (K + M) as f64 / K as f64;
+    assert!(
+        (r.overhead - expected).abs() <= 0.05 * expected,
+        "overhead {:.3} is not within 5% of {expected:.3} (stored {}, logical {})",
+        r.overhead,
+        r.sealed_stored_bytes,
+        r.sealed_logical_bytes
+    );
+    eprintln!("{} blobs; {:?}; overhead {:.3}", stored.len(), r.volumes, r.overhead);
+
+    // Every stored blob, erasure-coded or still in an open volume, reads back.
+    assert_all_readable(&pocket, &stored, "after encoding").await;
+
+    // The old replicas are gone from every OSD; each shard is where the layout says.
+    let mut by_volume: HashMap<u64, (BTreeMap<u32, (u64, u64)>, Vec<(Key, Bytes)>)> = HashMap::new();
+    for (key, data) in &stored {
+        let stat = pocket.client.stat(key).await.expect("stat");
+        let locate = pocket
+            .coordinator_as_operator()
+            .locate_bucket(pb::LocateBucketRequest { bucket_id: stat.bucket_id })
+            .await
+            .expect("locate")
+            .into_inner();
+        if locate.volume_state != "ec" {
+            continue;
+        }
+        let (volume_id, shards) = shards_of(&pocket, key).await;
+        by_volume.entry(volume_id).or_insert_with(|| (shards, Vec::new())).1.push((*key, data.clone()));
+    }
+    assert_eq!(by_volume.len() as u64, ec_volumes);
+    for (shards, _) in by_volume.values() {
+        let ec_osds: HashSet<u64> = shards.values().map(|(osd, _)| *osd).collect();
+        assert_eq!(ec_osds.len(), K + M, "shards share an OSD: {shards:?}");
+        for (position, (osd, extent)) in shards {
+            assert!(osd_holds(&pocket, *osd, *extent).await, "shard {position} missing on OSD {osd}");
+            if (*position as usize) < K {
+                // The bucket's extent lives only on its shard's OSD now.
+                for other in (1..=9u64).filter(|o| o != osd) {
+                    assert!(!osd_holds(&pocket, other, *extent).await, "old replica of extent {extent} left on OSD {other}");
+                }
+            }
+        }
+    }
+
+    // Lose m shards of one volume in several ways; every blob of it reads back.
+    let (shards, blobs) = by_volume.values().next().expect("an erasure-coded volume");
+    let osd_at = |p: u32| shards[&p].0;
+    let choices: Vec<(&str, Vec<u64>)> = vec![
+        ("all parity", vec![osd_at(6), osd_at(7), osd_at(8)]),
+        ("three data", vec![osd_at(0), osd_at(1), osd_at(2)]),
+        ("last data and two parity", vec![osd_at(5), osd_at(6), osd_at(8)]),
+        ("two data and one parity", vec![osd_at(3), osd_at(4), osd_at(7)]),
+    ];
+    for (what, osds) in choices {
+        let mut pids = Vec::new();
+        for osd in &osds {
+            let daemon = format!("osd-{osd}");
+            hold(&pocket, &daemon);
+            let info = pocket.run_info(&daemon);
+            signal(info.pid, libc::SIGKILL);
+            pids.push((daemon, info.pid));
+        }
+        for (_, pid) in &pids {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while common::process_alive(*pid) {
+                assert!(Instant::now() < deadline, "OSD did not die");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        assert_all_readable(&pocket, blobs, what).await;
+        eprintln!("{what} ({osds:?}) lost: {} blobs read back", blobs.len());
+        for (daemon, pid) in &pids {
+            release(&pocket, daemon);
+            wait_serving_again(&pocket, daemon, *pid).await;
+        }
+    }
+    assert_all_readable(&pocket, &stored, "after the OSDs came back").await;
+    pocket.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkills_during_encoding_lose_nothing_and_leave_no_volume_half_switched() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pocket = LocalPocket::start(&tmp.path().join("pocket"), small_cell()).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(47);
+    let mut stored: Vec<(Key, Bytes)> = Vec::new();
+    let mut failed_puts = 0;
+    let mut kills = Vec::new();
+    // Rounds of writes; between them, a SIGKILL of the coordinator or of an
+    // OSD, at a random moment while volumes close and get encoded.
+    for round in 0..8 {
+        let writes = rng.random_range(20..60);
+        for _ in 0..writes {
+            let data = blob(&mut rng);
+            match pocket.client.put(data.clone()).await {
+                Ok((key, _)) => stored.push((key, data)),
+                Err(_) => failed_puts += 1,
+            }
+        }
+        // Aim at encoding: wait (up to 3 s) until a volume is being built or
+        // retired, then strike after a random delay of up to 200 ms.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let mut during = "no encoding seen".to_string();
+        while Instant::now() < deadline {
+            if let Some(r) = try_report(&pocket).await {
+                if count(&r, "ec/building") > 0 || count(&r, "replicated/retiring") > 0 {
+                    during = format!("{:?}", r.volumes);
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
+        let victim = if round % 2 == 0 { "coordinator".to_string() } else { format!("osd-{}", rng.random_range(1..=9)) };
+        pocket.kill_and_wait_restart(&victim).await;
+        kills.push(format!("{victim} during {during}"));
+    }
+    eprintln!("kills: {kills:?}; {} acked PUTs, {failed_puts} failed", stored.len());
+    // Top up to a multiple of k sealed volumes, then let everything settle.
+    fill_until_sealed(&pocket, 2 * K as u64, &mut stored, &mut rng).await;
+    let r = wait_settled(&pocket, Duration::from_secs(240)).await;
+    eprintln!("settled: {:?}, overhead {:.3}", r.volumes, r.overhead);
+    for key in r.volumes.keys() {
+        let state = key.as_str();
+        assert!(
+            ["replicated/open", "replicated/closed", "replicated/retired", "replicated/abandoned", "ec/ec", "ec/abandoned"]
+                .contains(&state),
+            "volume left in {state}: {:?}",
+            r.volumes
+        );
+    }
+    assert!(count(&r, "ec/ec") >= 2, "{:?}", r.volumes);
+    assert_all_readable(&pocket, &stored, "after the kills").await;
+    pocket.stop().await;
+}
+
+/// The cell's state, or None while the coordinator is down or restarting.
+async fn try_report(pocket: &LocalPocket) -> Option<CellReport> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let text = std::fs::read_to_string(pocket.dir.join("operator.toml")).ok()?;
+        let config: OperatorConfig = toml::from_str(&text).ok()?;
+        pocket::cell_status::fetch(&config).await.ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}

@@ -255,35 +255,35 @@ async fn sigkills_during_encoding_lose_nothing_and_leave_no_volume_half_switched
     let mut stored: Vec<(Key, Bytes)> = Vec::new();
     let mut failed_puts = 0;
     let mut kills = Vec::new();
-    // Rounds of writes; between them, a SIGKILL of the coordinator or of an
-    // OSD, at a random moment while volumes close and get encoded.
+    // Each round writes until a volume is being encoded, then SIGKILLs the
+    // coordinator or an OSD a random 0–200 ms later.
+    let mut struck_during_encoding = 0;
     for round in 0..8 {
-        let writes = rng.random_range(20..60);
-        for _ in 0..writes {
+        let mut during = None;
+        for put in 0..600 {
             let data = blob(&mut rng);
             match pocket.client.put(data.clone()).await {
                 Ok((key, _)) => stored.push((key, data)),
                 Err(_) => failed_puts += 1,
             }
-        }
-        // Aim at encoding: wait (up to 3 s) until a volume is being built or
-        // retired, then strike after a random delay of up to 200 ms.
-        let deadline = Instant::now() + Duration::from_secs(3);
-        let mut during = "no encoding seen".to_string();
-        while Instant::now() < deadline {
-            if let Some(r) = try_report(&pocket).await {
-                if count(&r, "ec/building") > 0 || count(&r, "replicated/retiring") > 0 {
-                    during = format!("{:?}", r.volumes);
-                    break;
+            if put % 3 == 0 {
+                if let Some(r) = try_report(&pocket).await {
+                    if count(&r, "ec/building") > 0 {
+                        during = Some(format!("{:?}", r.volumes));
+                        break;
+                    }
                 }
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..200))).await;
         let victim = if round % 2 == 0 { "coordinator".to_string() } else { format!("osd-{}", rng.random_range(1..=9)) };
         pocket.kill_and_wait_restart(&victim).await;
-        kills.push(format!("{victim} during {during}"));
+        if during.is_some() {
+            struck_during_encoding += 1;
+        }
+        kills.push(format!("{victim} during {}", during.unwrap_or_else(|| "no encoding seen".into())));
     }
+    assert!(struck_during_encoding >= 4, "only {struck_during_encoding} of 8 kills came during encoding: {kills:?}");
     eprintln!("kills: {kills:?}; {} acked PUTs, {failed_puts} failed", stored.len());
     // Top up to a multiple of k sealed volumes, then let everything settle.
     fill_until_sealed(&pocket, 2 * K as u64, &mut stored, &mut rng).await;

@@ -106,13 +106,14 @@ pub async fn run(options: EcBenchOptions) -> anyhow::Result<EcBenchReport> {
         })
         .collect();
     let mut parity_out = vec![vec![0u8; stripe]; m];
+    let library = reed_solomon_erasure::galois_8::ReedSolomon::new(k, m)?;
     let started = Instant::now();
     let mut at = 0;
     while at < shard_len {
         let len = stripe.min(shard_len - at);
         let slices: Vec<&[u8]> = padded.iter().map(|p| &p[at..at + len]).collect();
         let mut outs: Vec<&mut [u8]> = parity_out.iter_mut().map(|p| &mut p[..len]).collect();
-        reed_solomon_erasure::galois_8::ReedSolomon::new(k, m)?.encode_sep(&slices, &mut outs)?;
+        library.encode_sep(&slices, &mut outs)?;
         at += len;
     }
     let encode_library = started.elapsed().as_secs_f64();
@@ -154,7 +155,7 @@ pub async fn run(options: EcBenchOptions) -> anyhow::Result<EcBenchReport> {
                 })
             })
             .collect();
-        codec.reconstruct_data(&mut pieces)?;
+        library.reconstruct_data(&mut pieces)?;
         at += len;
     }
     let reconstruct_library = started.elapsed().as_secs_f64();

@@ -288,53 +288,57 @@ pub trait ShardReader {
     fn read(&self, shard: usize, offset: u64, len: usize) -> impl Future<Output = Result<Bytes, String>> + Send;
 }
 
-/// Reconstructs one range of shard `want` using the shards in `order`
-/// (skipping `bad` ones, marking those that fail as bad), k at a time.
-async fn reconstruct_with<R: ShardReader + Sync>(
-    codec: &Codec,
-    shape: &VolumeShape,
-    reader: &R,
+/// One degraded read: the volume, where to read it, and what to find.
+struct Job<'a, R> {
+    codec: &'a Codec,
+    shape: &'a VolumeShape,
+    reader: &'a R,
     want: usize,
-    order: &[usize],
-    bad: &mut Vec<bool>,
-    offset: u64,
-    len: usize,
-) -> Result<Bytes, DegradedError> {
-    let k = codec.data_shards();
-    let mut pieces: Vec<Option<Bytes>> = vec![None; codec.total_shards()];
-    let mut have = 0;
-    let mut candidates = order.iter().copied().filter(|&s| s != want).peekable();
-    while have < k {
-        // Ask as many shards at once as are still needed.
-        let mut batch = Vec::new();
-        while batch.len() < k - have {
-            match candidates.next() {
-                Some(shard) if !bad[shard] => batch.push(shard),
-                Some(_) => {}
-                None => break,
-            }
-        }
-        if batch.is_empty() {
-            return Err(ErasureError::TooFewShards { needed: k, available: have }.into());
-        }
-        let reads = batch.iter().map(|&shard| {
-            let stored = shape.stored_len(shard, offset, len);
-            async move {
-                let result = if stored == 0 { Ok(Bytes::new()) } else { reader.read(shard, offset, stored).await };
-                (shard, stored, result)
-            }
-        });
-        for (shard, stored, result) in futures::future::join_all(reads).await {
-            match result {
-                Ok(bytes) if bytes.len() == stored => {
-                    pieces[shard] = Some(bytes);
-                    have += 1;
+    key: &'a Key,
+    max_record_bytes: u64,
+}
+
+impl<R: ShardReader + Sync> Job<'_, R> {
+    /// Reconstructs `[offset, offset + len)` of shard `want` from the shards
+    /// in `order` (skipping `bad` ones, marking those that fail as bad), k at a time.
+    async fn reconstruct(&self, order: &[usize], bad: &mut [bool], offset: u64, len: usize) -> Result<Bytes, DegradedError> {
+        let (codec, shape, reader, want) = (self.codec, self.shape, self.reader, self.want);
+        let k = codec.data_shards();
+        let mut pieces: Vec<Option<Bytes>> = vec![None; codec.total_shards()];
+        let mut have = 0;
+        let mut candidates = order.iter().copied().filter(|&s| s != want);
+        while have < k {
+            // Ask as many shards at once as are still needed.
+            let mut batch = Vec::new();
+            while batch.len() < k - have {
+                match candidates.next() {
+                    Some(shard) if !bad[shard] => batch.push(shard),
+                    Some(_) => {}
+                    None => break,
                 }
-                _ => bad[shard] = true,
+            }
+            if batch.is_empty() {
+                return Err(ErasureError::TooFewShards { needed: k, available: have }.into());
+            }
+            let reads = batch.iter().map(|&shard| {
+                let stored = shape.stored_len(shard, offset, len);
+                async move {
+                    let result = if stored == 0 { Ok(Bytes::new()) } else { reader.read(shard, offset, stored).await };
+                    (shard, stored, result)
+                }
+            });
+            for (shard, stored, result) in futures::future::join_all(reads).await {
+                match result {
+                    Ok(bytes) if bytes.len() == stored => {
+                        pieces[shard] = Some(bytes);
+                        have += 1;
+                    }
+                    _ => bad[shard] = true,
+                }
             }
         }
+        Ok(reconstruct_range(codec, shape, want, offset, len, &pieces)?)
     }
-    Ok(reconstruct_range(codec, shape, want, offset, len, &pieces)?)
 }
 
 /// Reads the record of `key` from data shard `want` without that shard:
@@ -354,6 +358,7 @@ pub async fn read_record_degraded<R: ShardReader + Sync>(
     if want >= codec.data_shards() || shape.total_shards() != total {
         return Err(ErasureError::NoSuchShard(want).into());
     }
+    let job = Job { codec, shape, reader, want, key, max_record_bytes };
     let mut bad = vec![false; total];
     bad[want] = true;
     let order: Vec<usize> = (0..total).collect();
@@ -370,7 +375,7 @@ pub async fn read_record_degraded<R: ShardReader + Sync>(
             }
             attempt_bad[shard] = true;
         }
-        let result = read_record_once(codec, shape, reader, want, key, max_record_bytes, &order, &mut attempt_bad).await;
+        let result = read_record_once(&job, &order, &mut attempt_bad).await;
         // Shards that failed to answer stay out of later attempts.
         for shard in 0..total {
             if attempt_bad[shard] && Some(shard) != excluded {
@@ -388,24 +393,19 @@ pub async fn read_record_degraded<R: ShardReader + Sync>(
     Err(DegradedError::Unrecoverable { needed: codec.data_shards(), last })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn read_record_once<R: ShardReader + Sync>(
-    codec: &Codec,
-    shape: &VolumeShape,
-    reader: &R,
-    want: usize,
-    key: &Key,
-    max_record_bytes: u64,
+    job: &Job<'_, R>,
     order: &[usize],
-    bad: &mut Vec<bool>,
+    bad: &mut [bool],
 ) -> Result<Bytes, DegradedError> {
+    let (shape, want, key, max_record_bytes) = (job.shape, job.want, job.key, job.max_record_bytes);
     let invalid = |what: &'static str, detail: String| DegradedError::Invalid { shard: want, what, detail };
     let size = shape.size_of(want);
     if size < TRAILER_LEN as u64 {
         return Err(invalid("extent", format!("{size} bytes cannot hold a trailer")));
     }
     let trailer_bytes =
-        reconstruct_with(codec, shape, reader, want, order, bad, size - TRAILER_LEN as u64, TRAILER_LEN).await?;
+        job.reconstruct(order, bad, size - TRAILER_LEN as u64, TRAILER_LEN).await?;
     let trailer = Trailer::decode(&trailer_bytes).map_err(|e| invalid("trailer", e.to_string()))?;
     if trailer.file_len() != Some(size) {
         return Err(invalid("trailer", format!("describes a {:?}-byte extent, the volume records {size}", trailer.file_len())));
@@ -419,7 +419,7 @@ async fn read_record_once<R: ShardReader + Sync>(
     let mut at = 0u64;
     while at < index_len {
         let len = (index_len - at).min(step as u64) as usize;
-        let bytes = reconstruct_with(codec, shape, reader, want, order, bad, trailer.index_offset + at, len).await?;
+        let bytes = job.reconstruct(order, bad, trailer.index_offset + at, len).await?;
         crc = crc32c::crc32c_append(crc, &bytes);
         for chunk in bytes.chunks_exact(INDEX_ENTRY_LEN) {
             let entry = IndexEntry::decode(chunk.try_into().expect("chunks_exact yields whole entries"));
@@ -444,7 +444,7 @@ async fn read_record_once<R: ShardReader + Sync>(
     let mut at = 0u64;
     while at < record_len {
         let len = (record_len - at).min(RECONSTRUCT_STEP_BYTES as u64) as usize;
-        let bytes = reconstruct_with(codec, shape, reader, want, order, bad, entry.offset + at, len).await?;
+        let bytes = job.reconstruct(order, bad, entry.offset + at, len).await?;
         record.extend_from_slice(&bytes);
         at += len as u64;
     }

@@ -2,6 +2,8 @@
 //! the append/read/seal API, group commit, and crash recovery from torn
 //! tails, flipped bits and lost or damaged metadata.
 
+mod common;
+
 use std::fs::{self, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -10,21 +12,12 @@ use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 use pocket_osd::extent::{self, EXTENT_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN};
 use pocket_osd::meta::{self, ExtentMeta, ExtentState};
-use pocket_osd::store::{AppendOutcome, ExtentInfo, Store, StoreError, StoreOptions};
+use pocket_osd::store::{AppendOutcome, ExtentInfo, Store, StoreError};
+use common::{blob, opts, MIB};
 use pocket_proto::{ExtentId, Key};
 
-const MIB: u64 = 1024 * 1024;
 
-fn opts() -> StoreOptions {
-    StoreOptions { max_record_bytes: MIB, group_commit_max_bytes: 4 * MIB, append_queue_depth: 16 }
-}
 
-/// Deterministic pseudo-random blob number `seed`, `len` bytes, and its key.
-fn blob(seed: u64, len: usize) -> (Key, Bytes) {
-    let mut data = vec![0u8; len];
-    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut data);
-    (Key::of(&data), Bytes::from(data))
-}
 
 struct Disks {
     _tmp: tempfile::TempDir,

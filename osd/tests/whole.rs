@@ -2,24 +2,18 @@
 //! copied byte for byte to another store, parity shards, verification, range
 //! reads, deletion, and what survives a restart.
 
+mod common;
+
 use std::path::PathBuf;
 
 use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
-use pocket_osd::store::{Store, StoreError, StoreOptions, WholeKind, PARITY_DIR};
+use pocket_osd::store::{Store, StoreError, WholeKind, PARITY_DIR};
+use common::{blob, opts, MIB};
 use pocket_proto::{ExtentId, Key};
 
-const MIB: u64 = 1024 * 1024;
 
-fn opts() -> StoreOptions {
-    StoreOptions { max_record_bytes: MIB, group_commit_max_bytes: 4 * MIB, append_queue_depth: 16 }
-}
 
-fn blob(seed: u64, len: usize) -> (Key, Bytes) {
-    let mut data = vec![0u8; len];
-    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(&mut data);
-    (Key::of(&data), Bytes::from(data))
-}
 
 fn open(dir: &std::path::Path) -> Result<Store> {
     Ok(Store::open(&[dir.to_path_buf()], opts())?)

@@ -54,7 +54,7 @@ pub async fn run(
     let maintenance = tokio::spawn(cell.clone().maintenance_loop(stop_rx.clone()));
     let erasure = tokio::spawn(cell.clone().ec_loop(stop_rx));
     let local_addr = listener.local_addr().context("read coordinator address")?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = pocket_transport::incoming(listener);
     let server = tonic::transport::Server::builder()
         // Reap connections whose peer has gone without closing them.
         .http2_keepalive_interval(Some(pocket_transport::tls::KEEPALIVE_INTERVAL))

@@ -39,7 +39,7 @@ pub async fn run(
     let blobs = blobs::Blobs::new(index.clone(), cell, config.clone());
     let service = grpc::BlobService::new(blobs, &config);
     let local_addr = listener.local_addr().context("read frontend address")?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = pocket_transport::incoming(listener);
     let server = tonic::transport::Server::builder()
         // Reap connections whose peer has gone without closing them.
         .http2_keepalive_interval(Some(pocket_transport::tls::KEEPALIVE_INTERVAL))

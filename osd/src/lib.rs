@@ -58,7 +58,7 @@ pub async fn run(
     let (stop_tx, stop_rx) = watch::channel(false);
     let heartbeats = tokio::spawn(heartbeat_loop(config.clone(), tls.clone(), advertise, store.clone(), stop_rx));
 
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = pocket_transport::incoming(listener);
     let server = tonic::transport::Server::builder()
         // Reap connections whose peer has gone without closing them.
         .http2_keepalive_interval(Some(pocket_transport::tls::KEEPALIVE_INTERVAL))

@@ -712,6 +712,10 @@ fn run_writer(db: Arc<DB>, mut rx: mpsc::Receiver<Request>, opts: StoreOptions) 
             next = rx.try_recv().ok();
         }
         if !appends.is_empty() {
+            // Average group commit = bytes / commits: what one fdatasync covers.
+            metrics::counter!("pocket_osd_group_commits_total").increment(1);
+            metrics::counter!("pocket_osd_group_commit_appends_total").increment(appends.len() as u64);
+            metrics::counter!("pocket_osd_group_commit_bytes_total").increment(group_bytes);
             commit_group(&db, appends, &opts);
         }
         if let Some((extent, resp)) = seal {

@@ -19,3 +19,18 @@ pub mod tls;
 
 pub use identity::{authorize, peer_identity, role_dns_name, Identity, Role, RoleGate};
 pub use tls::{Tls, TlsConfig, TlsError};
+
+/// The connections accepted on `listener`, for tonic's `serve_with_incoming`,
+/// with Nagle's algorithm off: tonic sets `TCP_NODELAY` only on listeners it
+/// binds itself, and small responses (an append's ack, a PUT's reply) would
+/// otherwise wait for the peer's delayed ACK (~40 ms each).
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> + Send + 'static {
+    use tokio_stream::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|accepted| {
+        let stream = accepted?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
+}

@@ -10,5 +10,6 @@ pub mod cell_status;
 pub mod ec_bench;
 pub mod limits;
 pub mod ops;
+pub mod restart_bench;
 pub mod runinfo;
 pub mod up;

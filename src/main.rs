@@ -148,6 +148,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure an OSD store's restart: fill --dir with many records through
+    /// the append path, then time reopening it.
+    RestartBench {
+        /// An empty directory on the disk to measure.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value = "64", value_parser = parse_size)]
+        record_size: u64,
+        #[arg(long, default_value = "256MiB", value_parser = parse_size)]
+        extent_size: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a stored blob's length, cell, bucket and creation time (JSON).
     Stat {
         key: String,
@@ -287,6 +302,21 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cell { command: CellCommand::Status { config, json } } => pocket::cell_status::run(&config, json).await,
+        Command::RestartBench { dir, records, record_size, extent_size, json } => {
+            let options = pocket::restart_bench::RestartBenchOptions {
+                dir,
+                records,
+                record_bytes: usize::try_from(record_size).context("record size")?,
+                extent_size_bytes: extent_size,
+            };
+            let report = pocket::restart_bench::run(options).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", pocket::restart_bench::render(&report));
+            }
+            Ok(())
+        }
         Command::EcBench { data, parity, extent_size, stripe, record_size, json } => {
             let options = pocket::ec_bench::EcBenchOptions {
                 data_shards: data,

@@ -263,10 +263,10 @@ impl Cell {
                     let seconds = started.elapsed().as_secs_f64();
                     tracing::info!(
                         volume_id = volume.volume_id,
-                        encoded_bytes,
+                        data_bytes = encoded_bytes,
                         seconds,
-                        mib_per_sec = encoded_bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9),
-                        "volume erasure-coded and switched"
+                        data_mib_per_sec = encoded_bytes as f64 / (1 << 20) as f64 / seconds.max(1e-9),
+                        "volume erasure-coded and switched (verify, encode, write, read back)"
                     );
                     metrics::counter!("pocket_coordinator_ec_volumes_built_total").increment(1);
                     metrics::counter!("pocket_coordinator_ec_encoded_bytes_total").increment(encoded_bytes);
@@ -306,7 +306,7 @@ impl Cell {
             .map_err(|status| EncodeError::Osd { osd_id, extent_id, status })
     }
 
-    /// Steps 2 of the module docs. Returns the bytes of parity written.
+    /// Step 2 of the module docs. Returns the bytes of data encoded.
     async fn encode(&self, volume: &EcVolume, alive: &HashMap<OsdId, OsdRow>) -> Result<u64, EncodeError> {
         let (k, m) = (volume.data_count as usize, volume.parity_count as usize);
         if volume.layout.len() != k + m || volume.layout.iter().enumerate().any(|(i, row)| row.position as usize != i) {
@@ -410,7 +410,7 @@ impl Cell {
         }))
         .await;
         checks.into_iter().collect::<Result<Vec<()>, _>>()?;
-        Ok(shard_len * m as u64)
+        Ok(data_rows.iter().map(|row| row.size_bytes).sum())
     }
 
     /// Deletes the replicas of a retiring volume; retired once none is left.

@@ -313,6 +313,7 @@ impl Cell {
             return Err(EncodeError::BadLayout(volume.volume_id));
         }
         let (data_rows, parity_rows) = volume.layout.split_at(k);
+        let phase = Instant::now();
         // Every source replica, checked record by record by its OSD.
         let verified = futures::future::join_all(data_rows.iter().map(|row| async move {
             let source = row.source_osd_id.ok_or(EncodeError::BadLayout(volume.volume_id))?;
@@ -335,6 +336,8 @@ impl Cell {
         .into_iter()
         .collect::<Result<Vec<_>, _>>()?;
 
+        let verify_sources = phase.elapsed();
+        let phase = Instant::now();
         let codec = Arc::new(Codec::new(k, m)?);
         let sizes: Vec<u64> = data_rows.iter().map(|row| row.size_bytes).collect();
         let mut encoder = StripeEncoder::new(codec, sizes, self.config().erasure.stripe_bytes as usize)?;
@@ -375,6 +378,8 @@ impl Cell {
             }
         }
         let parity_hashes = encoder.finish().ok_or(EncodeError::BadLayout(volume.volume_id))?;
+        let stream = phase.elapsed();
+        let phase = Instant::now();
         // The bytes the parity was computed from are the bytes each source
         // verified: otherwise a shard kept in place would not match its parity.
         for (source, (osd_id, hash)) in sources.iter().zip(&verified) {
@@ -400,6 +405,8 @@ impl Cell {
         }
         // All at once: each target syncs and checks its shard while the others do.
         futures::future::join_all(finishing).await.into_iter().collect::<Result<Vec<bool>, _>>()?;
+        let finish = phase.elapsed();
+        let phase = Instant::now();
         // Read back from disk by each target before the switch.
         let checks = futures::future::join_all(expected.iter().map(|&(osd_id, extent_id, size, hash)| async move {
             let info = self.verify(alive, osd_id, extent_id).await?;
@@ -410,6 +417,16 @@ impl Cell {
         }))
         .await;
         checks.into_iter().collect::<Result<Vec<()>, _>>()?;
+        // Where an encoding's time goes (docs/benchmarks.md).
+        tracing::info!(
+            volume_id = volume.volume_id,
+            verify_sources_ms = verify_sources.as_millis() as u64,
+            stream_encode_ms = stream.as_millis() as u64,
+            sync_and_check_ms = finish.as_millis() as u64,
+            read_back_ms = phase.elapsed().as_millis() as u64,
+            copied_shards = data_sinks_copied(&expected, m),
+            "encoding phases"
+        );
         Ok(data_rows.iter().map(|row| row.size_bytes).sum())
     }
 
@@ -454,6 +471,11 @@ impl Cell {
         client.delete_extent(request).await.map_err(|status| EncodeError::Osd { osd_id, extent_id, status })?;
         Ok(())
     }
+}
+
+/// Data shards that were copied (not kept in place): the shards written minus parity.
+fn data_sinks_copied(written: &[(OsdId, ExtentId, u64, [u8; 32])], parity: usize) -> usize {
+    written.len().saturating_sub(parity)
 }
 
 /// The bytes of one sealed extent, read in order from its OSD.

@@ -140,23 +140,26 @@ pub async fn run(options: EcBenchOptions) -> anyhow::Result<EcBenchReport> {
     encoder.finish().ok_or_else(|| anyhow::anyhow!("encoder did not finish"))?;
     let encode_path = started.elapsed().as_secs_f64();
 
-    // Library: rebuild data shard 0 from the others, stripe by stripe.
+    // Library: rebuild data shard 0 from the others, stripe by stripe, into
+    // buffers allocated once (the library wants owned, equal-length shards).
     let lost = 0usize;
     let shards: Vec<Bytes> = data.iter().cloned().chain(parity.into_iter().map(Bytes::from)).collect();
+    let mut pieces: Vec<Option<Vec<u8>>> = (0..k + m).map(|_| Some(vec![0u8; stripe])).collect();
     let started = Instant::now();
     let mut at = 0;
     while at < shard_len {
         let len = stripe.min(shard_len - at);
-        let mut pieces: Vec<Option<Vec<u8>>> = (0..k + m)
-            .map(|s| {
-                (s != lost).then(|| {
-                    let mut piece = vec![0u8; len];
-                    let stored = shape.stored_len(s, at as u64, len);
-                    piece[..stored].copy_from_slice(&shards[s][at..at + stored]);
-                    piece
-                })
-            })
-            .collect();
+        for (s, piece) in pieces.iter_mut().enumerate() {
+            if s == lost {
+                *piece = None;
+                continue;
+            }
+            let buffer = piece.get_or_insert_with(Vec::new);
+            buffer.clear();
+            let stored = shape.stored_len(s, at as u64, len);
+            buffer.extend_from_slice(&shards[s][at..at + stored]);
+            buffer.resize(len, 0);
+        }
         library.reconstruct_data(&mut pieces)?;
         at += len;
     }

@@ -7,7 +7,9 @@
 //! - An append is acknowledged only after its record is durable (fdatasync),
 //!   and extent files are only ever appended to, never rewritten in place.
 //! - The OSD knows nothing about the index or about other OSDs: it serves the
-//!   coordinator (extent lifecycle) and frontends (append and read).
+//!   coordinator (extent lifecycle, and whole-extent writes, verification and
+//!   deletion for erasure coding) and frontends (append, read, raw range
+//!   reads for degraded reads).
 //!
 //! Layout: [`extent`] is the on-disk format, [`store`] the disks, group commit
 //! and recovery, [`grpc`] the wire edge, [`config`] the daemon's settings and

@@ -177,6 +177,26 @@ async fn closed_volumes_are_erasure_coded_and_survive_the_loss_of_any_m_shards()
     );
     eprintln!("{} blobs; {:?}; overhead {:.3}", stored.len(), r.volumes, r.overhead);
 
+    // The same figures for operators: `pocket cell status` (table and JSON) and /metrics.
+    let status = |json: bool| {
+        let mut command = std::process::Command::new(common::POCKET);
+        command.args(["cell", "status", "--config"]).arg(pocket.dir.join("operator.toml"));
+        if json {
+            command.arg("--json");
+        }
+        let output = command.output().expect("run pocket cell status");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8(output.stdout).expect("utf-8")
+    };
+    let table = status(false);
+    assert!(table.contains("erasure code 6+3") && table.contains("retired"), "{table}");
+    assert!(table.contains(&format!("overhead {:.3}x", r.overhead)), "{table}");
+    let json: CellReport = serde_json::from_str(&status(true)).expect("status JSON");
+    assert_eq!(json.volumes.get("ec/ec"), r.volumes.get("ec/ec"));
+    let metrics = common::https_get(&pocket.tls(Role::Operator, "admin"), &pocket.run_info("coordinator").http, "/metrics").await;
+    assert!(metrics.contains(&format!("pocket_coordinator_volumes{{kind=\"ec\",state=\"ec\"}} {ec_volumes}")), "{metrics}");
+    assert!(metrics.contains("pocket_coordinator_storage_overhead_ratio"), "{metrics}");
+
     // Every stored blob, erasure-coded or still in an open volume, reads back.
     assert_all_readable(&pocket, &stored, "after encoding").await;
 

@@ -235,11 +235,11 @@ async fn security_bad_input_suite() {
     assert_eq!(pocket.client.exists(&[probe]).await.expect("local during flood"), vec![false]);
 
     // 10. The ops endpoint serves metrics over mutual TLS to a pocket certificate.
-    let body = https_get(&pocket.tls(Role::Operator, "admin"), &http, "/metrics").await;
+    let body = common::https_get(&pocket.tls(Role::Operator, "admin"), &http, "/metrics").await;
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(body.contains("pocket_frontend_rate_limited_total"), "metrics lack the rate-limit counter");
     // ...but not to a client certificate.
-    let body = https_get(&pocket.tls(Role::Client, "local"), &http, "/metrics").await;
+    let body = common::https_get(&pocket.tls(Role::Client, "local"), &http, "/metrics").await;
     assert!(!body.starts_with("HTTP/1.1 200"), "a client certificate read the ops endpoint");
 
     // 11. Operator calls are audited: who, what, when, outcome.
@@ -286,19 +286,6 @@ fn assert_transport_refused(status: &tonic::Status) {
 }
 
 /// GET `path` over mutual TLS; returns the raw response.
-async fn https_get(tls: &Tls, addr: &str, path: &str) -> String {
-    let config = tls.rustls_client_config().expect("client config");
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let server_name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let mut stream = connector.connect(server_name, tcp).await.expect("TLS handshake");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response).await;
-    String::from_utf8_lossy(&response).into_owned()
-}
-
 /// Sends and receives raw bytes as gRPC messages: malformed protobuf on the wire.
 #[derive(Clone, Copy)]
 struct RawCodec;

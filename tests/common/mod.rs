@@ -170,3 +170,18 @@ pub fn random_blob(rng: &mut impl rand::Rng, max_bytes: usize) -> bytes::Bytes {
     rng.fill_bytes(&mut data);
     bytes::Bytes::from(data)
 }
+
+/// A GET over mutual TLS (the ops endpoint); the whole HTTP response as text.
+pub async fn https_get(tls: &Tls, addr: &str, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = tls.rustls_client_config().expect("client config");
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let server_name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
+    let mut stream = connector.connect(server_name, tcp).await.expect("TLS handshake");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response).await;
+    String::from_utf8_lossy(&response).into_owned()
+}

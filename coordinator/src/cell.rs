@@ -69,6 +69,8 @@ struct Inner {
     started: Instant,
     /// Failed erasure-coding attempts per volume being built (since start).
     ec_attempts: Mutex<HashMap<u64, u32>>,
+    /// Whether planning last found too few failure domains (to warn once).
+    ec_blocked: std::sync::atomic::AtomicBool,
 }
 
 impl Cell {
@@ -87,6 +89,7 @@ impl Cell {
                 wake: Notify::new(),
                 started: Instant::now(),
                 ec_attempts: Mutex::new(HashMap::new()),
+                ec_blocked: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -109,6 +112,11 @@ impl Cell {
         let n = attempts.entry(volume_id).or_default();
         *n += 1;
         *n
+    }
+
+    /// Records whether erasure coding is blocked; returns the previous value.
+    pub(crate) fn ec_blocked(&self, blocked: bool) -> bool {
+        self.inner.ec_blocked.swap(blocked, std::sync::atomic::Ordering::Relaxed)
     }
 
     pub(crate) fn forget_attempts(&self, volume_id: u64) {

@@ -238,9 +238,15 @@ impl Cell {
             place_ec(&mut *rng, &sources, m, alive, &excluded)
         };
         let Some((data, parity)) = placed else {
-            tracing::warn!(k, m, alive = alive.len(), "closed volumes wait for erasure coding: too few failure domains alive");
+            // Once per episode, not every tick.
+            if !self.ec_blocked(true) {
+                tracing::warn!(k, m, alive = alive.len(), "closed volumes wait for erasure coding: too few failure domains alive");
+            }
             return Ok(None);
         };
+        if self.ec_blocked(false) {
+            tracing::info!(k, m, alive = alive.len(), "enough failure domains again; erasure coding resumes");
+        }
         let volume_id = db.plan_ec_volume(&data, &parity).await?;
         if let Some(id) = volume_id {
             tracing::info!(

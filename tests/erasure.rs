@@ -82,7 +82,7 @@ async fn fill_until_sealed(pocket: &LocalPocket, target: u64, stored: &mut Vec<(
     loop {
         let r = report(pocket).await;
         let sealed = sealed_ever(&r);
-        if sealed >= target && sealed % K as u64 == 0 {
+        if sealed >= target && sealed.is_multiple_of(K as u64) {
             return;
         }
         assert!(Instant::now() < deadline, "volumes did not fill: {:?}", r.volumes);
@@ -101,8 +101,11 @@ async fn assert_all_readable(pocket: &LocalPocket, stored: &[(Key, Bytes)], cont
     }
 }
 
-/// The shards of the erasure-coded volume holding `key`: position → (OSD id, extent id).
-async fn shards_of(pocket: &LocalPocket, key: &Key) -> (u64, BTreeMap<u32, (u64, u64)>) {
+/// Position → (OSD id, extent id) of an erasure-coded volume's shards.
+type Shards = BTreeMap<u32, (u64, u64)>;
+
+/// The shards of the erasure-coded volume holding `key`.
+async fn shards_of(pocket: &LocalPocket, key: &Key) -> (u64, Shards) {
     let stat = pocket.client.stat(key).await.expect("stat");
     let placement = pocket
         .coordinator_as_operator()
@@ -201,7 +204,7 @@ async fn closed_volumes_are_erasure_coded_and_survive_the_loss_of_any_m_shards()
     assert_all_readable(&pocket, &stored, "after encoding").await;
 
     // The old replicas are gone from every OSD; each shard is where the layout says.
-    let mut by_volume: HashMap<u64, (BTreeMap<u32, (u64, u64)>, Vec<(Key, Bytes)>)> = HashMap::new();
+    let mut by_volume: HashMap<u64, (Shards, Vec<(Key, Bytes)>)> = HashMap::new();
     for (key, data) in &stored {
         let stat = pocket.client.stat(key).await.expect("stat");
         let locate = pocket

@@ -172,7 +172,10 @@ pub async fn run(client: Client, options: BenchOptions) -> anyhow::Result<Vec<Ph
         Mode::Mixed => &[("load", Op::Put, false), ("mixed", Op::Mixed, true)],
     };
     for (phase, op, measured) in plan {
-        let (report, first_error) = phase_run(&client, &pool, &keys, &options, phase, *op).await?;
+        // The unmeasured load phase stores `count` blobs, even in --duration mode.
+        let load_options = BenchOptions { duration: None, ..options.clone() };
+        let phase_options = if *measured { &options } else { &load_options };
+        let (report, first_error) = phase_run(&client, &pool, &keys, phase_options, phase, *op).await?;
         if let Some(error) = first_error {
             tracing::warn!(phase, errors = report.errors, first = %error, "operations failed");
         }

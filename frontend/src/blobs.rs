@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pocket_index::{Index, IndexEntry, IndexError, InsertOutcome};
-use pocket_proto::{now_unix_ms, pb, Key};
+use pocket_proto::{now_unix_ms, pb, Body, Key};
 use rand::seq::{IndexedRandom, SliceRandom};
 
 use crate::cell::{Bucket, CellError, CellView, EcShape, Replica, ReplicaError};
@@ -18,7 +18,7 @@ pub enum PutError {
     Index(#[from] IndexError),
     #[error(transparent)]
     Cell(#[from] CellError),
-    #[error("no bucket accepted the blob after {attempts} attempts; last error: {last}")]
+    #[error("no bucket accepted the blob ({attempts} failed attempts allowed, 10 s at most); last error: {last}")]
     Exhausted { attempts: u32, last: String },
 }
 
@@ -34,6 +34,12 @@ pub enum GetError {
     Unreadable { failures: usize, last: String },
 }
 
+/// Longest a PUT searches for a bucket that takes it (full buckets, waits
+/// for the coordinator to open new ones, retries after replica failures).
+const PUT_PLACEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Pause before asking again when no writable bucket is left untried.
+const NO_BUCKET_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 pub struct Blobs {
     pub index: Index,
     pub cell: CellView,
@@ -48,20 +54,25 @@ impl Blobs {
     /// Stores `data` under `key`, which the caller has already checked is its
     /// BLAKE3 hash. Returns whether a new index row was written (false: the
     /// key was already stored, dedup).
-    pub async fn put(&self, key: Key, data: Bytes) -> Result<bool, PutError> {
+    pub async fn put(&self, key: Key, data: Body) -> Result<bool, PutError> {
         if self.index.lookup(&key).await?.is_some() {
             metrics::counter!("pocket_frontend_put_dedup_total").increment(1);
             return Ok(false);
         }
         let mut last = String::from("no attempt made");
         let mut tried = Vec::new();
-        for attempt in 0..self.config.put_attempts {
-            let (cell_id, buckets) = self.cell.writable(attempt > 0).await?;
+        // A full bucket is the normal end of a bucket, not a failure: it does
+        // not use up an attempt. Only replica failures do; and the whole
+        // search, waits for new buckets included, is bounded in time.
+        let deadline = std::time::Instant::now() + PUT_PLACEMENT_TIMEOUT;
+        let mut attempt = 0;
+        while attempt < self.config.put_attempts && std::time::Instant::now() < deadline {
+            let (cell_id, buckets) = self.cell.writable(!tried.is_empty()).await?;
             let candidates: Vec<&Bucket> = buckets.iter().filter(|b| !tried.contains(&b.bucket_id)).collect();
             let Some(bucket) = candidates.choose(&mut rand::rng()).copied().cloned() else {
                 last = CellError::NoWritableBucket.to_string();
-                // The coordinator tops up its pool every tick; give it one.
-                tokio::time::sleep(std::time::Duration::from_millis(200 * u64::from(attempt + 1))).await;
+                // The coordinator replaces closed buckets within a tick; wait for it.
+                tokio::time::sleep(NO_BUCKET_WAIT).await;
                 continue;
             };
             tried.push(bucket.bucket_id);
@@ -71,7 +82,7 @@ impl Blobs {
                         key,
                         cell_id,
                         bucket_id: bucket.bucket_id,
-                        length_bytes: data.len() as u64,
+                        length_bytes: data.len_bytes(),
                         created_unix_ms: now_unix_ms(),
                     };
                     return match self.index.insert(&entry, &self.config.remote_zones).await? {
@@ -87,9 +98,13 @@ impl Blobs {
                             tracing::debug!(bucket_id = bucket.bucket_id, attempt, "bucket full; trying another");
                         }
                         Some(_) => {
+                            attempt += 1;
                             tracing::warn!(bucket_id = bucket.bucket_id, attempt, %detail, "replica failed a PUT; trying another bucket");
                         }
-                        None => tracing::debug!(bucket_id = bucket.bucket_id, attempt, %detail, "replica busy; trying another bucket"),
+                        None => {
+                            attempt += 1;
+                            tracing::debug!(bucket_id = bucket.bucket_id, attempt, %detail, "replica busy; trying another bucket");
+                        }
                     }
                     if let Some(problem) = problem {
                         self.cell.drop_writable(bucket.bucket_id).await;
@@ -107,7 +122,7 @@ impl Blobs {
         &self,
         bucket: &Bucket,
         key: Key,
-        data: &Bytes,
+        data: &Body,
     ) -> Result<(), (Option<pb::BucketProblem>, u64, String)> {
         let writes = bucket.replicas.iter().map(|replica| {
             let data = data.clone();
@@ -137,7 +152,7 @@ impl Blobs {
     /// location from the coordinator. In an erasure-coded volume the bucket's
     /// own data shard is read; if that fails, the record is reconstructed
     /// from the other shards (and checked against the key all the same).
-    pub async fn get(&self, key: &Key) -> Result<(IndexEntry, Bytes), GetError> {
+    pub async fn get(&self, key: &Key) -> Result<(IndexEntry, Body), GetError> {
         let entry = self.index.lookup(key).await?.ok_or(GetError::NotFound)?;
         let mut failures = 0;
         let mut last = String::from("no replica");
@@ -157,7 +172,7 @@ impl Blobs {
             bucket.replicas.shuffle(&mut rand::rng());
             for replica in &bucket.replicas {
                 match self.cell.read(replica, key, entry.length_bytes).await {
-                    Ok(data) if Key::of(&data) == *key => return Ok((entry, data)),
+                    Ok(data) if data.key() == *key => return Ok((entry, data)),
                     Ok(_) => {
                         failures += 1;
                         last = format!("OSD {} returned bytes that do not hash to the key", replica.osd_id);
@@ -176,10 +191,10 @@ impl Blobs {
     }
 
     /// The data shard first; reconstruction from the others if it fails.
-    async fn get_erasure_coded(&self, bucket: &Bucket, shape: EcShape, key: &Key, length: u64) -> Result<Bytes, String> {
+    async fn get_erasure_coded(&self, bucket: &Bucket, shape: EcShape, key: &Key, length: u64) -> Result<Body, String> {
         let own = bucket.replicas.iter().find(|r| r.position == shape.position).ok_or("the volume lists no such shard")?;
         let first_error = match self.cell.read(own, key, length).await {
-            Ok(data) if Key::of(&data) == *key => return Ok(data),
+            Ok(data) if data.key() == *key => return Ok(data),
             Ok(_) => {
                 metrics::counter!("pocket_frontend_corrupt_replica_reads_total").increment(1);
                 format!("OSD {} returned bytes that do not hash to the key", own.osd_id)
@@ -215,7 +230,7 @@ impl Blobs {
         if data.len() as u64 != length {
             return Err(format!("reconstructed {} bytes, the index says {length}", data.len()));
         }
-        Ok(data)
+        Ok(Body::from(data))
     }
 }
 

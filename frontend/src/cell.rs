@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pocket_proto::{pb, BodyCollector, BucketId, CellId, ExtentId, Key, OsdId, EXTENT_FULL_PREFIX};
+use pocket_proto::{pb, Body, BodyCollector, BucketId, CellId, ExtentId, Key, OsdId, EXTENT_FULL_PREFIX};
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -221,17 +221,21 @@ impl CellView {
     }
 
     /// Appends `data` under `key` to one replica; Ok once the OSD made it durable.
-    pub async fn append(&self, replica: &Replica, key: Key, data: Bytes) -> Result<(), ReplicaError> {
+    pub async fn append(&self, replica: &Replica, key: Key, data: Body) -> Result<(), ReplicaError> {
         let mut client = self.osd(replica)?;
         let header = pb::AppendRequest {
             part: Some(pb::append_request::Part::Header(pb::AppendHeader {
                 extent_id: replica.extent_id,
                 key: Bytes::copy_from_slice(key.as_bytes()),
-                length_bytes: data.len() as u64,
+                length_bytes: data.len_bytes(),
                 osd_id: replica.osd_id,
             })),
         };
-        let chunks = pocket_proto::chunks(&data)
+        // The chunks the client sent, forwarded as they are: no copy.
+        let chunks = data
+            .chunks()
+            .to_vec()
+            .into_iter()
             .map(|chunk| pb::AppendRequest { part: Some(pb::append_request::Part::Chunk(chunk)) });
         let messages = futures::stream::iter(std::iter::once(header).chain(chunks));
         match client.append(messages).await {
@@ -265,15 +269,17 @@ impl CellView {
         let mut stream = client.read_range(request).await.map_err(failed)?.into_inner();
         let mut body = BodyCollector::new(len as u64);
         while let Some(message) = stream.message().await.map_err(failed)? {
-            body.push(&message.chunk).map_err(failed)?;
+            body.push(message.chunk).map_err(failed)?;
         }
         let received = body.received_bytes();
-        body.finish().map_err(|_| ReplicaError::WrongLength { osd_id: replica.osd_id, got: received, expected: len as u64 })
+        body.finish()
+            .map(Body::contiguous)
+            .map_err(|_| ReplicaError::WrongLength { osd_id: replica.osd_id, got: received, expected: len as u64 })
     }
 
     /// Reads the record of `key` from one replica; `expected_bytes` bounds
     /// the memory it may take. The caller verifies the bytes against the key.
-    pub async fn read(&self, replica: &Replica, key: &Key, expected_bytes: u64) -> Result<Bytes, ReplicaError> {
+    pub async fn read(&self, replica: &Replica, key: &Key, expected_bytes: u64) -> Result<Body, ReplicaError> {
         let failed = |status: tonic::Status| ReplicaError::Failed {
             osd_id: replica.osd_id,
             addr: replica.grpc_addr.clone(),
@@ -300,7 +306,7 @@ impl CellView {
                 });
             }
             first = false;
-            body.push(&message.chunk).map_err(failed)?;
+            body.push(message.chunk).map_err(failed)?;
         }
         let received = body.received_bytes();
         body.finish().map_err(|_| ReplicaError::WrongLength { osd_id: replica.osd_id, got: received, expected: expected_bytes })

@@ -43,7 +43,9 @@ pub struct FrontendConfig {
     /// get RESOURCE_EXHAUSTED. 512 MiB: sixteen maximum-size blobs.
     #[serde(default = "default_max_inflight_bytes")]
     pub max_inflight_bytes: u64,
-    /// Buckets a PUT tries before it fails (each failure closes that bucket's volume).
+    /// Replica failures a PUT tolerates before it fails (each closes that
+    /// bucket's volume); full buckets do not count, and the search for a
+    /// bucket is bounded to 10 s.
     #[serde(default = "default_put_attempts")]
     pub put_attempts: u32,
     /// Remote zones that receive a replication-outbox row per PUT.

@@ -117,8 +117,8 @@ impl pb::blob_store_server::BlobStore for BlobService {
         while let Some(message) = pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
             match message.part {
                 Some(pb::put_request::Part::Chunk(chunk)) => {
-                    body.push(&chunk)?;
                     hasher.update(&chunk);
+                    body.push(chunk)?;
                 }
                 _ => return Err(Status::invalid_argument("only chunks may follow the header")),
             }
@@ -162,10 +162,15 @@ impl pb::blob_store_server::BlobStore for BlobService {
             0 => entry.length_bytes,
             n => request.offset.saturating_add(n).min(entry.length_bytes),
         };
-        let range = data.slice(request.offset as usize..end as usize);
-        metrics::counter!("pocket_frontend_get_bytes_total").increment(range.len() as u64);
+        // Slices of the chunks as they came from the OSD: no copy.
+        let mut range = data.range(request.offset, end);
+        metrics::counter!("pocket_frontend_get_bytes_total").increment(end - request.offset);
+        if range.is_empty() {
+            // The first message carries the blob's length, even for an empty range.
+            range.push(bytes::Bytes::new());
+        }
         let total = entry.length_bytes;
-        let messages = pocket_proto::chunks(&range).enumerate().map(move |(index, chunk)| pb::GetResponse {
+        let messages = range.into_iter().enumerate().map(move |(index, chunk)| pb::GetResponse {
             blob_length_bytes: if index == 0 { total } else { 0 },
             chunk,
         });

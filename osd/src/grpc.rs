@@ -175,13 +175,14 @@ impl pb::osd_server::Osd for OsdService {
         while let Some(message) = pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
             match message.part {
                 Some(pb::append_request::Part::Chunk(chunk)) => {
-                    body.push(&chunk)?;
                     hasher.update(&chunk);
+                    body.push(chunk)?;
                 }
                 _ => return Err(Status::invalid_argument("only chunks may follow the header")),
             }
         }
-        let data = body.finish()?;
+        // The writer wants the record in one buffer: the one copy of the OSD.
+        let data = body.finish()?.contiguous();
         if Key(*hasher.finalize().as_bytes()) != key {
             return Err(Status::invalid_argument(format!("record bytes do not hash to the key {key}")));
         }

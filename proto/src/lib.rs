@@ -143,50 +143,128 @@ pub fn chunks(data: &bytes::Bytes) -> impl Iterator<Item = bytes::Bytes> + Send 
     })
 }
 
-/// Reassembles a blob streamed in chunks, refusing more or fewer bytes than
-/// the header announced. Memory is exactly the announced length, which the
-/// caller has checked against its limit before creating the collector.
+/// Collects a blob streamed in chunks, refusing more or fewer bytes than the
+/// header announced. The chunks are kept as they arrived (`Bytes` from the
+/// decoder), never copied into one buffer: a blob that is only hashed and
+/// forwarded is never copied by pocket. Memory is the announced length, which
+/// the caller has checked against its limit before creating the collector.
 pub struct BodyCollector {
     expected_bytes: u64,
-    buffer: bytes::BytesMut,
+    received_bytes: u64,
+    chunks: Vec<bytes::Bytes>,
 }
 
 impl BodyCollector {
     pub fn new(expected_bytes: u64) -> BodyCollector {
-        BodyCollector { expected_bytes, buffer: bytes::BytesMut::with_capacity(expected_bytes as usize) }
+        let chunks = (expected_bytes as usize).div_ceil(CHUNK_SIZE_BYTES).min(1024);
+        BodyCollector { expected_bytes, received_bytes: 0, chunks: Vec::with_capacity(chunks) }
     }
 
-    pub fn push(&mut self, chunk: &[u8]) -> Result<(), tonic::Status> {
+    pub fn push(&mut self, chunk: bytes::Bytes) -> Result<(), tonic::Status> {
         if chunk.len() > CHUNK_SIZE_BYTES {
             return Err(tonic::Status::invalid_argument(format!(
                 "chunk of {} bytes exceeds the {CHUNK_SIZE_BYTES}-byte chunk limit",
                 chunk.len()
             )));
         }
-        if self.buffer.len() as u64 + chunk.len() as u64 > self.expected_bytes {
+        if self.received_bytes + chunk.len() as u64 > self.expected_bytes {
             return Err(tonic::Status::invalid_argument(format!(
                 "stream carries more than the {} bytes its header announced",
                 self.expected_bytes
             )));
         }
-        self.buffer.extend_from_slice(chunk);
+        self.received_bytes += chunk.len() as u64;
+        if !chunk.is_empty() {
+            self.chunks.push(chunk);
+        }
         Ok(())
     }
 
     pub fn received_bytes(&self) -> u64 {
-        self.buffer.len() as u64
+        self.received_bytes
     }
 
     /// The whole body, or `INVALID_ARGUMENT` if the stream ended early.
-    pub fn finish(self) -> Result<bytes::Bytes, tonic::Status> {
-        if self.buffer.len() as u64 != self.expected_bytes {
+    pub fn finish(self) -> Result<Body, tonic::Status> {
+        if self.received_bytes != self.expected_bytes {
             return Err(tonic::Status::invalid_argument(format!(
                 "stream ended after {} of {} announced bytes",
-                self.buffer.len(),
-                self.expected_bytes
+                self.received_bytes, self.expected_bytes
             )));
         }
-        Ok(self.buffer.freeze())
+        Ok(Body { chunks: self.chunks, len_bytes: self.received_bytes })
+    }
+}
+
+/// A blob as the chunks it arrived in (each at most `CHUNK_SIZE_BYTES`).
+/// Cloning clones handles, not bytes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Body {
+    chunks: Vec<bytes::Bytes>,
+    len_bytes: u64,
+}
+
+impl Body {
+    pub fn len_bytes(&self) -> u64 {
+        self.len_bytes
+    }
+
+    /// The chunks in order; none is empty or longer than `CHUNK_SIZE_BYTES`.
+    pub fn chunks(&self) -> &[bytes::Bytes] {
+        &self.chunks
+    }
+
+    /// BLAKE3 of the bytes.
+    pub fn key(&self) -> Key {
+        let mut hasher = blake3::Hasher::new();
+        for chunk in &self.chunks {
+            hasher.update(chunk);
+        }
+        Key(*hasher.finalize().as_bytes())
+    }
+
+    /// The bytes `[start, end)` (clamped to the body) as slices of its chunks: no copy.
+    pub fn range(&self, start: u64, end: u64) -> Vec<bytes::Bytes> {
+        let end = end.min(self.len_bytes);
+        let mut out = Vec::new();
+        let mut at = 0u64;
+        for chunk in &self.chunks {
+            let chunk_end = at + chunk.len() as u64;
+            if chunk_end > start && at < end {
+                let from = start.saturating_sub(at) as usize;
+                let to = (end.min(chunk_end) - at) as usize;
+                out.push(chunk.slice(from..to));
+            }
+            at = chunk_end;
+            if at >= end {
+                break;
+            }
+        }
+        out
+    }
+
+    /// One contiguous buffer: free for a one-chunk body, one copy otherwise.
+    pub fn contiguous(self) -> bytes::Bytes {
+        match self.chunks.len() {
+            0 => bytes::Bytes::new(),
+            1 => self.chunks.into_iter().next().unwrap_or_default(),
+            _ => {
+                let mut buffer = bytes::BytesMut::with_capacity(self.len_bytes as usize);
+                for chunk in &self.chunks {
+                    buffer.extend_from_slice(chunk);
+                }
+                buffer.freeze()
+            }
+        }
+    }
+}
+
+impl From<bytes::Bytes> for Body {
+    /// Split into `CHUNK_SIZE_BYTES` slices (no copy).
+    fn from(data: bytes::Bytes) -> Body {
+        let len_bytes = data.len() as u64;
+        let chunks = if data.is_empty() { Vec::new() } else { chunks(&data).collect() };
+        Body { chunks, len_bytes }
     }
 }
 

@@ -427,10 +427,11 @@ pub fn choose_osds(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn osds(domains: &[&str]) -> HashMap<OsdId, OsdRow> {
+    /// OSDs 1..=n in the given failure domains.
+    pub(crate) fn osds(domains: &[&str]) -> HashMap<OsdId, OsdRow> {
         domains
             .iter()
             .enumerate()

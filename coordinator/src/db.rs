@@ -245,6 +245,41 @@ fn opt_u64_of(row: &AnyRow, column: &str) -> Result<Option<u64>, DbError> {
         .transpose()
 }
 
+/// The one compare-and-set of a volume's state: `from` → `to`; false if the
+/// volume was not in `from`. Inside a transaction or on a pooled connection.
+async fn set_state(
+    conn: &mut sqlx::AnyConnection,
+    volume_id: VolumeId,
+    from: VolumeState,
+    to: VolumeState,
+    context: &'static str,
+) -> Result<bool, DbError> {
+    let result = sqlx::query("UPDATE volumes SET state = ?, state_changed_unix_ms = ? WHERE volume_id = ? AND state = ?")
+        .bind(to.as_str())
+        .bind(now_unix_ms())
+        .bind(to_i64(volume_id))
+        .bind(from.as_str())
+        .execute(conn)
+        .await
+        .ctx(context)?;
+    Ok(result.rows_affected() == 1)
+}
+
+/// Applies every (volume, from, to) in order; false at the first volume not
+/// in its `from` state (the caller then rolls the transaction back).
+async fn set_states(
+    conn: &mut sqlx::AnyConnection,
+    changes: &[(VolumeId, VolumeState, VolumeState)],
+    context: &'static str,
+) -> Result<bool, DbError> {
+    for &(volume_id, from, to) in changes {
+        if !set_state(&mut *conn, volume_id, from, to, context).await? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -410,15 +445,8 @@ impl CellDb {
 
     /// Moves a volume from `from` to `to`; false if it was not in `from`.
     pub async fn transition(&self, volume_id: VolumeId, from: VolumeState, to: VolumeState) -> Result<bool, DbError> {
-        let result = sqlx::query("UPDATE volumes SET state = ?, state_changed_unix_ms = ? WHERE volume_id = ? AND state = ?")
-            .bind(to.as_str())
-            .bind(now_unix_ms())
-            .bind(to_i64(volume_id))
-            .bind(from.as_str())
-            .execute(&self.pool)
-            .await
-            .ctx("transition volume")?;
-        Ok(result.rows_affected() == 1)
+        let mut conn = self.pool.acquire().await.ctx("acquire connection")?;
+        set_state(&mut conn, volume_id, from, to, "transition volume").await
     }
 
     pub async fn record_sealed_size(&self, extent_id: ExtentId, osd_id: OsdId, size_bytes: u64) -> Result<(), DbError> {
@@ -535,19 +563,11 @@ impl CellDb {
         let k = sources.len() as u64;
         let m = parity_osds.len() as u64;
         let mut tx = self.pool.begin().await.ctx("begin plan ec volume")?;
-        for source in sources {
-            let claimed = sqlx::query("UPDATE volumes SET state = ?, state_changed_unix_ms = ? WHERE volume_id = ? AND state = ?")
-                .bind(VolumeState::Encoding.as_str())
-                .bind(now)
-                .bind(to_i64(source.volume_id))
-                .bind(VolumeState::Closed.as_str())
-                .execute(&mut *tx)
-                .await
-                .ctx("claim source volume")?;
-            if claimed.rows_affected() != 1 {
-                tx.rollback().await.ctx("roll back plan")?;
-                return Ok(None);
-            }
+        let claims: Vec<_> =
+            sources.iter().map(|source| (source.volume_id, VolumeState::Closed, VolumeState::Encoding)).collect();
+        if !set_states(&mut tx, &claims, "claim source volume").await? {
+            tx.rollback().await.ctx("roll back plan")?;
+            return Ok(None);
         }
         sqlx::query("UPDATE id_alloc SET next_id = next_id + ? WHERE name = 'ids'")
             .bind(to_i64(1 + m))
@@ -669,22 +689,12 @@ impl CellDb {
     /// a data shard keeps its row, moved to the new volume). False (and
     /// nothing changed) if any state was not as expected.
     pub async fn switch_to_ec(&self, volume: &EcVolume) -> Result<bool, DbError> {
-        let now = now_unix_ms();
         let mut tx = self.pool.begin().await.ctx("begin switch")?;
-        let cas = |id: VolumeId, from: VolumeState, to: VolumeState| {
-            sqlx::query("UPDATE volumes SET state = ?, state_changed_unix_ms = ? WHERE volume_id = ? AND state = ?")
-                .bind(to.as_str())
-                .bind(now)
-                .bind(to_i64(id))
-                .bind(from.as_str())
-        };
         let mut changes = vec![(volume.volume_id, VolumeState::Building, VolumeState::Ec)];
         changes.extend(volume.source_volumes().into_iter().map(|id| (id, VolumeState::Encoding, VolumeState::Retiring)));
-        for (id, from, to) in changes {
-            if cas(id, from, to).execute(&mut *tx).await.ctx("switch volume state")?.rows_affected() != 1 {
-                tx.rollback().await.ctx("roll back switch")?;
-                return Ok(false);
-            }
+        if !set_states(&mut tx, &changes, "switch volume state").await? {
+            tx.rollback().await.ctx("roll back switch")?;
+            return Ok(false);
         }
         for row in &volume.layout {
             if let Some(bucket_id) = row.bucket_id {
@@ -727,23 +737,12 @@ impl CellDb {
     /// abandoned and its sources encoding → closed, in one transaction. Its
     /// layout rows stay, naming the shards to delete.
     pub async fn abandon_ec(&self, volume: &EcVolume) -> Result<bool, DbError> {
-        let now = now_unix_ms();
         let mut tx = self.pool.begin().await.ctx("begin abandon")?;
         let mut changes = vec![(volume.volume_id, VolumeState::Building, VolumeState::Abandoned)];
         changes.extend(volume.source_volumes().into_iter().map(|id| (id, VolumeState::Encoding, VolumeState::Closed)));
-        for (id, from, to) in changes {
-            let result = sqlx::query("UPDATE volumes SET state = ?, state_changed_unix_ms = ? WHERE volume_id = ? AND state = ?")
-                .bind(to.as_str())
-                .bind(now)
-                .bind(to_i64(id))
-                .bind(from.as_str())
-                .execute(&mut *tx)
-                .await
-                .ctx("abandon volume state")?;
-            if result.rows_affected() != 1 {
-                tx.rollback().await.ctx("roll back abandon")?;
-                return Ok(false);
-            }
+        if !set_states(&mut tx, &changes, "abandon volume state").await? {
+            tx.rollback().await.ctx("roll back abandon")?;
+            return Ok(false);
         }
         tx.commit().await.ctx("commit abandon")?;
         Ok(true)

@@ -430,7 +430,7 @@ impl Cell {
             stream_encode_ms = stream.as_millis() as u64,
             sync_and_check_ms = finish.as_millis() as u64,
             read_back_ms = phase.elapsed().as_millis() as u64,
-            copied_shards = data_sinks_copied(&expected, m),
+            copied_shards = expected.len() - m,
             "encoding phases"
         );
         Ok(data_rows.iter().map(|row| row.size_bytes).sum())
@@ -477,11 +477,6 @@ impl Cell {
         client.delete_extent(request).await.map_err(|status| EncodeError::Osd { osd_id, extent_id, status })?;
         Ok(())
     }
-}
-
-/// Data shards that were copied (not kept in place): the shards written minus parity.
-fn data_sinks_copied(written: &[(OsdId, ExtentId, u64, [u8; 32])], parity: usize) -> usize {
-    written.len().saturating_sub(parity)
 }
 
 /// The bytes of one sealed extent, read in order from its OSD.
@@ -626,20 +621,10 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
+    /// OSDs 1..=n, each in a failure domain of its own.
     fn osds(n: u64) -> HashMap<OsdId, OsdRow> {
-        (1..=n)
-            .map(|id| {
-                let row = OsdRow {
-                    osd_id: id,
-                    grpc_addr: format!("127.0.0.1:{}", 7000 + id),
-                    failure_domain: format!("d{id}"),
-                    capacity_bytes: 1 << 40,
-                    used_bytes: 0,
-                    last_heartbeat_unix_ms: 0,
-                };
-                (id, row)
-            })
-            .collect()
+        let domains: Vec<String> = (1..=n).map(|id| format!("d{id}")).collect();
+        crate::cell::tests::osds(&domains.iter().map(String::as_str).collect::<Vec<_>>())
     }
 
     fn sources(k: u64) -> Vec<SourceVolume> {

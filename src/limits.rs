@@ -21,6 +21,8 @@ use serde::Serialize;
 const IO_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 /// Payload of each RPC in the loopback measurement: one typical blob.
 const RPC_PAYLOAD_BYTES: usize = 4 * 1024 * 1024;
+/// Payload of each RPC in the small-blob loopback measurement.
+pub const SMALL_RPC_PAYLOAD_BYTES: usize = 64 * 1024;
 /// RPCs in flight at once in the loopback measurement (as `pocket bench`).
 const RPC_CONCURRENCY: usize = 8;
 
@@ -34,8 +36,10 @@ pub struct LimitsOptions {
     pub sync_every_bytes: Vec<u64>,
     /// Bytes hashed by the BLAKE3 measurement.
     pub hash_bytes: u64,
-    /// Bytes sent through the loopback RPC measurement.
+    /// Bytes sent through the loopback RPC measurement (4 MiB RPCs).
     pub rpc_bytes: u64,
+    /// 64 KiB RPCs sent through the loopback RPC measurement.
+    pub small_rpcs: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +56,8 @@ pub struct Limits {
     pub blake3_mib_per_sec_per_core: f64,
     pub cores: usize,
     pub rpc_4mib_mib_per_sec: f64,
+    /// RPCs per second with 64 KiB payloads, RPC_CONCURRENCY in flight.
+    pub rpc_64kib_ops_per_sec: f64,
 }
 
 fn mib_per_sec(bytes: u64, elapsed: Duration) -> f64 {
@@ -64,7 +70,7 @@ pub async fn measure(options: &LimitsOptions) -> anyhow::Result<Limits> {
     let (writes, read_cold, read_warm) = tokio::task::spawn_blocking(move || measure_disk(&disk)).await??;
     let hash_bytes = options.hash_bytes;
     let blake3 = tokio::task::spawn_blocking(move || measure_blake3(hash_bytes)).await?;
-    let rpc = measure_rpc(&options.dir, options.rpc_bytes).await?;
+    let (rpc, rpc_small) = measure_rpc(&options.dir, options.rpc_bytes, options.small_rpcs).await?;
     Ok(Limits {
         write_with_fdatasync: writes,
         read_cold_mib_per_sec: read_cold,
@@ -72,6 +78,7 @@ pub async fn measure(options: &LimitsOptions) -> anyhow::Result<Limits> {
         blake3_mib_per_sec_per_core: blake3,
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         rpc_4mib_mib_per_sec: rpc,
+        rpc_64kib_ops_per_sec: rpc_small,
     })
 }
 
@@ -169,8 +176,9 @@ impl pb::loopback_server::Loopback for Sink {
 }
 
 /// Streams `bytes` through an in-process gRPC server on loopback with the
-/// same transport as pocket (mutual TLS, 1 MiB chunks), 4 MiB per RPC.
-async fn measure_rpc(dir: &Path, bytes: u64) -> anyhow::Result<f64> {
+/// same transport as pocket (mutual TLS, 1 MiB chunks), 4 MiB per RPC; then
+/// `small_rpcs` RPCs of 64 KiB. Returns (MiB/s at 4 MiB, RPCs/s at 64 KiB).
+async fn measure_rpc(dir: &Path, bytes: u64, small_rpcs: u64) -> anyhow::Result<(f64, f64)> {
     let pki_dir = dir.join(format!("pocket-limits-pki-{}", std::process::id()));
     let server_id = Identity::new(Role::Frontend, "limits");
     let client_id = Identity::new(Role::Client, "limits");
@@ -196,10 +204,26 @@ async fn measure_rpc(dir: &Path, bytes: u64) -> anyhow::Result<f64> {
     let channel = client_tls.channel(&addr, &server_id.dns_name())?;
     let client = pb::loopback_client::LoopbackClient::new(channel)
         .max_encoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES);
-    let mut payload = vec![0u8; RPC_PAYLOAD_BYTES];
+    let large = transfer(&client, RPC_PAYLOAD_BYTES, bytes.div_ceil(RPC_PAYLOAD_BYTES as u64).max(1)).await;
+    let small = match large {
+        Ok(_) => transfer(&client, SMALL_RPC_PAYLOAD_BYTES, small_rpcs.max(1)).await,
+        Err(_) => Ok((0.0, 0.0)),
+    };
+    let _ = stop.send(());
+    let _ = server.await;
+    Ok((large?.0, small?.1))
+}
+
+/// Sends `rpcs` RPCs of `payload_bytes`, RPC_CONCURRENCY at once; returns
+/// (MiB/s, RPCs/s).
+async fn transfer(
+    client: &pb::loopback_client::LoopbackClient<tonic::transport::Channel>,
+    payload_bytes: usize,
+    rpcs: u64,
+) -> anyhow::Result<(f64, f64)> {
+    let mut payload = vec![0u8; payload_bytes];
     rand::rng().fill_bytes(&mut payload);
     let payload = Bytes::from(payload);
-    let rpcs = bytes.div_ceil(RPC_PAYLOAD_BYTES as u64).max(1);
     let limit = Arc::new(tokio::sync::Semaphore::new(RPC_CONCURRENCY));
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
@@ -217,9 +241,143 @@ async fn measure_rpc(dir: &Path, bytes: u64) -> anyhow::Result<f64> {
         received += joined??;
     }
     let elapsed = started.elapsed();
-    let _ = stop.send(());
-    let _ = server.await;
-    Ok(mib_per_sec(received, elapsed))
+    Ok((mib_per_sec(received, elapsed), rpcs as f64 / elapsed.as_secs_f64().max(1e-9)))
+}
+
+/// What the OSDs of a local pocket wrote during a bench: how many took
+/// appends, and how many bytes one group commit (one fdatasync) held on
+/// average — read from their `pocket_osd_group_commit*` counters.
+#[derive(Debug, Clone, Serialize)]
+pub struct CommitPattern {
+    pub osds: usize,
+    pub commits: u64,
+    pub appends: u64,
+    pub bytes: u64,
+    pub mean_commit_bytes: u64,
+}
+
+/// The disk measured in the OSDs' own pattern: `writers` files written at
+/// once, each fdatasync'd every `sync_every_bytes`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PatternFigure {
+    pub pattern: CommitPattern,
+    pub mib_per_sec: f64,
+}
+
+/// Per-OSD (commits, appends, bytes) counters of a pocket started by
+/// `pocket up --dir cell_dir`, scraped with its operator identity. None if
+/// `cell_dir` is not such a directory.
+pub async fn scrape_group_commits(cell_dir: &Path) -> anyhow::Result<Option<Vec<[u64; 3]>>> {
+    let operator = cell_dir.join("operator.toml");
+    let Ok(text) = std::fs::read_to_string(&operator) else { return Ok(None) };
+    let config: crate::cell_status::OperatorConfig =
+        toml::from_str(&text).with_context(|| format!("parse {}", operator.display()))?;
+    let tls = Tls::load(&config.tls)?;
+    let mut runs: Vec<PathBuf> = std::fs::read_dir(cell_dir.join("run"))
+        .with_context(|| format!("list {}", cell_dir.join("run").display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            name.starts_with("osd-") && name.ends_with(".run")
+        })
+        .collect();
+    runs.sort();
+    let mut counters = Vec::new();
+    for run in runs {
+        let info = crate::runinfo::RunInfo::read(&run)?;
+        let text = crate::ops::https_get(&tls, &info.http, "/metrics").await?;
+        let value = |name: &str| crate::ops::metric_value(&text, name).unwrap_or(0.0) as u64;
+        counters.push([
+            value("pocket_osd_group_commits_total"),
+            value("pocket_osd_group_commit_appends_total"),
+            value("pocket_osd_group_commit_bytes_total"),
+        ]);
+    }
+    Ok(Some(counters))
+}
+
+/// The group commits made between two scrapes of the same OSDs.
+pub fn commit_pattern(before: &[[u64; 3]], after: &[[u64; 3]]) -> Option<CommitPattern> {
+    if before.len() != after.len() {
+        return None;
+    }
+    let deltas: Vec<[u64; 3]> = before
+        .iter()
+        .zip(after)
+        .map(|(b, a)| [a[0].saturating_sub(b[0]), a[1].saturating_sub(b[1]), a[2].saturating_sub(b[2])])
+        .filter(|d| d[0] > 0)
+        .collect();
+    let commits: u64 = deltas.iter().map(|d| d[0]).sum();
+    if commits == 0 {
+        return None;
+    }
+    let bytes: u64 = deltas.iter().map(|d| d[2]).sum();
+    Some(CommitPattern {
+        osds: deltas.len(),
+        commits,
+        appends: deltas.iter().map(|d| d[1]).sum(),
+        bytes,
+        mean_commit_bytes: (bytes / commits).max(4096),
+    })
+}
+
+/// Writes `total_bytes` in `pattern.osds` files at once (one thread each),
+/// each fdatasync'd every `pattern.mean_commit_bytes`: the disk's ceiling
+/// for the write pattern the OSDs produced.
+pub fn measure_pattern(dir: &Path, pattern: &CommitPattern, total_bytes: u64) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let writers = pattern.osds.max(1);
+    let per_writer = (total_bytes / writers as u64).max(pattern.mean_commit_bytes);
+    let commit = pattern.mean_commit_bytes as usize;
+    let mut buffer = vec![0u8; commit.min(IO_BUFFER_BYTES)];
+    rand::rng().fill_bytes(&mut buffer);
+    let paths: Vec<PathBuf> =
+        (0..writers).map(|i| dir.join(format!("pocket-limits-{}-{i}.tmp", std::process::id()))).collect();
+    let barrier = std::sync::Barrier::new(writers + 1);
+    let result = std::thread::scope(|scope| {
+        let handles: Vec<_> = paths
+            .iter()
+            .map(|path| {
+                let (buffer, barrier) = (&buffer, &barrier);
+                scope.spawn(move || -> anyhow::Result<u64> {
+                    let file = std::fs::File::create(path).context("create measurement file");
+                    barrier.wait();
+                    let mut file = file?;
+                    let mut written = 0u64;
+                    while written < per_writer {
+                        let mut in_commit = 0usize;
+                        while in_commit < commit {
+                            let n = buffer.len().min(commit - in_commit);
+                            file.write_all(&buffer[..n]).context("write")?;
+                            in_commit += n;
+                        }
+                        file.sync_data().context("fdatasync")?;
+                        written += in_commit as u64;
+                    }
+                    Ok(written)
+                })
+            })
+            .collect();
+        barrier.wait();
+        let started = Instant::now();
+        let mut written = 0u64;
+        let mut failure = None;
+        for handle in handles {
+            match handle.join() {
+                Ok(Ok(n)) => written += n,
+                Ok(Err(e)) => failure = Some(e),
+                Err(_) => failure = Some(anyhow::anyhow!("a measurement thread panicked")),
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(mib_per_sec(written, started.elapsed())),
+        }
+    });
+    for path in &paths {
+        let _ = std::fs::remove_file(path);
+    }
+    result
 }
 
 /// pocket's figures beside the bounds that apply to them.
@@ -232,37 +390,148 @@ pub struct Ratio {
     pub ratio: f64,
 }
 
+/// What `pocket limits` measured of a running pocket: the bench phases and
+/// the OSDs' write pattern during each PUT phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct PocketFigures {
+    pub bench: Vec<crate::bench::PhaseReport>,
+    /// During the 4 MiB PUTs.
+    pub osd_pattern: Option<PatternFigure>,
+    /// During the 64 KiB PUTs.
+    pub osd_pattern_small: Option<PatternFigure>,
+}
+
+impl PocketFigures {
+    fn mib_per_sec(&self, phase: &str) -> f64 {
+        self.bench.iter().find(|r| r.phase == phase).map(|r| r.mib_per_sec).unwrap_or(0.0)
+    }
+}
+
+/// Phase name of the 64 KiB PUTs in [`PocketFigures::bench`].
+pub const SMALL_PUT_PHASE: &str = "put64k";
+
+/// Benches the pocket behind `client` as `pocket limits` does: 4 MiB PUTs
+/// then GETs (`count` each), then `small_count` 64 KiB PUTs, all at C = 8.
+/// If `cell_dir` is a `pocket up` directory, the OSDs' group commits during
+/// each PUT phase are read from their /metrics and the disk is measured in
+/// that pattern (at most `disk_bytes` written).
+pub async fn bench_pocket(
+    client: pocket_client::Client,
+    cell_dir: &Path,
+    count: usize,
+    small_count: usize,
+    disk_bytes: u64,
+) -> anyhow::Result<PocketFigures> {
+    let options = |mode, count, size_bytes| crate::bench::BenchOptions {
+        mode,
+        count,
+        size_bytes,
+        concurrency: RPC_CONCURRENCY,
+        duration: None,
+        progress: false,
+        seed: rand::random(),
+    };
+    let (mut bench, osd_pattern) =
+        bench_with_pattern(&client, cell_dir, options(crate::bench::Mode::All, count, 4 << 20), disk_bytes).await?;
+    let (small, osd_pattern_small) = bench_with_pattern(
+        &client,
+        cell_dir,
+        options(crate::bench::Mode::Put, small_count, SMALL_RPC_PAYLOAD_BYTES),
+        disk_bytes,
+    )
+    .await?;
+    bench.extend(small.into_iter().map(|mut r| {
+        r.phase = SMALL_PUT_PHASE.into();
+        r
+    }));
+    Ok(PocketFigures { bench, osd_pattern, osd_pattern_small })
+}
+
+/// Runs one bench; around it, scrapes the OSDs' group-commit counters (only
+/// PUTs append) and measures the disk in the pattern they show.
+async fn bench_with_pattern(
+    client: &pocket_client::Client,
+    cell_dir: &Path,
+    options: crate::bench::BenchOptions,
+    disk_bytes: u64,
+) -> anyhow::Result<(Vec<crate::bench::PhaseReport>, Option<PatternFigure>)> {
+    let before = scrape_group_commits(cell_dir).await?;
+    let reports = crate::bench::run(client.clone(), options).await?;
+    let Some(before) = before else { return Ok((reports, None)) };
+    let after = scrape_group_commits(cell_dir).await?.unwrap_or_default();
+    let Some(pattern) = commit_pattern(&before, &after) else { return Ok((reports, None)) };
+    // Enough commits to be steady, at most `disk_bytes`.
+    let bytes = disk_bytes.min(pattern.mean_commit_bytes.saturating_mul(4096));
+    let dir = cell_dir.to_path_buf();
+    let figure = tokio::task::spawn_blocking(move || {
+        measure_pattern(&dir, &pattern, bytes).map(|mib_per_sec| PatternFigure { pattern, mib_per_sec })
+    })
+    .await??;
+    Ok((reports, Some(figure)))
+}
+
 /// Bounds on one machine, where every hop shares the same cores:
-/// - PUT at R replicas: the disk takes R copies, at the coarsest fdatasync
-///   granularity measured (the OSD's group commit never syncs less than
-///   that would), and the bytes cross 1 + R mTLS hops (client → frontend →
-///   R OSDs), each costing what the measured RPC figure costs;
+/// - PUT at R replicas: the disk takes R copies, and the bytes cross 1 + R
+///   mTLS hops (client → frontend → R OSDs), each costing what the measured
+///   RPC figure costs. The disk figure that applies is the one measured in
+///   the OSDs' own write pattern during the bench (as many files at once as
+///   OSDs took appends, fdatasync'd as often as their group commits were).
+///   A second row, `put*`, puts the PUT beside the disk's best figure (the
+///   coarsest single-file granularity measured), which needs group commits
+///   far larger than the bench's concurrency produces;
 /// - warm GET: read bandwidth, 2 mTLS hops (OSD → frontend → client), and 2
-///   BLAKE3 passes (frontend and client check the key) on all cores.
-pub fn ratios(limits: &Limits, replicas: u32, put_mib_per_sec: f64, get_mib_per_sec: f64) -> Vec<Ratio> {
+///   BLAKE3 passes (frontend and client check the key) on all cores;
+/// - 64 KiB PUT: as the 4 MiB PUT, with the RPC figure for 64 KiB payloads.
+pub fn ratios(limits: &Limits, figures: &PocketFigures, replicas: u32) -> Vec<Ratio> {
     let r = f64::from(replicas.max(1));
+    let rpc_hops = 1 + replicas;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let ratio = |what: &str, pocket: f64, bound: f64, text: String| Ratio {
+        what: what.into(),
+        pocket_mib_per_sec: pocket,
+        bound: text,
+        bound_mib_per_sec: bound,
+        ratio: pocket / bound.max(1e-9),
+    };
+    let put = figures.mib_per_sec("put");
+    let put_rpc = limits.rpc_4mib_mib_per_sec / f64::from(rpc_hops);
+    let mut rows = Vec::new();
+    if let Some(p) = &figures.osd_pattern {
+        let text = format!(
+            "min(write, {} files, fdatasync every {:.2} MiB / {replicas}, rpc / {rpc_hops})",
+            p.pattern.osds,
+            mib(p.pattern.mean_commit_bytes)
+        );
+        rows.push(ratio("put", put, (p.mib_per_sec / r).min(put_rpc), text));
+    }
     let coarsest = limits.write_with_fdatasync.iter().max_by_key(|w| w.sync_every_bytes);
     let write = coarsest.map(|w| w.mib_per_sec).unwrap_or(0.0);
     let granularity = coarsest.map(|w| w.sync_every_bytes >> 20).unwrap_or(0);
-    let put_bound = (write / r).min(limits.rpc_4mib_mib_per_sec / (1.0 + r));
+    let text = format!("min(write, 1 file, fdatasync every {granularity} MiB / {replicas}, rpc / {rpc_hops})");
+    let what = if figures.osd_pattern.is_some() { "put*" } else { "put" };
+    rows.push(ratio(what, put, (write / r).min(put_rpc), text));
     let hash_all_cores = limits.blake3_mib_per_sec_per_core * limits.cores as f64;
     let get_bound = limits.read_warm_mib_per_sec.min(limits.rpc_4mib_mib_per_sec / 2.0).min(hash_all_cores / 2.0);
-    vec![
-        Ratio {
-            what: "put".into(),
-            pocket_mib_per_sec: put_mib_per_sec,
-            bound: format!("min(write, fdatasync every {granularity} MiB / {replicas}, rpc / {})", 1 + replicas),
-            bound_mib_per_sec: put_bound,
-            ratio: put_mib_per_sec / put_bound.max(1e-9),
-        },
-        Ratio {
-            what: "get".into(),
-            pocket_mib_per_sec: get_mib_per_sec,
-            bound: "min(warm read, rpc / 2, blake3 x cores / 2)".into(),
-            bound_mib_per_sec: get_bound,
-            ratio: get_mib_per_sec / get_bound.max(1e-9),
-        },
-    ]
+    rows.push(ratio(
+        "get",
+        figures.mib_per_sec("get"),
+        get_bound,
+        "min(warm read, rpc / 2, blake3 x cores / 2)".into(),
+    ));
+    let small_rpc = limits.rpc_64kib_ops_per_sec * mib(SMALL_RPC_PAYLOAD_BYTES as u64) / f64::from(rpc_hops);
+    let (small_bound, text) = match &figures.osd_pattern_small {
+        Some(p) => (
+            (p.mib_per_sec / r).min(small_rpc),
+            format!(
+                "min(write, {} files, fdatasync every {:.0} KiB / {replicas}, rpc 64 KiB / {rpc_hops})",
+                p.pattern.osds,
+                p.pattern.mean_commit_bytes as f64 / 1024.0
+            ),
+        ),
+        None => (small_rpc, format!("rpc 64 KiB / {rpc_hops}")),
+    };
+    rows.push(ratio(SMALL_PUT_PHASE, figures.mib_per_sec(SMALL_PUT_PHASE), small_bound, text));
+    rows
 }
 
 /// The limits as a table for people.
@@ -279,5 +548,28 @@ pub fn table(limits: &Limits) -> String {
     out.push_str(&format!("read, warm                              {:>9.1}\n", limits.read_warm_mib_per_sec));
     out.push_str(&format!("blake3, one core ({} cores)              {:>9.1}\n", limits.cores, limits.blake3_mib_per_sec_per_core));
     out.push_str(&format!("rpc (mTLS, 4 MiB payloads, {RPC_CONCURRENCY} in flight)  {:>9.1}\n", limits.rpc_4mib_mib_per_sec));
+    out.push_str(&format!(
+        "rpc (mTLS, 64 KiB payloads, {RPC_CONCURRENCY} in flight) {:>9.1}  ({:.0} RPCs/s)\n",
+        limits.rpc_64kib_ops_per_sec * SMALL_RPC_PAYLOAD_BYTES as f64 / (1024.0 * 1024.0),
+        limits.rpc_64kib_ops_per_sec
+    ));
+    out
+}
+
+/// The OSD write patterns measured during the bench, as table lines.
+pub fn pattern_table(figures: &PocketFigures) -> String {
+    let mut out = String::new();
+    for (what, pattern) in [("4 MiB PUTs", &figures.osd_pattern), ("64 KiB PUTs", &figures.osd_pattern_small)] {
+        if let Some(p) = pattern {
+            out.push_str(&format!(
+                "write, OSD pattern of the {what}: {} files, fdatasync every {:.0} KiB  {:>9.1}\n  ({} group commits of {:.2} appends on average)\n",
+                p.pattern.osds,
+                p.pattern.mean_commit_bytes as f64 / 1024.0,
+                p.mib_per_sec,
+                p.pattern.commits,
+                p.pattern.appends as f64 / p.pattern.commits as f64
+            ));
+        }
+    }
     out
 }

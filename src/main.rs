@@ -106,7 +106,10 @@ enum Command {
     /// fdatasync, read, BLAKE3 per core, the RPC layer); with --config, also
     /// bench the running pocket (4 MiB, 8 in flight) and print its ratios.
     Limits {
-        /// A directory on the disk the OSDs use (a file is written and removed).
+        /// A directory on the disk the OSDs use (files are written and
+        /// removed there). With a `pocket up` directory, the OSDs' group
+        /// commits during the bench are read from their /metrics and the
+        /// disk is measured in that same pattern.
         #[arg(long, default_value = "pocket-data")]
         dir: PathBuf,
         /// Bytes written and read back by the disk measurements.
@@ -118,6 +121,9 @@ enum Command {
         /// Blobs per phase of that bench.
         #[arg(long, default_value_t = 128)]
         count: usize,
+        /// 64 KiB PUTs of that bench.
+        #[arg(long, default_value_t = 3000)]
+        small_count: usize,
         /// The pocket's replication factor (PUT is bounded by write bandwidth / R).
         #[arg(long, default_value_t = 3)]
         replicas: u32,
@@ -333,41 +339,37 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Limits { dir, disk_size, config, count, replicas, json } => {
+        Command::Limits { dir, disk_size, config, count, small_count, replicas, json } => {
             let options = pocket::limits::LimitsOptions {
                 dir,
                 disk_bytes: disk_size,
                 sync_every_bytes: vec![4 << 20, 64 << 20],
                 hash_bytes: 1 << 30,
                 rpc_bytes: 1 << 30,
+                small_rpcs: 8192,
             };
             let limits = pocket::limits::measure(&options).await?;
-            let mut reports = Vec::new();
-            let mut ratios = Vec::new();
-            if let Some(config) = config {
-                let bench = pocket::bench::BenchOptions {
-                    mode: pocket::bench::Mode::All,
-                    count,
-                    size_bytes: 4 << 20,
-                    concurrency: 8,
-                    duration: None,
-                    progress: false,
-                    seed: rand::random(),
-                };
-                reports = pocket::bench::run(client(&config)?, bench).await?;
-                let figure = |phase: &str| reports.iter().find(|r| r.phase == phase).map(|r| r.mib_per_sec).unwrap_or(0.0);
-                ratios = pocket::limits::ratios(&limits, replicas, figure("put"), figure("get"));
-            }
+            let figures = match config {
+                Some(config) => {
+                    Some(pocket::limits::bench_pocket(client(&config)?, &options.dir, count, small_count, disk_size).await?)
+                }
+                None => None,
+            };
+            let ratios = figures.as_ref().map(|f| pocket::limits::ratios(&limits, f, replicas)).unwrap_or_default();
             if json {
-                let all = serde_json::json!({ "limits": limits, "bench": reports, "ratios": ratios });
+                let all = serde_json::json!({ "limits": limits, "pocket": figures, "ratios": ratios });
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
                 print!("{}", pocket::limits::table(&limits));
-                if !reports.is_empty() {
-                    print!("\n{}", pocket::bench::table(&reports));
-                    println!("\nphase  pocket MiB/s  bound MiB/s  ratio  bound");
+                if let Some(figures) = &figures {
+                    print!("{}", pocket::limits::pattern_table(figures));
+                    print!("\n{}", pocket::bench::table(&figures.bench));
+                    println!("\nphase   pocket MiB/s  bound MiB/s  ratio  bound");
                     for r in &ratios {
-                        println!("{:<6} {:>12.1} {:>12.1} {:>6.2}  {}", r.what, r.pocket_mib_per_sec, r.bound_mib_per_sec, r.ratio, r.bound);
+                        println!("{:<7} {:>12.1} {:>12.1} {:>6.2}  {}", r.what, r.pocket_mib_per_sec, r.bound_mib_per_sec, r.ratio, r.bound);
+                    }
+                    if figures.osd_pattern.is_some() {
+                        println!("(put*: the same PUTs against the disk's best single-file figure, not the OSDs' pattern)");
                     }
                 }
             }

@@ -95,3 +95,42 @@ async fn health(State(state): State<OpsState>) -> (StatusCode, &'static str) {
         (StatusCode::SERVICE_UNAVAILABLE, "not serving\n")
     }
 }
+
+/// Longest a scrape of another daemon's operations endpoint may take.
+const SCRAPE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Largest response body a scrape accepts.
+const SCRAPE_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// GETs `path` from the operations endpoint at `addr` over mutual TLS with
+/// `tls` (an operator or daemon identity) and returns the response body.
+pub async fn https_get(tls: &pocket_transport::Tls, addr: &str, path: &str) -> anyhow::Result<String> {
+    use anyhow::Context;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let fetch = async {
+        let connector = tokio_rustls::TlsConnector::from(tls.rustls_client_config()?);
+        let tcp = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+        let host = addr.rsplit_once(':').map(|(host, _)| host).unwrap_or(addr).to_owned();
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).with_context(|| format!("server name {host}"))?;
+        let mut stream = connector.connect(name, tcp).await.context("TLS handshake")?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await?;
+        let mut response = Vec::new();
+        // A close without close_notify still ends a Connection: close reply.
+        let _ = (&mut stream).take(SCRAPE_MAX_BYTES).read_to_end(&mut response).await;
+        let text = String::from_utf8_lossy(&response).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").context("no HTTP response")?;
+        if !head.starts_with("HTTP/1.1 200") {
+            anyhow::bail!("{addr}{path}: {}", head.lines().next().unwrap_or(""));
+        }
+        Ok::<String, anyhow::Error>(body.to_owned())
+    };
+    tokio::time::timeout(SCRAPE_TIMEOUT, fetch).await.with_context(|| format!("scrape {addr}{path}: timed out"))?
+}
+
+/// The value of the unlabelled counter or gauge `name` in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        rest.strip_prefix(' ')?.trim().parse().ok()
+    })
+}

@@ -39,8 +39,8 @@ async fn limits_measure_the_machine_and_relate_pocket_to_it() {
     let dir = tmp.path().join("pocket");
     let pocket = LocalPocket::start(&dir, UpOptions { osds: 3, ..Default::default() }).await;
     let output = std::process::Command::new(common::POCKET)
-        .args(["limits", "--disk-size", "64MiB", "--count", "4", "--json", "--dir"])
-        .arg(tmp.path())
+        .args(["limits", "--disk-size", "64MiB", "--count", "4", "--small-count", "20", "--json", "--dir"])
+        .arg(&dir)
         .arg("--config")
         .arg(dir.join("client.toml"))
         .output()
@@ -57,17 +57,37 @@ async fn limits_measure_the_machine_and_relate_pocket_to_it() {
         &limits["read_warm_mib_per_sec"],
         &limits["blake3_mib_per_sec_per_core"],
         &limits["rpc_4mib_mib_per_sec"],
+        &limits["rpc_64kib_ops_per_sec"],
     ] {
         assert!(figure.as_f64().expect("a number") > 0.0, "{limits}");
     }
+    // Given the `pocket up` directory, limits read the OSDs' group commits
+    // during the bench and measured the disk in that pattern: 4 PUTs at
+    // R = 3 are at least 12 appends, on at most the cell's 3 OSDs.
+    let pattern = &report["pocket"]["osd_pattern"];
+    let appends = pattern["pattern"]["appends"].as_u64().expect("appends");
+    let commits = pattern["pattern"]["commits"].as_u64().expect("commits");
+    let osds = pattern["pattern"]["osds"].as_u64().expect("osds");
+    assert!(appends >= 12 && (1..=appends).contains(&commits) && (1..=3).contains(&osds), "{pattern}");
+    let mean = pattern["pattern"]["mean_commit_bytes"].as_u64().expect("mean");
+    assert_eq!(mean, pattern["pattern"]["bytes"].as_u64().expect("bytes") / commits, "{pattern}");
+    assert!(mean >= 4 << 20, "every append was a 4 MiB blob: {pattern}");
+    assert!(pattern["mib_per_sec"].as_f64().expect("pattern figure") > 0.0, "{pattern}");
+    // The 64 KiB PUTs: 20 of them at R = 3, each append 64 KiB.
+    let small = &report["pocket"]["osd_pattern_small"]["pattern"];
+    assert!(small["appends"].as_u64().expect("appends") >= 60, "{small}");
+    assert!(small["mean_commit_bytes"].as_u64().expect("mean") >= 64 << 10, "{small}");
+    let phases: Vec<_> = report["pocket"]["bench"].as_array().expect("bench").iter().map(|r| r["phase"].clone()).collect();
+    assert_eq!(phases, ["put", "get", "put64k"]);
     let ratios = report["ratios"].as_array().expect("ratios");
-    assert_eq!(ratios.iter().map(|r| r["what"].as_str().expect("what")).collect::<Vec<_>>(), ["put", "get"]);
+    let rows: Vec<_> = ratios.iter().map(|r| r["what"].as_str().expect("what")).collect();
+    assert_eq!(rows, ["put", "put*", "get", "put64k"]);
     for ratio in ratios {
         let expected = ratio["pocket_mib_per_sec"].as_f64().expect("pocket") / ratio["bound_mib_per_sec"].as_f64().expect("bound");
         assert!((ratio["ratio"].as_f64().expect("ratio") - expected).abs() < 1e-6, "{ratio}");
     }
     // The measurement file and its PKI are gone.
-    let leftovers: Vec<_> = std::fs::read_dir(tmp.path())
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .expect("list")
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().starts_with("pocket-limits"))

@@ -31,6 +31,32 @@ pub(crate) struct Shard {
     pub(crate) name: String,
     pub(crate) dialect: Dialect,
     pub(crate) pool: AnyPool,
+    /// SQLite only: writers of this process take turns here before `BEGIN
+    /// IMMEDIATE`. SQLite admits one writer at a time and makes the others
+    /// wait in its busy handler, which polls with sleeps of 1 ms growing to
+    /// 100 ms; queued here, the next writer starts the moment the last
+    /// commits. (Writers in other processes still meet the busy handler.)
+    write_turn: Option<std::sync::Arc<tokio::sync::Mutex<()>>>,
+}
+
+/// A write transaction of one shard (see [`Shard::begin_write`]); holds the
+/// shard's write turn, if it has one, until [`Shard::finish`].
+pub(crate) struct WriteTx {
+    tx: sqlx::Transaction<'static, sqlx::Any>,
+    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::Transaction<'static, sqlx::Any>;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 impl Shard {
@@ -79,10 +105,12 @@ impl Shard {
                 source,
             });
         }
+        let write_turn = (dialect == Dialect::Sqlite).then(|| std::sync::Arc::new(tokio::sync::Mutex::new(())));
         Ok(Shard {
             name: name.to_owned(),
             dialect,
             pool,
+            write_turn,
         })
     }
 
@@ -103,13 +131,17 @@ impl Shard {
     }
 
     /// Opens a transaction that will write (see [`Dialect::begin_write`]).
-    pub(crate) async fn begin_write(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, IndexError> {
-        self.pool
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx, IndexError> {
+        let turn = match &self.write_turn {
+            Some(turn) => Some(turn.clone().lock_owned().await),
+            None => None,
+        };
+        let tx = self
+            .pool
             .begin_with(self.dialect.begin_write())
             .await
-            .map_err(self.db_err("begin transaction"))
+            .map_err(self.db_err("begin transaction"))?;
+        Ok(WriteTx { tx, _turn: turn })
     }
 
     /// Ends a transaction opened by [`Shard::begin_write`]: commits if `result`
@@ -118,9 +150,10 @@ impl Shard {
     /// connection, and until then it holds its locks.
     pub(crate) async fn finish<T>(
         &self,
-        tx: sqlx::Transaction<'static, sqlx::Any>,
+        tx: WriteTx,
         result: Result<T, IndexError>,
     ) -> Result<T, IndexError> {
+        let tx = tx.tx;
         match result {
             Ok(value) => {
                 tx.commit().await.map_err(self.db_err("commit"))?;

@@ -181,8 +181,8 @@ impl pb::osd_server::Osd for OsdService {
                 _ => return Err(Status::invalid_argument("only chunks may follow the header")),
             }
         }
-        // The writer wants the record in one buffer: the one copy of the OSD.
-        let data = body.finish()?.contiguous();
+        // The chunks go to the file as they arrived (one vectored write).
+        let data = body.finish()?;
         if Key(*hasher.finalize().as_bytes()) != key {
             return Err(Status::invalid_argument(format!("record bytes do not hash to the key {key}")));
         }

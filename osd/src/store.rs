@@ -24,20 +24,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Seek, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use pocket_proto::{ExtentId, Key};
+use pocket_proto::{Body, ExtentId, Key};
 use rocksdb::{WriteBatch, DB};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::extent::{
-    self, ExtentHeader, FormatError, IndexEntry, RecordHeader, Structure, Trailer, CORRUPT_SUFFIX, EXTENT_HEADER_LEN,
+    self, ExtentHeader, FormatError, IndexEntry, RecordHeader, RecordKind, Structure, Trailer, CORRUPT_SUFFIX, EXTENT_HEADER_LEN,
     RECORD_HEADER_LEN, RECORD_MAGIC, TMP_SUFFIX, TRAILER_LEN,
 };
 use crate::meta::{self, ExtentMeta, ExtentState, Lookup, RecordLocation, RecordStats};
@@ -301,7 +301,7 @@ impl Extent {
 type OpenedDisk = (u128, DB, Vec<Extent>, Vec<(ExtentId, whole::ParityExtent)>);
 
 enum Request {
-    Append { extent: Arc<Extent>, key: Key, data: Bytes, resp: AppendResponder },
+    Append { extent: Arc<Extent>, key: Key, data: Body, resp: AppendResponder },
     Seal { extent: Arc<Extent>, resp: oneshot::Sender<Result<SealInfo, StoreError>> },
 }
 
@@ -478,11 +478,14 @@ impl Store {
 
     /// Appends `data` under `key` to extent `id`. Ok means durable: written,
     /// fdatasync'd and indexed. A key already in the extent is not written again.
-    pub async fn append(&self, id: ExtentId, key: Key, data: Bytes) -> Result<AppendOutcome, StoreError> {
+    /// `data` may come in chunks (as it arrived from the network): they are
+    /// written to the file as they are, with one vectored write per record.
+    pub async fn append(&self, id: ExtentId, key: Key, data: impl Into<Body>) -> Result<AppendOutcome, StoreError> {
+        let data: Body = data.into();
         let ext = self.extent(id)?;
-        if data.len() as u64 > self.inner.opts.max_record_bytes {
+        if data.len_bytes() > self.inner.opts.max_record_bytes {
             return Err(StoreError::TooLarge {
-                len_bytes: data.len() as u64,
+                len_bytes: data.len_bytes(),
                 max_bytes: self.inner.opts.max_record_bytes,
             });
         }
@@ -697,7 +700,7 @@ fn run_writer(db: Arc<DB>, mut rx: mpsc::Receiver<Request>, opts: StoreOptions) 
         while let Some(request) = next.take() {
             match request {
                 Request::Append { extent, key, data, resp } => {
-                    group_bytes += data.len() as u64;
+                    group_bytes += data.len_bytes();
                     appends.push(PendingAppend { extent, key, data, resp });
                 }
                 Request::Seal { extent, resp } => {
@@ -729,7 +732,7 @@ type AppendResponder = oneshot::Sender<Result<AppendOutcome, StoreError>>;
 struct PendingAppend {
     extent: Arc<Extent>,
     key: Key,
-    data: Bytes,
+    data: Body,
     resp: AppendResponder,
 }
 
@@ -770,7 +773,7 @@ fn commit_group(db: &DB, appends: Vec<PendingAppend>, opts: &StoreOptions) {
             staged.len() - 1
         });
         let s = &mut staged[i];
-        match stage_append(db, s, a.key, &a.data, opts) {
+        match stage_append(db, s, a.key, a.data.chunks(), opts) {
             Staging::Wait { offset, duplicate } => s.waiters.push((a.resp, offset, duplicate)),
             Staging::Done(result) => {
                 let _ = a.resp.send(result);
@@ -837,7 +840,7 @@ fn commit_group(db: &DB, appends: Vec<PendingAppend>, opts: &StoreOptions) {
     }
 }
 
-fn stage_append(db: &DB, s: &mut Staged, key: Key, data: &[u8], opts: &StoreOptions) -> Staging {
+fn stage_append(db: &DB, s: &mut Staged, key: Key, data: &[Bytes], opts: &StoreOptions) -> Staging {
     let id = s.extent.id;
     if s.start.sealed {
         return Staging::Done(Err(StoreError::Sealed(id)));
@@ -856,7 +859,7 @@ fn stage_append(db: &DB, s: &mut Staged, key: Key, data: &[u8], opts: &StoreOpti
         }
         Err(e) => return Staging::Done(Err(StoreError::Meta(e))),
     }
-    let data_len = data.len() as u64;
+    let data_len: u64 = data.iter().map(|chunk| chunk.len() as u64).sum();
     if data_len > opts.max_record_bytes {
         return Staging::Done(Err(StoreError::TooLarge { len_bytes: data_len, max_bytes: opts.max_record_bytes }));
     }
@@ -869,16 +872,16 @@ fn stage_append(db: &DB, s: &mut Staged, key: Key, data: &[u8], opts: &StoreOpti
             max_size_bytes: s.extent.max_size_bytes,
         }));
     }
-    let header = RecordHeader::for_blob(key, data);
+    let data_crc32c = data.iter().fold(0, |crc, chunk| crc32c::crc32c_append(crc, chunk));
+    let header = RecordHeader { kind: RecordKind::Blob, key, data_len, data_crc32c };
     let header_bytes = header.encode();
     // Pair assertion: the bytes about to be written decode to what we meant.
     assert_eq!(RecordHeader::decode(&header_bytes), Ok(header), "encoded record header must decode");
     let offset = s.next_offset;
-    let written = s
-        .extent
-        .file
-        .write_all_at(&header_bytes, offset)
-        .and_then(|()| s.extent.file.write_all_at(data, offset + RECORD_HEADER_LEN as u64));
+    let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + data.len());
+    parts.push(&header_bytes);
+    parts.extend(data.iter().map(|chunk| &chunk[..]));
+    let written = write_all_vectored_at(&s.extent.file, &parts, offset);
     if let Err(e) = written {
         let err = StoreError::Io { context: "write record", source: e };
         s.failed = Some(err.for_another_waiter(id));
@@ -888,6 +891,27 @@ fn stage_append(db: &DB, s: &mut Staged, key: Key, data: &[u8], opts: &StoreOpti
     s.records.push((key, RecordLocation { offset, data_len }));
     s.pending_keys.insert(key, offset);
     Staging::Wait { offset, duplicate: false }
+}
+
+/// Writes every byte of `parts`, in order, at `offset`: vectored writes
+/// (writev) from the buffers the record arrived in, with no copy into one
+/// buffer first. The file position is used only here, on the disk's writer
+/// thread; every other access to an extent file is positional.
+fn write_all_vectored_at(file: &File, parts: &[&[u8]], offset: u64) -> io::Result<()> {
+    let mut file = file;
+    file.seek(io::SeekFrom::Start(offset))?;
+    let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|part| io::IoSlice::new(part)).collect();
+    let mut remaining = &mut slices[..];
+    io::IoSlice::advance_slices(&mut remaining, 0);
+    while !remaining.is_empty() {
+        match file.write_vectored(remaining) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut remaining, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes the footer of an open extent from its RocksDB entries, syncs it and

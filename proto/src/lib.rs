@@ -129,6 +129,44 @@ mod tests {
         assert_eq!("abc".parse::<Key>(), Err(KeyError::NotHex));
         assert_eq!("zz".repeat(32).parse::<Key>(), Err(KeyError::NotHex));
     }
+
+    /// Tiny chunks are coalesced; chunks of 64 KiB and more are kept as the
+    /// very buffers that arrived; the bytes and their order never change.
+    #[test]
+    fn a_body_coalesces_tiny_chunks_and_keeps_large_ones() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        let data = bytes::Bytes::from(data);
+        let mut collector = BodyCollector::new(data.len() as u64);
+        let (mut at, mut large) = (0, Vec::new());
+        for size in [1usize, 7, 0, 300, CHUNK_SIZE_BYTES, 5, COALESCE_BELOW_BYTES].iter().cycle() {
+            let end = (at + size).min(data.len());
+            let chunk = data.slice(at..end);
+            if chunk.len() >= COALESCE_BELOW_BYTES {
+                large.push(chunk.as_ptr());
+            }
+            collector.push(chunk).expect("within the announced length");
+            at = end;
+            if at == data.len() {
+                break;
+            }
+        }
+        let body = collector.finish().expect("complete");
+        assert_eq!(body.len_bytes(), data.len() as u64);
+        let joined: Vec<u8> = body.chunks().iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(joined, data);
+        assert!(body.chunks().len() <= 2 * data.len() / COALESCE_BELOW_BYTES + 1, "{} chunks", body.chunks().len());
+        let kept: Vec<_> = body.chunks().iter().map(|c| c.as_ptr()).filter(|p| large.contains(p)).collect();
+        assert_eq!(kept, large, "large chunks are the buffers that arrived, in order");
+
+        // 1-byte chunks: one chunk per 64 KiB, not one per byte.
+        let mut collector = BodyCollector::new(200_000);
+        for i in 0..200_000u32 {
+            collector.push(bytes::Bytes::copy_from_slice(&[i as u8])).expect("within length");
+        }
+        let body = collector.finish().expect("complete");
+        assert_eq!(body.chunks().len(), 200_000usize.div_ceil(COALESCE_BELOW_BYTES));
+        assert!(body.chunks().iter().flat_map(|c| c.iter()).enumerate().all(|(i, b)| *b == i as u8));
+    }
 }
 
 /// `data` cut into the slices of at most [`CHUNK_SIZE_BYTES`] that every
@@ -148,16 +186,26 @@ pub fn chunks(data: &bytes::Bytes) -> impl Iterator<Item = bytes::Bytes> + Send 
 /// decoder), never copied into one buffer: a blob that is only hashed and
 /// forwarded is never copied by pocket. Memory is the announced length, which
 /// the caller has checked against its limit before creating the collector.
+///
+/// Chunks smaller than `COALESCE_BELOW_BYTES` are copied together into
+/// chunks of at least that size: a sender of many tiny chunks cannot make a
+/// body hold (and an OSD write) one buffer per byte. pocket's own senders
+/// use `CHUNK_SIZE_BYTES` chunks, which are kept as they are.
 pub struct BodyCollector {
     expected_bytes: u64,
     received_bytes: u64,
     chunks: Vec<bytes::Bytes>,
+    small: bytes::BytesMut,
 }
+
+/// Chunks below this size are coalesced (see [`BodyCollector`]); a body then
+/// has at most 2 × len / 64 KiB + 1 chunks.
+pub const COALESCE_BELOW_BYTES: usize = 64 * 1024;
 
 impl BodyCollector {
     pub fn new(expected_bytes: u64) -> BodyCollector {
         let chunks = (expected_bytes as usize).div_ceil(CHUNK_SIZE_BYTES).min(1024);
-        BodyCollector { expected_bytes, received_bytes: 0, chunks: Vec::with_capacity(chunks) }
+        BodyCollector { expected_bytes, received_bytes: 0, chunks: Vec::with_capacity(chunks), small: bytes::BytesMut::new() }
     }
 
     pub fn push(&mut self, chunk: bytes::Bytes) -> Result<(), tonic::Status> {
@@ -174,10 +222,22 @@ impl BodyCollector {
             )));
         }
         self.received_bytes += chunk.len() as u64;
-        if !chunk.is_empty() {
+        if chunk.len() < COALESCE_BELOW_BYTES {
+            self.small.extend_from_slice(&chunk);
+            if self.small.len() >= COALESCE_BELOW_BYTES {
+                self.chunks.push(self.small.split().freeze());
+            }
+        } else {
+            self.flush_small();
             self.chunks.push(chunk);
         }
         Ok(())
+    }
+
+    fn flush_small(&mut self) {
+        if !self.small.is_empty() {
+            self.chunks.push(self.small.split().freeze());
+        }
     }
 
     pub fn received_bytes(&self) -> u64 {
@@ -185,7 +245,8 @@ impl BodyCollector {
     }
 
     /// The whole body, or `INVALID_ARGUMENT` if the stream ended early.
-    pub fn finish(self) -> Result<Body, tonic::Status> {
+    pub fn finish(mut self) -> Result<Body, tonic::Status> {
+        self.flush_small();
         if self.received_bytes != self.expected_bytes {
             return Err(tonic::Status::invalid_argument(format!(
                 "stream ended after {} of {} announced bytes",

@@ -191,6 +191,7 @@ async fn measure_rpc(dir: &Path, bytes: u64, small_rpcs: u64) -> anyhow::Result<
     let addr = listener.local_addr()?.to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tonic::transport::Server::builder()
+        .max_frame_size(Some(pocket_transport::tls::HTTP2_MAX_FRAME_BYTES))
         .tls_config(server_tls.server_tls())?
         .add_service(
             pb::loopback_server::LoopbackServer::new(Sink)

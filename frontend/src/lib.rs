@@ -41,6 +41,7 @@ pub async fn run(
     let local_addr = listener.local_addr().context("read frontend address")?;
     let incoming = pocket_transport::incoming(listener);
     let server = tonic::transport::Server::builder()
+        .max_frame_size(Some(pocket_transport::tls::HTTP2_MAX_FRAME_BYTES))
         // Reap connections whose peer has gone without closing them.
         .http2_keepalive_interval(Some(pocket_transport::tls::KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(pocket_transport::tls::KEEPALIVE_TIMEOUT))

@@ -15,6 +15,12 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Interval of HTTP/2 keepalive pings on every connection, both directions.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Largest HTTP/2 frame a pocket server accepts (SETTINGS_MAX_FRAME_SIZE;
+/// the protocol's default is 16 KiB). Blob chunks are up to 1 MiB, so with
+/// the default a 64 KiB message leaves the sender as four DATA frames, each
+/// its own write to the TLS stream. Frames stay within the flow-control
+/// windows, so this bounds no more memory than before.
+pub const HTTP2_MAX_FRAME_BYTES: u32 = 256 * 1024;
 /// A peer that does not answer a keepalive ping within this is dropped.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Upper bound for one outbound unary RPC or one whole blob transfer.

@@ -15,8 +15,8 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Interval of HTTP/2 keepalive pings on every connection, both directions.
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
-/// Largest HTTP/2 frame a pocket server accepts (SETTINGS_MAX_FRAME_SIZE;
-/// the protocol's default is 16 KiB). Blob chunks are up to 1 MiB, so with
+/// Largest HTTP/2 frame a pocket server or client accepts
+/// (SETTINGS_MAX_FRAME_SIZE; the protocol's default is 16 KiB). Blob chunks are up to 1 MiB, so with
 /// the default a 64 KiB message leaves the sender as four DATA frames, each
 /// its own write to the TLS stream. Frames stay within the flow-control
 /// windows, so this bounds no more memory than before.
@@ -153,6 +153,8 @@ impl Tls {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             .tcp_nodelay(true)
+            // Responses (GET chunks) in frames of up to 256 KiB too.
+            .max_frame_size(HTTP2_MAX_FRAME_BYTES)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT);
         Ok(endpoint.connect_lazy())

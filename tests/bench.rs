@@ -86,6 +86,24 @@ async fn limits_measure_the_machine_and_relate_pocket_to_it() {
         let expected = ratio["pocket_mib_per_sec"].as_f64().expect("pocket") / ratio["bound_mib_per_sec"].as_f64().expect("bound");
         assert!((ratio["ratio"].as_f64().expect("ratio") - expected).abs() < 1e-6, "{ratio}");
     }
+    // An OSD whose counters cannot be read (here a stale run file of an OSD
+    // that is gone) costs the pattern figure, not the run.
+    std::fs::write(dir.join("run").join("osd-99.run"), "grpc = \"127.0.0.1:1\"\nhttp = \"127.0.0.1:1\"\npid = 1\n")
+        .expect("write stale run file");
+    let output = std::process::Command::new(common::POCKET)
+        .args(["limits", "--disk-size", "16MiB", "--count", "2", "--small-count", "4", "--json", "--dir"])
+        .arg(&dir)
+        .arg("--config")
+        .arg(dir.join("client.toml"))
+        .output()
+        .expect("run pocket limits");
+    assert!(output.status.success(), "limits failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("could not read the OSDs' group-commit counters"));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("limits prints JSON");
+    assert!(report["pocket"]["osd_pattern"].is_null(), "{report}");
+    let rows: Vec<_> = report["ratios"].as_array().expect("ratios").iter().map(|r| r["what"].clone()).collect();
+    assert_eq!(rows, ["put", "get", "put64k"]);
+    std::fs::remove_file(dir.join("run").join("osd-99.run")).expect("remove stale run file");
     // The measurement file and its PKI are gone.
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
         .expect("list")

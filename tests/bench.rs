@@ -33,20 +33,30 @@ async fn bench_reports_every_phase_in_json() {
     pocket.stop().await;
 }
 
+/// Runs `pocket limits --json` with `args` against the pocket in `dir`
+/// (also its `--dir`); asserts it succeeded; returns its report and stderr.
+fn run_limits<const N: usize>(dir: &std::path::Path, args: [&str; N]) -> (serde_json::Value, String) {
+    let output = std::process::Command::new(common::POCKET)
+        .arg("limits")
+        .args(args)
+        .arg("--json")
+        .arg("--dir")
+        .arg(dir)
+        .arg("--config")
+        .arg(dir.join("client.toml"))
+        .output()
+        .expect("run pocket limits");
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "limits failed: {stderr}");
+    (serde_json::from_slice(&output.stdout).expect("limits prints JSON"), stderr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_measure_the_machine_and_relate_pocket_to_it() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("pocket");
     let pocket = LocalPocket::start(&dir, UpOptions { osds: 3, ..Default::default() }).await;
-    let output = std::process::Command::new(common::POCKET)
-        .args(["limits", "--disk-size", "64MiB", "--count", "4", "--small-count", "20", "--json", "--dir"])
-        .arg(&dir)
-        .arg("--config")
-        .arg(dir.join("client.toml"))
-        .output()
-        .expect("run pocket limits");
-    assert!(output.status.success(), "limits failed: {}", String::from_utf8_lossy(&output.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("limits prints JSON");
+    let (report, _) = run_limits(&dir, ["--disk-size", "64MiB", "--count", "4", "--small-count", "20"]);
     let limits = &report["limits"];
     let writes = limits["write_with_fdatasync"].as_array().expect("write figures");
     assert_eq!(writes.len(), 2);
@@ -90,16 +100,8 @@ async fn limits_measure_the_machine_and_relate_pocket_to_it() {
     // that is gone) costs the pattern figure, not the run.
     std::fs::write(dir.join("run").join("osd-99.run"), "grpc = \"127.0.0.1:1\"\nhttp = \"127.0.0.1:1\"\npid = 1\n")
         .expect("write stale run file");
-    let output = std::process::Command::new(common::POCKET)
-        .args(["limits", "--disk-size", "16MiB", "--count", "2", "--small-count", "4", "--json", "--dir"])
-        .arg(&dir)
-        .arg("--config")
-        .arg(dir.join("client.toml"))
-        .output()
-        .expect("run pocket limits");
-    assert!(output.status.success(), "limits failed: {}", String::from_utf8_lossy(&output.stderr));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("could not read the OSDs' group-commit counters"));
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("limits prints JSON");
+    let (report, stderr) = run_limits(&dir, ["--disk-size", "16MiB", "--count", "2", "--small-count", "4"]);
+    assert!(stderr.contains("could not read the OSDs' group-commit counters"), "{stderr}");
     assert!(report["pocket"]["osd_pattern"].is_null(), "{report}");
     let rows: Vec<_> = report["ratios"].as_array().expect("ratios").iter().map(|r| r["what"].clone()).collect();
     assert_eq!(rows, ["put", "get", "put64k"]);

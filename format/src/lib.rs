@@ -253,7 +253,17 @@ pub struct RecordHeader {
 impl RecordHeader {
     /// The header of a blob record holding `data`.
     pub fn for_blob(key: Key, data: &[u8]) -> RecordHeader {
-        RecordHeader { kind: RecordKind::Blob, key, data_len: data.len() as u64, data_crc32c: crc(data) }
+        RecordHeader::for_chunks(key, &[data])
+    }
+
+    /// The header of a blob record whose data is `chunks`, in order (the
+    /// same header as for their concatenation).
+    pub fn for_chunks<C: AsRef<[u8]>>(key: Key, chunks: &[C]) -> RecordHeader {
+        let (data_len, data_crc32c) = chunks.iter().fold((0u64, 0u32), |(len, crc), chunk| {
+            let chunk = chunk.as_ref();
+            (len + chunk.len() as u64, crc32c::crc32c_append(crc, chunk))
+        });
+        RecordHeader { kind: RecordKind::Blob, key, data_len, data_crc32c }
     }
 
     /// Header plus data, in bytes (saturating: a decoded header may claim anything).
@@ -526,6 +536,14 @@ mod tests {
         let c = crc(&b[..EH_CRC]);
         b[EH_CRC..].copy_from_slice(&c.to_le_bytes());
         assert_eq!(ExtentHeader::decode(&b), Err(FormatError::UnsupportedVersion(2)));
+    }
+
+    #[test]
+    fn a_header_of_chunks_is_the_header_of_their_concatenation() {
+        let whole: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let chunks: Vec<&[u8]> = vec![&whole[..1], &whole[1..1], &whole[1..65_537], &whole[65_537..]];
+        assert_eq!(RecordHeader::for_chunks(key(3), &chunks), RecordHeader::for_blob(key(3), &whole));
+        assert_eq!(RecordHeader::for_chunks::<&[u8]>(key(3), &[]), RecordHeader::for_blob(key(3), b""));
     }
 
     #[test]

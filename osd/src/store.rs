@@ -37,7 +37,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::extent::{
-    self, ExtentHeader, FormatError, IndexEntry, RecordHeader, RecordKind, Structure, Trailer, CORRUPT_SUFFIX, EXTENT_HEADER_LEN,
+    self, ExtentHeader, FormatError, IndexEntry, RecordHeader, Structure, Trailer, CORRUPT_SUFFIX, EXTENT_HEADER_LEN,
     RECORD_HEADER_LEN, RECORD_MAGIC, TMP_SUFFIX, TRAILER_LEN,
 };
 use crate::meta::{self, ExtentMeta, ExtentState, Lookup, RecordLocation, RecordStats};
@@ -872,8 +872,7 @@ fn stage_append(db: &DB, s: &mut Staged, key: Key, data: &[Bytes], opts: &StoreO
             max_size_bytes: s.extent.max_size_bytes,
         }));
     }
-    let data_crc32c = data.iter().fold(0, |crc, chunk| crc32c::crc32c_append(crc, chunk));
-    let header = RecordHeader { kind: RecordKind::Blob, key, data_len, data_crc32c };
+    let header = RecordHeader::for_chunks(key, data);
     let header_bytes = header.encode();
     // Pair assertion: the bytes about to be written decode to what we meant.
     assert_eq!(RecordHeader::decode(&header_bytes), Ok(header), "encoded record header must decode");

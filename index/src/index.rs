@@ -11,6 +11,7 @@ use crate::config::{IndexConfig, MAX_VSHARD_COUNT};
 use crate::dialect::Dialect;
 use crate::entry::{vshard_of_key, IndexEntry, InsertOutcome};
 use crate::error::IndexError;
+use crate::insert::{insert_alone, Batcher, InsertRow};
 use crate::shard::{Shard, ENTRY_COLUMNS};
 use crate::shard_map;
 
@@ -29,16 +30,6 @@ pub const LOOKUP_BATCH_MAX_KEYS: usize = 500;
 const META_SHARD_NAME: &str = "shard_name";
 const META_DIRECTORY_SHARD: &str = "directory_shard";
 
-/// Columns of the `blobs` insert, in bind order.
-const BLOB_INSERT_COLUMNS: [&str; 6] = [
-    "blob_key",
-    "vshard",
-    "cell_id",
-    "bucket_id",
-    "length_bytes",
-    "created_unix_ms",
-];
-
 /// Handle on the sharded index. Cheap to clone: clones share the pools.
 #[derive(Debug, Clone)]
 pub struct Index {
@@ -49,6 +40,9 @@ pub struct Index {
 struct Inner {
     /// In config order; `shards[0]` is the directory.
     shards: Vec<Shard>,
+    /// Per shard, in the order of `shards`: its insert batcher (SQLite), or
+    /// `None` where each insert commits on its own (MySQL).
+    batchers: Vec<Option<Batcher>>,
     /// vshard -> position in `shards`. Loaded at open; fixed until reopened.
     vshard_to_shard: Vec<usize>,
     vshard_count: u32,
@@ -87,9 +81,17 @@ impl Index {
             vshard_count = cfg.vshard_count,
             "index open"
         );
+        let batchers = shards
+            .iter()
+            .map(|shard| {
+                (shard.dialect == Dialect::Sqlite)
+                    .then(|| Batcher::start(shard.clone(), cfg.vshard_count))
+            })
+            .collect();
         Ok(Index {
             inner: Arc::new(Inner {
                 shards,
+                batchers,
                 vshard_to_shard,
                 vshard_count: cfg.vshard_count,
             }),
@@ -215,6 +217,8 @@ impl Index {
     /// on the key's shard: the `blobs` row and, only if it was new, one
     /// `replication_outbox` row per entry of `outbox_zones`. An existing row
     /// is never changed; it is returned as [`InsertOutcome::AlreadyPresent`].
+    /// On SQLite the transaction may also hold concurrent inserts of other
+    /// callers (see the `insert` module); it returns after the commit.
     pub async fn insert(
         &self,
         entry: &IndexEntry,
@@ -230,84 +234,16 @@ impl Index {
                 });
             }
         }
-        let bucket_id = to_i64("bucket_id", entry.bucket_id)?;
-        let length_bytes = to_i64("length_bytes", entry.length_bytes)?;
-        let shard = self.shard_of(&entry.key);
-
-        let mut tx = shard.begin_write().await?;
-        let result = self
-            .insert_in_tx(shard, &mut tx, entry, outbox_zones, bucket_id, length_bytes)
-            .await;
-        shard.finish(tx, result).await
-    }
-
-    /// The body of [`Index::insert`], in `tx`; values already validated.
-    async fn insert_in_tx(
-        &self,
-        shard: &Shard,
-        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-        entry: &IndexEntry,
-        outbox_zones: &[String],
-        bucket_id: i64,
-        length_bytes: i64,
-    ) -> Result<InsertOutcome, IndexError> {
-        let key = &entry.key;
-        let insert = shard
-            .dialect
-            .insert_if_absent("blobs", &BLOB_INSERT_COLUMNS, "blob_key", 1);
-        let rows_affected = sqlx::query(&insert)
-            .bind(key.as_bytes().as_slice())
-            .bind(i64::from(self.vshard_of(key)))
-            .bind(i64::from(entry.cell_id))
-            .bind(bucket_id)
-            .bind(length_bytes)
-            .bind(entry.created_unix_ms)
-            .execute(&mut **tx)
-            .await
-            .map_err(shard.db_err("insert blob row"))?
-            .rows_affected();
-        match rows_affected {
-            1 => {
-                if !outbox_zones.is_empty() {
-                    let rows = vec!["(?, ?, ?)"; outbox_zones.len()].join(", ");
-                    let sql = format!(
-                        "INSERT INTO replication_outbox (blob_key, zone, created_unix_ms) VALUES {rows}"
-                    );
-                    let mut query = sqlx::query(&sql).persistent(false);
-                    for zone in outbox_zones {
-                        query = query
-                            .bind(key.as_bytes().as_slice())
-                            .bind(zone.as_str())
-                            .bind(entry.created_unix_ms);
-                    }
-                    query
-                        .execute(&mut **tx)
-                        .await
-                        .map_err(shard.db_err("insert outbox rows"))?;
-                }
-                Ok(InsertOutcome::Inserted)
-            }
-            0 => {
-                // Skipped: read the winner's row in the same transaction.
-                let sql = format!("SELECT {ENTRY_COLUMNS} FROM blobs WHERE blob_key = ?");
-                let row = sqlx::query(&sql)
-                    .bind(key.as_bytes().as_slice())
-                    .fetch_optional(&mut **tx)
-                    .await
-                    .map_err(shard.db_err("read existing blob row"))?
-                    .ok_or_else(|| {
-                        shard.corrupt(format!("insert of {key} was skipped but no row exists"))
-                    })?;
-                let existing = shard.decode_entry(&row, self.inner.vshard_count)?;
-                if existing.key != *key {
-                    return Err(shard.corrupt(format!(
-                        "lookup of {key} returned the row of {}",
-                        existing.key
-                    )));
-                }
-                Ok(InsertOutcome::AlreadyPresent(existing))
-            }
-            n => Err(shard.corrupt(format!("insert of one row of {key} affected {n} rows"))),
+        let row = InsertRow {
+            entry: entry.clone(),
+            outbox_zones: outbox_zones.to_vec(),
+            bucket_id: to_i64("bucket_id", entry.bucket_id)?,
+            length_bytes: to_i64("length_bytes", entry.length_bytes)?,
+        };
+        let position = self.shard_position(&entry.key);
+        match &self.inner.batchers[position] {
+            Some(batcher) => batcher.insert(row).await,
+            None => insert_alone(&self.inner.shards[position], self.inner.vshard_count, &row).await,
         }
     }
 

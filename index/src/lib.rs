@@ -23,6 +23,8 @@
 //! - [`entry`] — [`IndexEntry`], [`InsertOutcome`], [`vshard_of_key`].
 //! - [`error`] — [`IndexError`].
 //! - `index` — [`Index`], routing and the queries.
+//! - `insert` — writing a row; the batcher that commits concurrent inserts
+//!   into one SQLite shard in one transaction.
 //! - `shard` — one physical database (pool, PRAGMAs, row decoding).
 //! - `shard_map` — creating and loading the vshard → database map.
 //! - `dialect` — the SQLite / MySQL differences.
@@ -34,10 +36,12 @@ pub mod error;
 
 mod dialect;
 mod index;
+mod insert;
 mod shard;
 mod shard_map;
 
 pub use config::{IndexConfig, ShardConfig, DEFAULT_VSHARD_COUNT};
 pub use entry::{vshard_of_key, IndexEntry, InsertOutcome};
 pub use error::IndexError;
+pub use insert::INSERT_BATCH_MAX_ROWS;
 pub use index::{Index, LOOKUP_BATCH_MAX_KEYS, SHARD_NAME_MAX_BYTES, ZONE_NAME_MAX_BYTES};

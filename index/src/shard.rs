@@ -26,7 +26,7 @@ const SQLITE_BACKEND_NAME: &str = "SQLite";
 pub(crate) const ENTRY_COLUMNS: &str =
     "HEX(blob_key) AS key_hex, vshard, cell_id, bucket_id, length_bytes, created_unix_ms";
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Shard {
     pub(crate) name: String,
     pub(crate) dialect: Dialect,

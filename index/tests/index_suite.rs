@@ -712,6 +712,76 @@ async fn a_row_under_the_wrong_vshard_is_reported_corrupt() -> Result<()> {
     Ok(())
 }
 
+/// SQLite commits concurrent inserts of a shard together: a row that fails
+/// (here: the key's existing row is corrupt) must fail only its own caller,
+/// and every other row of its batch must still be committed, outbox included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_insert_among_concurrent_ones_fails_alone() -> Result<()> {
+    const WRITERS: u32 = 48;
+    for backend in backends(1).await? {
+        let index = Index::open(&backend.config(1)).await?;
+        let bad = entry(random_key(), 1, 1);
+        index.insert(&bad, &[]).await?;
+        let wrong_vshard = (index.vshard_of(&bad.key) + 2) % index.vshard_count();
+        let url = backend
+            .url_of(index.shard_name_of(&bad.key))?
+            .replacen("mariadb:", "mysql:", 1);
+        let mut raw = sqlx::AnyConnection::connect(&url)
+            .await
+            .context("raw connect")?;
+        sqlx::query("UPDATE blobs SET vshard = ? WHERE blob_key = ?")
+            .bind(i64::from(wrong_vshard))
+            .bind(bad.key.as_bytes().as_slice())
+            .execute(&mut raw)
+            .await?;
+        raw.close().await?;
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for writer in 0..WRITERS {
+            let index = index.clone();
+            // One writer in the middle re-inserts the corrupt key.
+            let mine = if writer == WRITERS / 2 {
+                bad.clone()
+            } else {
+                entry(random_key(), writer, u64::from(writer))
+            };
+            tasks.spawn(async move {
+                let outcome = index.insert(&mine, &zones(&["east", "west"])).await;
+                (mine, outcome)
+            });
+        }
+        let mut inserted = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (mine, outcome) = joined.context("insert task panicked")?;
+            if mine.key == bad.key {
+                let err = outcome.expect_err("the corrupt row's insert fails");
+                assert!(
+                    matches!(err, IndexError::CorruptRow { .. }),
+                    "{}: {err}",
+                    backend.label
+                );
+            } else {
+                assert_eq!(outcome?, InsertOutcome::Inserted, "{}", backend.label);
+                inserted.push(mine);
+            }
+        }
+        assert_eq!(inserted.len(), WRITERS as usize - 1, "{}", backend.label);
+        let keys: Vec<Key> = inserted.iter().map(|e| e.key).collect();
+        let found = index.lookup_many(&keys).await?;
+        for (mine, found) in inserted.iter().zip(found) {
+            assert_eq!(found.as_ref(), Some(mine), "{}", backend.label);
+        }
+        assert_eq!(
+            index.outbox_len().await?,
+            2 * (WRITERS as u64 - 1),
+            "{}: two outbox rows per new row",
+            backend.label
+        );
+        index.close().await;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn vshard_of_agrees_with_the_documented_formula() -> Result<()> {
     for backend in backends(1).await? {

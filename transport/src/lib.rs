@@ -17,7 +17,7 @@ pub mod identity;
 pub mod pki;
 pub mod tls;
 
-pub use identity::{authorize, peer_identity, role_dns_name, Identity, Role, RoleGate};
+pub use identity::{authorize, peer_identity, role_dns_name, Identity, IdentityCache, Role, RoleGate};
 pub use tls::{Tls, TlsConfig, TlsError};
 
 /// The connections accepted on `listener`, for tonic's `serve_with_incoming`,

@@ -155,13 +155,13 @@ async fn osd_killed_during_puts_loses_no_acknowledged_record() {
     let mut checked = 0;
     for (key, data) in &acked {
         let stat = pocket.client.stat(key).await.expect("stat");
-        if !placements.contains_key(&stat.bucket_id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = placements.entry(stat.bucket_id) {
             let located = cell
                 .locate_bucket(pb::LocateBucketRequest { bucket_id: stat.bucket_id })
                 .await
                 .expect("locate")
                 .into_inner();
-            placements.insert(stat.bucket_id, located.placement.expect("placement"));
+            slot.insert(located.placement.expect("placement"));
         }
         let placement = &placements[&stat.bucket_id];
         let Some(replica) = placement.replicas.iter().find(|r| r.osd_id == victim_id) else { continue };

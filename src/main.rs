@@ -10,6 +10,9 @@ use pocket::runinfo::{parse_size, RunInfo};
 use pocket_client::{Client, ClientConfig};
 use pocket_proto::Key;
 use serde::de::DeserializeOwned;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 

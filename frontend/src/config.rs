@@ -65,6 +65,10 @@ pub struct FrontendConfig {
     /// Concurrent requests per client connection.
     #[serde(default = "default_max_concurrent_requests_per_connection")]
     pub max_concurrent_requests_per_connection: usize,
+    /// Client connections open at once, counted from the TCP accept (before
+    /// TLS); at the cap, new connections wait until one closes.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 /// What one client may do.
@@ -129,6 +133,9 @@ fn default_request_timeout_ms() -> u64 {
 fn default_max_concurrent_requests_per_connection() -> usize {
     64
 }
+fn default_max_connections() -> usize {
+    pocket_transport::MAX_CONNECTIONS_PER_LISTENER
+}
 
 impl FrontendConfig {
     pub fn validate(&self) -> anyhow::Result<()> {
@@ -149,6 +156,9 @@ impl FrontendConfig {
         }
         if !(1..=10_000).contains(&self.max_concurrent_requests_per_connection) {
             bail!("frontend config: max_concurrent_requests_per_connection must be between 1 and 10000");
+        }
+        if !(1..=100_000).contains(&self.max_connections) {
+            bail!("frontend config: max_connections must be between 1 and 100000");
         }
         if self.max_inflight_bytes_per_client < self.max_blob_size_bytes
             || self.max_inflight_bytes_per_client > self.max_inflight_bytes

@@ -207,6 +207,31 @@ fn zones(names: &[&str]) -> Vec<String> {
     names.iter().map(|z| z.to_string()).collect()
 }
 
+/// Corrupts the row of `key` behind the index's back: moves it to a vshard
+/// its key does not hash to.
+async fn store_under_wrong_vshard(backend: &Backend, index: &Index, key: &Key) -> Result<()> {
+    let wrong_vshard = (index.vshard_of(key) + 2) % index.vshard_count();
+    let url = backend
+        .url_of(index.shard_name_of(key))?
+        .replacen("mariadb:", "mysql:", 1);
+    let mut raw = sqlx::AnyConnection::connect(&url)
+        .await
+        .context("raw connect")?;
+    let updated = sqlx::query("UPDATE blobs SET vshard = ? WHERE blob_key = ?")
+        .bind(i64::from(wrong_vshard))
+        .bind(key.as_bytes().as_slice())
+        .execute(&mut raw)
+        .await?
+        .rows_affected();
+    raw.close().await?;
+    ensure!(
+        updated == 1,
+        "{}: corrupting update hit {updated} rows",
+        backend.label
+    );
+    Ok(())
+}
+
 fn shard_map_of(index: &Index) -> Vec<Option<String>> {
     (0..index.vshard_count())
         .map(|v| index.shard_name_of_vshard(v).map(str::to_owned))
@@ -674,26 +699,7 @@ async fn a_row_under_the_wrong_vshard_is_reported_corrupt() -> Result<()> {
         let index = Index::open(&backend.config(2)).await?;
         let e = entry(random_key(), 1, 1);
         index.insert(&e, &[]).await?;
-        let wrong_vshard = (index.vshard_of(&e.key) + 2) % index.vshard_count();
-
-        let url = backend
-            .url_of(index.shard_name_of(&e.key))?
-            .replacen("mariadb:", "mysql:", 1);
-        let mut raw = sqlx::AnyConnection::connect(&url)
-            .await
-            .context("raw connect")?;
-        let updated = sqlx::query("UPDATE blobs SET vshard = ? WHERE blob_key = ?")
-            .bind(i64::from(wrong_vshard))
-            .bind(e.key.as_bytes().as_slice())
-            .execute(&mut raw)
-            .await?
-            .rows_affected();
-        raw.close().await?;
-        ensure!(
-            updated == 1,
-            "{}: corrupting update hit {updated} rows",
-            backend.label
-        );
+        store_under_wrong_vshard(&backend, &index, &e.key).await?;
 
         let err = index.lookup(&e.key).await.expect_err("corrupt row");
         assert!(
@@ -722,19 +728,7 @@ async fn a_failing_insert_among_concurrent_ones_fails_alone() -> Result<()> {
         let index = Index::open(&backend.config(1)).await?;
         let bad = entry(random_key(), 1, 1);
         index.insert(&bad, &[]).await?;
-        let wrong_vshard = (index.vshard_of(&bad.key) + 2) % index.vshard_count();
-        let url = backend
-            .url_of(index.shard_name_of(&bad.key))?
-            .replacen("mariadb:", "mysql:", 1);
-        let mut raw = sqlx::AnyConnection::connect(&url)
-            .await
-            .context("raw connect")?;
-        sqlx::query("UPDATE blobs SET vshard = ? WHERE blob_key = ?")
-            .bind(i64::from(wrong_vshard))
-            .bind(bad.key.as_bytes().as_slice())
-            .execute(&mut raw)
-            .await?;
-        raw.close().await?;
+        store_under_wrong_vshard(&backend, &index, &bad.key).await?;
 
         let mut tasks = tokio::task::JoinSet::new();
         for writer in 0..WRITERS {

@@ -152,15 +152,16 @@ impl Blobs {
     /// location from the coordinator. In an erasure-coded volume the bucket's
     /// own data shard is read; if that fails, the record is reconstructed
     /// from the other shards (and checked against the key all the same).
-    pub async fn get(&self, key: &Key) -> Result<(IndexEntry, Body), GetError> {
-        let entry = self.index.lookup(key).await?.ok_or(GetError::NotFound)?;
+    /// `entry` is the key's index row, from [`Blobs::stat`].
+    pub async fn read(&self, entry: &IndexEntry) -> Result<Body, GetError> {
+        let key = &entry.key;
         let mut failures = 0;
         let mut last = String::from("no replica");
         for refresh in [false, true] {
             let mut bucket = self.cell.locate(entry.bucket_id, refresh).await?;
             if let Some(shape) = bucket.ec {
                 match self.get_erasure_coded(&bucket, shape, key, entry.length_bytes).await {
-                    Ok(data) => return Ok((entry, data)),
+                    Ok(data) => return Ok(data),
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(bucket_id = bucket.bucket_id, %key, error = %e, "erasure-coded read failed");
@@ -172,7 +173,7 @@ impl Blobs {
             bucket.replicas.shuffle(&mut rand::rng());
             for replica in &bucket.replicas {
                 match self.cell.read(replica, key, entry.length_bytes).await {
-                    Ok(data) if data.key() == *key => return Ok((entry, data)),
+                    Ok(data) if data.key() == *key => return Ok(data),
                     Ok(_) => {
                         failures += 1;
                         last = format!("OSD {} returned bytes that do not hash to the key", replica.osd_id);

@@ -156,7 +156,8 @@ impl pb::blob_store_server::BlobStore for BlobService {
         }
         let client_share = admission.reserve(entry.length_bytes).await?;
         let permit = self.budget.reserve(entry.length_bytes).await?;
-        let (entry, data) = self.blobs.get(&key).await.map_err(get_status)?;
+        // The row looked up above: one index query per GET.
+        let data = self.blobs.read(&entry).await.map_err(get_status)?;
         metrics::counter!("pocket_frontend_gets_total").increment(1);
         let end = match request.length {
             0 => entry.length_bytes,

@@ -69,6 +69,11 @@ pub struct FrontendConfig {
     /// TLS); at the cap, new connections wait until one closes.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Of those, connections one source IP address may hold; one more is
+    /// closed at once, before TLS. Default: a quarter of the transport's
+    /// listener cap (256), at most `max_connections`.
+    #[serde(default)]
+    pub max_connections_per_source: Option<usize>,
 }
 
 /// What one client may do.
@@ -137,7 +142,18 @@ fn default_max_connections() -> usize {
     pocket_transport::MAX_CONNECTIONS_PER_LISTENER
 }
 
+
 impl FrontendConfig {
+    /// The caps of the client listener.
+    pub fn connection_caps(&self) -> pocket_transport::ConnectionCaps {
+        pocket_transport::ConnectionCaps {
+            total: self.max_connections,
+            per_source: self
+                .max_connections_per_source
+                .unwrap_or(pocket_transport::MAX_CONNECTIONS_PER_SOURCE.min(self.max_connections)),
+        }
+    }
+
     pub fn validate(&self) -> anyhow::Result<()> {
         if self.max_blob_size_bytes == 0 || self.max_blob_size_bytes > 1 << 30 {
             bail!("frontend config: max_blob_size_bytes must be between 1 and 1 GiB");
@@ -159,6 +175,9 @@ impl FrontendConfig {
         }
         if !(1..=100_000).contains(&self.max_connections) {
             bail!("frontend config: max_connections must be between 1 and 100000");
+        }
+        if !(1..=self.max_connections).contains(&self.connection_caps().per_source) {
+            bail!("frontend config: max_connections_per_source must be between 1 and max_connections");
         }
         if self.max_inflight_bytes_per_client < self.max_blob_size_bytes
             || self.max_inflight_bytes_per_client > self.max_inflight_bytes

@@ -39,7 +39,7 @@ pub async fn run(
     let blobs = blobs::Blobs::new(index.clone(), cell, config.clone());
     let service = grpc::BlobService::new(blobs, &config);
     let local_addr = listener.local_addr().context("read frontend address")?;
-    let incoming = pocket_transport::incoming_capped(listener, config.max_connections);
+    let incoming = pocket_transport::incoming_capped(listener, config.connection_caps());
     let server = tonic::transport::Server::builder()
         .max_frame_size(Some(pocket_transport::tls::HTTP2_MAX_FRAME_BYTES))
         // Reap connections whose peer has gone without closing them.

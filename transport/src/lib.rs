@@ -21,53 +21,110 @@ pub use identity::{authorize, peer_identity, role_dns_name, Identity, IdentityCa
 pub use tls::{Tls, TlsConfig, TlsError};
 
 /// Connections a listener keeps open at once unless its service says
-/// otherwise ([`incoming_capped`]). Each costs a task, TLS and HTTP/2 state
+/// otherwise ([`ConnectionCaps`]). Each costs a task, TLS and HTTP/2 state
 /// (tens of KiB); pocket's own peers need a few dozen.
 pub const MAX_CONNECTIONS_PER_LISTENER: usize = 1024;
 
-/// [`incoming_capped`] with [`MAX_CONNECTIONS_PER_LISTENER`].
+/// Connections one source address may hold on a listener unless its service
+/// says otherwise: a quarter of the listener's, so one host cannot take
+/// every slot. (`pocket up` runs every daemon on 127.0.0.1: one source.)
+pub const MAX_CONNECTIONS_PER_SOURCE: usize = MAX_CONNECTIONS_PER_LISTENER / 4;
+
+/// How many connections a listener holds: in all, and per source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCaps {
+    pub total: usize,
+    pub per_source: usize,
+}
+
+impl Default for ConnectionCaps {
+    fn default() -> ConnectionCaps {
+        ConnectionCaps { total: MAX_CONNECTIONS_PER_LISTENER, per_source: MAX_CONNECTIONS_PER_SOURCE }
+    }
+}
+
+/// [`incoming_capped`] with the default [`ConnectionCaps`].
 pub fn incoming(
     listener: tokio::net::TcpListener,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<CappedStream>> + Send + 'static {
-    incoming_capped(listener, MAX_CONNECTIONS_PER_LISTENER)
+    incoming_capped(listener, ConnectionCaps::default())
 }
 
+type SourceCounts = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
 /// The connections accepted on `listener`, for tonic's `serve_with_incoming`:
-/// - at most `max_connections` open at once, counted from the TCP accept, so
+/// - at most `caps.total` open at once, counted from the TCP accept, so
 ///   before any TLS work: at the cap the listener stops accepting (new peers
 ///   wait in the kernel's backlog) until a connection closes. Connections
 ///   that never finish the TLS handshake are closed after
 ///   [`tls::HANDSHAKE_TIMEOUT`], dead peers by HTTP/2 keepalive;
+/// - at most `caps.per_source` from one IP address: one more is closed at
+///   once, before TLS (counted in `pocket_connections_refused_total`);
 /// - with Nagle's algorithm off: tonic sets `TCP_NODELAY` only on listeners
 ///   it binds itself, and small responses (an append's ack, a PUT's reply)
 ///   would otherwise wait for the peer's delayed ACK (~40 ms each).
 pub fn incoming_capped(
     listener: tokio::net::TcpListener,
-    max_connections: usize,
+    caps: ConnectionCaps,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<CappedStream>> + Send + 'static {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections.max(1)));
-    futures::stream::unfold((listener, slots), |(listener, slots)| async move {
-        // The semaphore is never closed: the stream ends only when dropped.
-        let slot = slots.clone().acquire_owned().await.ok()?;
-        let accepted = listener.accept().await.and_then(|(stream, _peer)| {
-            stream.set_nodelay(true)?;
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(caps.total.max(1)));
+    let sources = SourceCounts::default();
+    let per_source = caps.per_source.max(1);
+    futures::stream::unfold((listener, slots, sources), move |(listener, slots, sources)| async move {
+        loop {
+            // The semaphore is never closed: the stream ends only when dropped.
+            let slot = slots.clone().acquire_owned().await.ok()?;
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => return Some((Err(e), (listener, slots, sources))),
+            };
+            let source = peer.ip();
+            {
+                let mut counts = lock_counts(&sources);
+                let count = counts.entry(source).or_insert(0);
+                if *count >= per_source {
+                    drop(counts);
+                    metrics::counter!("pocket_connections_refused_total", "reason" => "per_source_cap").increment(1);
+                    tracing::debug!(%source, per_source, "connection refused: its source holds its cap");
+                    continue; // `stream` and `slot` drop here: closed, slot freed.
+                }
+                *count += 1;
+            }
+            let capped = CappedStream { stream, source, sources: sources.clone(), _slot: slot };
             metrics::gauge!("pocket_open_connections").increment(1.0);
-            Ok(CappedStream { stream, _slot: slot })
-        });
-        Some((accepted, (listener, slots)))
+            let accepted = capped.stream.set_nodelay(true).map(|()| capped);
+            return Some((accepted, (listener, slots, sources)));
+        }
     })
 }
 
-/// An accepted connection holding one of its listener's slots until dropped.
+fn lock_counts(
+    sources: &SourceCounts,
+) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+    // Counts stay consistent after a panic elsewhere: each update is one statement.
+    sources.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An accepted connection holding one of its listener's slots (and one of
+/// its source's) until dropped.
 #[derive(Debug)]
 pub struct CappedStream {
     stream: tokio::net::TcpStream,
+    source: std::net::IpAddr,
+    sources: SourceCounts,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl Drop for CappedStream {
     fn drop(&mut self) {
         metrics::gauge!("pocket_open_connections").decrement(1.0);
+        let mut counts = lock_counts(&self.sources);
+        if let Some(count) = counts.get_mut(&self.source) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.source);
+            }
+        }
     }
 }
 
@@ -134,7 +191,7 @@ mod tests {
     async fn a_listener_at_its_cap_accepts_again_only_when_a_connection_closes() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut incoming = Box::pin(incoming_capped(listener, 2));
+        let mut incoming = Box::pin(incoming_capped(listener, ConnectionCaps { total: 2, per_source: 2 }));
         // Three peers connect; the kernel completes all three TCP handshakes.
         let mut peers = Vec::new();
         for _ in 0..3 {
@@ -153,5 +210,46 @@ mod tests {
             .expect("stream")
             .expect("accepted");
         assert!(third.stream.nodelay().expect("nodelay"), "accepted connections have Nagle off");
+    }
+
+    #[tokio::test]
+    async fn a_source_past_its_cap_is_closed_and_others_keep_their_slots() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let mut incoming = Box::pin(incoming_capped(listener, ConnectionCaps { total: 8, per_source: 2 }));
+        let mut peers = Vec::new();
+        for _ in 0..3 {
+            peers.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
+        }
+        let first = incoming.next().await.expect("stream").expect("first accepted");
+        let _second = incoming.next().await.expect("stream").expect("second accepted");
+        // The third from the same address is accepted and closed at once:
+        // the stream yields nothing for it, and its peer reads end-of-stream.
+        let more = tokio::time::timeout(std::time::Duration::from_millis(300), incoming.next()).await;
+        assert!(more.is_err(), "a third connection from one source was accepted past its cap of 2");
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), peers[2].read(&mut byte))
+            .await
+            .expect("the refused peer sees its connection closed");
+        assert!(matches!(read, Ok(0) | Err(_)), "the refused connection delivered data: {read:?}");
+        // Another source address still gets in.
+        let other = tokio::net::TcpSocket::new_v4().expect("socket");
+        other.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
+        let _other = other.connect(addr).await.expect("connect from 127.0.0.2");
+        let from_other = tokio::time::timeout(std::time::Duration::from_secs(10), incoming.next())
+            .await
+            .expect("another source is accepted")
+            .expect("stream")
+            .expect("accepted");
+        assert_eq!(from_other.source, "127.0.0.2".parse::<std::net::IpAddr>().expect("ip"));
+        // When one of the source's connections closes, it may connect again.
+        drop(first);
+        let _again = tokio::net::TcpStream::connect(addr).await.expect("connect again");
+        tokio::time::timeout(std::time::Duration::from_secs(10), incoming.next())
+            .await
+            .expect("accepted once the source is under its cap")
+            .expect("stream")
+            .expect("accepted");
     }
 }

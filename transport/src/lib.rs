@@ -187,18 +187,28 @@ mod tests {
     use super::*;
     use tokio_stream::StreamExt;
 
-    #[tokio::test]
-    async fn a_listener_at_its_cap_accepts_again_only_when_a_connection_closes() {
+    type Incoming = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = std::io::Result<CappedStream>> + Send>>;
+
+    /// A capped listener on 127.0.0.1 with three peers connected to it (the
+    /// kernel completed their TCP handshakes), the first two accepted.
+    async fn three_peers(
+        caps: ConnectionCaps,
+    ) -> (std::net::SocketAddr, Incoming, Vec<tokio::net::TcpStream>, CappedStream, CappedStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let mut incoming = Box::pin(incoming_capped(listener, ConnectionCaps { total: 2, per_source: 2 }));
-        // Three peers connect; the kernel completes all three TCP handshakes.
+        let mut incoming: Incoming = Box::pin(incoming_capped(listener, caps));
         let mut peers = Vec::new();
         for _ in 0..3 {
             peers.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
         }
         let first = incoming.next().await.expect("stream").expect("first accepted");
-        let _second = incoming.next().await.expect("stream").expect("second accepted");
+        let second = incoming.next().await.expect("stream").expect("second accepted");
+        (addr, incoming, peers, first, second)
+    }
+
+    #[tokio::test]
+    async fn a_listener_at_its_cap_accepts_again_only_when_a_connection_closes() {
+        let (_addr, mut incoming, _peers, first, _second) = three_peers(ConnectionCaps { total: 2, per_source: 2 }).await;
         // The third is waiting in the backlog, but the cap holds it there.
         let third = tokio::time::timeout(std::time::Duration::from_millis(300), incoming.next()).await;
         assert!(third.is_err(), "a third connection was accepted past the cap of 2");
@@ -215,15 +225,7 @@ mod tests {
     #[tokio::test]
     async fn a_source_past_its_cap_is_closed_and_others_keep_their_slots() {
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let mut incoming = Box::pin(incoming_capped(listener, ConnectionCaps { total: 8, per_source: 2 }));
-        let mut peers = Vec::new();
-        for _ in 0..3 {
-            peers.push(tokio::net::TcpStream::connect(addr).await.expect("connect"));
-        }
-        let first = incoming.next().await.expect("stream").expect("first accepted");
-        let _second = incoming.next().await.expect("stream").expect("second accepted");
+        let (addr, mut incoming, mut peers, first, _second) = three_peers(ConnectionCaps { total: 8, per_source: 2 }).await;
         // The third from the same address is accepted and closed at once:
         // the stream yields nothing for it, and its peer reads end-of-stream.
         let more = tokio::time::timeout(std::time::Duration::from_millis(300), incoming.next()).await;

@@ -10,11 +10,12 @@ use pocket::runinfo::{parse_size, RunInfo};
 use pocket_client::{Client, ClientConfig};
 use pocket_proto::Key;
 use serde::de::DeserializeOwned;
-
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+/// Every role of the binary allocates through mimalloc (ADR 7).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "pocket", version, about = "An immutable, content-addressed blob store")]

@@ -142,7 +142,6 @@ fn default_max_connections() -> usize {
     pocket_transport::MAX_CONNECTIONS_PER_LISTENER
 }
 
-
 impl FrontendConfig {
     /// The caps of the client listener.
     pub fn connection_caps(&self) -> pocket_transport::ConnectionCaps {

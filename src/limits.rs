@@ -479,21 +479,28 @@ async fn bench_with_pattern(
     Ok((reports, Some(figure)))
 }
 
-/// Bounds on one machine, where every hop shares the same cores:
-/// - PUT at R replicas: the disk takes R copies, and the bytes cross 1 + R
-///   mTLS hops (client → frontend → R OSDs), each costing what the measured
-///   RPC figure costs. The disk figure that applies is the one measured in
-///   the OSDs' own write pattern during the bench (as many files at once as
-///   OSDs took appends, fdatasync'd as often as their group commits were).
-///   A second row, `put*`, puts the PUT beside the disk's best figure (the
-///   coarsest single-file granularity measured), which needs group commits
-///   far larger than the bench's concurrency produces;
-/// - warm GET: read bandwidth, 2 mTLS hops (OSD → frontend → client), and 2
-///   BLAKE3 passes (frontend and client check the key) on all cores;
+/// Bounds on one machine, where every hop shares the same cores. The CPU
+/// bound adds up the time of the work a request cannot avoid — its mTLS
+/// hops, each costing what the measured loopback RPC costs on all cores, and
+/// its BLAKE3 passes at the measured per-core speed on all cores — since all
+/// of it runs on the same cores (a `min` of the separate figures would assume
+/// they overlap, which they cannot):
+/// - PUT at R replicas: the disk takes R copies; the bytes cross 1 + R hops
+///   (client → frontend → R OSDs) and are hashed 2 + R times (the client
+///   computes the key, the frontend and every OSD check it). The disk figure
+///   that applies is the one measured in the OSDs' own write pattern during
+///   the bench (as many files at once as OSDs took appends, fdatasync'd as
+///   often as their group commits were). A second row, `put*`, puts the PUT
+///   beside the disk's best figure (the coarsest single-file granularity
+///   measured), which needs group commits far larger than the bench's
+///   concurrency produces;
+/// - warm GET: read bandwidth; 2 hops (OSD → frontend → client) and 2 BLAKE3
+///   passes (the frontend and the client check the key);
 /// - 64 KiB PUT: as the 4 MiB PUT, with the RPC figure for 64 KiB payloads.
 pub fn ratios(limits: &Limits, figures: &PocketFigures, replicas: u32) -> Vec<Ratio> {
     let r = f64::from(replicas.max(1));
-    let rpc_hops = 1 + replicas;
+    let put_work = Work { hops: 1 + replicas, hashes: 2 + replicas };
+    let get_work = Work { hops: 2, hashes: 2 };
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let ratio = |what: &str, pocket: f64, bound: f64, text: String| Ratio {
         what: what.into(),
@@ -503,44 +510,65 @@ pub fn ratios(limits: &Limits, figures: &PocketFigures, replicas: u32) -> Vec<Ra
         ratio: pocket / bound.max(1e-9),
     };
     let put = figures.mib_per_sec("put");
-    let put_rpc = limits.rpc_4mib_mib_per_sec / f64::from(rpc_hops);
+    let put_cpu = put_work.cpu_bound(limits, limits.rpc_4mib_mib_per_sec);
     let mut rows = Vec::new();
     if let Some(p) = &figures.osd_pattern {
         let text = format!(
-            "min(write, {} files, fdatasync every {:.2} MiB / {replicas}, rpc / {rpc_hops})",
+            "min(write, {} files, fdatasync every {:.2} MiB / {replicas}, {put_work})",
             p.pattern.osds,
             mib(p.pattern.mean_commit_bytes)
         );
-        rows.push(ratio("put", put, (p.mib_per_sec / r).min(put_rpc), text));
+        rows.push(ratio("put", put, (p.mib_per_sec / r).min(put_cpu), text));
     }
     let coarsest = limits.write_with_fdatasync.iter().max_by_key(|w| w.sync_every_bytes);
     let write = coarsest.map(|w| w.mib_per_sec).unwrap_or(0.0);
     let granularity = coarsest.map(|w| w.sync_every_bytes >> 20).unwrap_or(0);
-    let text = format!("min(write, 1 file, fdatasync every {granularity} MiB / {replicas}, rpc / {rpc_hops})");
+    let text = format!("min(write, 1 file, fdatasync every {granularity} MiB / {replicas}, {put_work})");
     let what = if figures.osd_pattern.is_some() { "put*" } else { "put" };
-    rows.push(ratio(what, put, (write / r).min(put_rpc), text));
-    let hash_all_cores = limits.blake3_mib_per_sec_per_core * limits.cores as f64;
-    let get_bound = limits.read_warm_mib_per_sec.min(limits.rpc_4mib_mib_per_sec / 2.0).min(hash_all_cores / 2.0);
-    rows.push(ratio(
-        "get",
-        figures.mib_per_sec("get"),
-        get_bound,
-        "min(warm read, rpc / 2, blake3 x cores / 2)".into(),
-    ));
-    let small_rpc = limits.rpc_64kib_ops_per_sec * mib(SMALL_RPC_PAYLOAD_BYTES as u64) / f64::from(rpc_hops);
+    rows.push(ratio(what, put, (write / r).min(put_cpu), text));
+    let get_bound = limits.read_warm_mib_per_sec.min(get_work.cpu_bound(limits, limits.rpc_4mib_mib_per_sec));
+    rows.push(ratio("get", figures.mib_per_sec("get"), get_bound, format!("min(warm read, {get_work})")));
+    let small_rpc = limits.rpc_64kib_ops_per_sec * mib(SMALL_RPC_PAYLOAD_BYTES as u64);
+    let small_cpu = put_work.cpu_bound(limits, small_rpc);
     let (small_bound, text) = match &figures.osd_pattern_small {
         Some(p) => (
-            (p.mib_per_sec / r).min(small_rpc),
+            (p.mib_per_sec / r).min(small_cpu),
             format!(
-                "min(write, {} files, fdatasync every {:.0} KiB / {replicas}, rpc 64 KiB / {rpc_hops})",
+                "min(write, {} files, fdatasync every {:.0} KiB / {replicas}, {put_work} at 64 KiB)",
                 p.pattern.osds,
                 p.pattern.mean_commit_bytes as f64 / 1024.0
             ),
         ),
-        None => (small_rpc, format!("rpc 64 KiB / {rpc_hops}")),
+        None => (small_cpu, format!("{put_work} at 64 KiB")),
     };
     rows.push(ratio(SMALL_PUT_PHASE, figures.mib_per_sec(SMALL_PUT_PHASE), small_bound, text));
     rows
+}
+
+/// The CPU work a request cannot avoid, per byte of blob: mTLS hops and
+/// BLAKE3 passes.
+#[derive(Debug, Clone, Copy)]
+struct Work {
+    hops: u32,
+    hashes: u32,
+}
+
+impl Work {
+    /// MiB/s of blob the machine's cores can carry through this work, given
+    /// the loopback RPC figure (MiB/s on all cores) for the payload size:
+    /// the seconds per MiB of each part, added.
+    fn cpu_bound(&self, limits: &Limits, rpc_mib_per_sec: f64) -> f64 {
+        let hash_all_cores = limits.blake3_mib_per_sec_per_core * limits.cores.max(1) as f64;
+        let seconds_per_mib =
+            f64::from(self.hops) / rpc_mib_per_sec.max(1e-9) + f64::from(self.hashes) / hash_all_cores.max(1e-9);
+        1.0 / seconds_per_mib
+    }
+}
+
+impl std::fmt::Display for Work {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "cpu: {} rpc hops + {} blake3 passes", self.hops, self.hashes)
+    }
 }
 
 /// The limits as a table for people.
@@ -581,4 +609,69 @@ pub fn pattern_table(figures: &PocketFigures) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{Latency, PhaseReport};
+
+    fn phase(name: &str, mib_per_sec: f64) -> PhaseReport {
+        let latency = Latency { p50_ms: 1.0, p90_ms: 1.0, p99_ms: 1.0, max_ms: 1.0 };
+        PhaseReport {
+            phase: name.into(),
+            ops: 1,
+            errors: 0,
+            bytes: 1,
+            seconds: 1.0,
+            mib_per_sec,
+            ops_per_sec: 1.0,
+            latency,
+            blob_size_bytes: 1,
+            concurrency: 8,
+        }
+    }
+
+    #[test]
+    fn the_cpu_bound_adds_the_time_of_every_hop_and_hash_pass() {
+        let limits = Limits {
+            write_with_fdatasync: vec![
+                WriteFigure { sync_every_bytes: 4 << 20, mib_per_sec: 300.0 },
+                WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 3000.0 },
+            ],
+            read_cold_mib_per_sec: 500.0,
+            read_warm_mib_per_sec: 8000.0,
+            blake3_mib_per_sec_per_core: 1000.0,
+            cores: 2,
+            rpc_4mib_mib_per_sec: 1000.0,
+            rpc_64kib_ops_per_sec: 16_000.0, // 1000 MiB/s of 64 KiB payloads
+        };
+        let figures = PocketFigures {
+            bench: vec![phase("put", 100.0), phase("get", 200.0), phase(SMALL_PUT_PHASE, 50.0)],
+            osd_pattern: None,
+            osd_pattern_small: None,
+        };
+        let rows = ratios(&limits, &figures, 3);
+        let names: Vec<_> = rows.iter().map(|r| r.what.as_str()).collect();
+        assert_eq!(names, ["put", "get", SMALL_PUT_PHASE]);
+        // PUT, R = 3: 4 hops at 1/1000 s/MiB + 5 passes at 1/2000 s/MiB =
+        // 6.5 ms/MiB, below the disk's 3000 / 3.
+        let put_bound = 1.0 / (4.0 / 1000.0 + 5.0 / 2000.0);
+        assert!((rows[0].bound_mib_per_sec - put_bound).abs() < 1e-9, "{:?}", rows[0]);
+        assert!((rows[0].ratio - 100.0 / put_bound).abs() < 1e-9, "{:?}", rows[0]);
+        assert!(rows[0].bound.contains("4 rpc hops + 5 blake3 passes"), "{}", rows[0].bound);
+        // GET: 2 hops + 2 passes = 3 ms/MiB, below the warm read.
+        assert!((rows[1].bound_mib_per_sec - 1000.0 / 3.0).abs() < 1e-9, "{:?}", rows[1]);
+        // 64 KiB PUT: the same work at the 64 KiB RPC figure.
+        assert!((rows[2].bound_mib_per_sec - put_bound).abs() < 1e-9, "{:?}", rows[2]);
+        // A slow disk binds instead: 300 MiB/s at 4 MiB granularity is not
+        // the coarsest, 3000 is; at 150 the coarsest binds the PUT.
+        let slow = Limits {
+            write_with_fdatasync: vec![WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 150.0 }],
+            ..limits
+        };
+        let rows = ratios(&slow, &figures, 3);
+        assert!((rows[0].bound_mib_per_sec - 50.0).abs() < 1e-9, "{:?}", rows[0]);
+        assert!((rows[0].ratio - 2.0).abs() < 1e-9, "{:?}", rows[0]);
+    }
 }

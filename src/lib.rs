@@ -5,7 +5,6 @@
 //! `pocket bench`, `pocket limits` and `pocket ec-bench`.
 //! Root integration tests (`tests/`) run the built binary.
 
-pub mod allocator;
 pub mod bench;
 pub mod cell_status;
 pub mod ec_bench;

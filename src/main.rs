@@ -204,7 +204,6 @@ struct DaemonArgs {
 }
 
 fn main() -> anyhow::Result<()> {
-    pocket::allocator::keep_freed_memory();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

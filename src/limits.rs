@@ -46,6 +46,8 @@ pub struct LimitsOptions {
 pub struct WriteFigure {
     pub sync_every_bytes: u64,
     pub mib_per_sec: f64,
+    /// CPU time of the writing thread (user + system) per MiB written.
+    pub cpu_ms_per_mib: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -56,8 +58,41 @@ pub struct Limits {
     pub blake3_mib_per_sec_per_core: f64,
     pub cores: usize,
     pub rpc_4mib_mib_per_sec: f64,
+    /// CPU time of the loopback RPC (client and server, user + system) per
+    /// MiB of 4 MiB payloads.
+    pub rpc_4mib_cpu_ms_per_mib: f64,
     /// RPCs per second with 64 KiB payloads, RPC_CONCURRENCY in flight.
     pub rpc_64kib_ops_per_sec: f64,
+    /// CPU time of the loopback RPC per MiB of 64 KiB payloads.
+    pub rpc_64kib_cpu_ms_per_mib: f64,
+}
+
+/// A rate and what it cost in CPU time.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    per_sec: f64,
+    cpu_ms_per_mib: f64,
+}
+
+/// User + system CPU time so far, in milliseconds, of this process
+/// (`RUSAGE_SELF`) or of the calling thread (`RUSAGE_THREAD`).
+fn cpu_ms(who: libc::c_int) -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    #[allow(unsafe_code)]
+    // SAFETY: getrusage(2) fills the struct we own; both `who` values are valid.
+    let rc = unsafe { libc::getrusage(who, usage.as_mut_ptr()) };
+    if rc != 0 {
+        return 0.0;
+    }
+    #[allow(unsafe_code)]
+    // SAFETY: getrusage returned 0, so it initialised the struct.
+    let usage = unsafe { usage.assume_init() };
+    let ms = |t: libc::timeval| t.tv_sec as f64 * 1e3 + t.tv_usec as f64 / 1e3;
+    ms(usage.ru_utime) + ms(usage.ru_stime)
+}
+
+fn cpu_ms_per_mib(cpu_ms: f64, bytes: u64) -> f64 {
+    cpu_ms / (bytes as f64 / (1024.0 * 1024.0)).max(1e-9)
 }
 
 fn mib_per_sec(bytes: u64, elapsed: Duration) -> f64 {
@@ -77,8 +112,10 @@ pub async fn measure(options: &LimitsOptions) -> anyhow::Result<Limits> {
         read_warm_mib_per_sec: read_warm,
         blake3_mib_per_sec_per_core: blake3,
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        rpc_4mib_mib_per_sec: rpc,
-        rpc_64kib_ops_per_sec: rpc_small,
+        rpc_4mib_mib_per_sec: rpc.per_sec,
+        rpc_4mib_cpu_ms_per_mib: rpc.cpu_ms_per_mib,
+        rpc_64kib_ops_per_sec: rpc_small.per_sec,
+        rpc_64kib_cpu_ms_per_mib: rpc_small.cpu_ms_per_mib,
     })
 }
 
@@ -91,7 +128,7 @@ fn measure_disk(options: &LimitsOptions) -> anyhow::Result<(Vec<WriteFigure>, f6
     let result = (|| -> anyhow::Result<(f64, f64)> {
         for &sync_every in &options.sync_every_bytes {
             let mut file = std::fs::File::create(&path).context("create measurement file")?;
-            let started = Instant::now();
+            let (started, cpu_started) = (Instant::now(), cpu_ms(libc::RUSAGE_THREAD));
             let (mut written, mut unsynced) = (0u64, 0u64);
             while written < options.disk_bytes {
                 file.write_all(&buffer).context("write")?;
@@ -103,7 +140,11 @@ fn measure_disk(options: &LimitsOptions) -> anyhow::Result<(Vec<WriteFigure>, f6
                 }
             }
             file.sync_data().context("fdatasync")?;
-            writes.push(WriteFigure { sync_every_bytes: sync_every, mib_per_sec: mib_per_sec(written, started.elapsed()) });
+            writes.push(WriteFigure {
+                sync_every_bytes: sync_every,
+                mib_per_sec: mib_per_sec(written, started.elapsed()),
+                cpu_ms_per_mib: cpu_ms_per_mib(cpu_ms(libc::RUSAGE_THREAD) - cpu_started, written),
+            });
         }
         drop_cache(&path)?;
         let cold = read_all(&path, &mut buffer)?;
@@ -177,8 +218,9 @@ impl pb::loopback_server::Loopback for Sink {
 
 /// Streams `bytes` through an in-process gRPC server on loopback with the
 /// same transport as pocket (mutual TLS, 1 MiB chunks), 4 MiB per RPC; then
-/// `small_rpcs` RPCs of 64 KiB. Returns (MiB/s at 4 MiB, RPCs/s at 64 KiB).
-async fn measure_rpc(dir: &Path, bytes: u64, small_rpcs: u64) -> anyhow::Result<(f64, f64)> {
+/// `small_rpcs` RPCs of 64 KiB. Returns MiB/s at 4 MiB and RPCs/s at 64 KiB,
+/// each with the process's CPU time per MiB (nothing else runs in it then).
+async fn measure_rpc(dir: &Path, bytes: u64, small_rpcs: u64) -> anyhow::Result<(Measured, Measured)> {
     let pki_dir = dir.join(format!("pocket-limits-pki-{}", std::process::id()));
     let server_id = Identity::new(Role::Frontend, "limits");
     let client_id = Identity::new(Role::Client, "limits");
@@ -208,25 +250,26 @@ async fn measure_rpc(dir: &Path, bytes: u64, small_rpcs: u64) -> anyhow::Result<
     let large = transfer(&client, RPC_PAYLOAD_BYTES, bytes.div_ceil(RPC_PAYLOAD_BYTES as u64).max(1)).await;
     let small = match large {
         Ok(_) => transfer(&client, SMALL_RPC_PAYLOAD_BYTES, small_rpcs.max(1)).await,
-        Err(_) => Ok((0.0, 0.0)),
+        Err(_) => Ok(Measured { per_sec: 0.0, cpu_ms_per_mib: 0.0 }),
     };
     let _ = stop.send(());
     let _ = server.await;
-    Ok((large?.0, small?.1))
+    let large = large?;
+    Ok((Measured { per_sec: large.per_sec * RPC_PAYLOAD_BYTES as f64 / (1024.0 * 1024.0), ..large }, small?))
 }
 
 /// Sends `rpcs` RPCs of `payload_bytes`, RPC_CONCURRENCY at once; returns
-/// (MiB/s, RPCs/s).
+/// RPCs/s and the process's CPU time per MiB sent.
 async fn transfer(
     client: &pb::loopback_client::LoopbackClient<tonic::transport::Channel>,
     payload_bytes: usize,
     rpcs: u64,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<Measured> {
     let mut payload = vec![0u8; payload_bytes];
     rand::rng().fill_bytes(&mut payload);
     let payload = Bytes::from(payload);
     let limit = Arc::new(tokio::sync::Semaphore::new(RPC_CONCURRENCY));
-    let started = Instant::now();
+    let (started, cpu_started) = (Instant::now(), cpu_ms(libc::RUSAGE_SELF));
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..rpcs {
         let permit = limit.clone().acquire_owned().await?;
@@ -241,8 +284,8 @@ async fn transfer(
     while let Some(joined) = tasks.join_next().await {
         received += joined??;
     }
-    let elapsed = started.elapsed();
-    Ok((mib_per_sec(received, elapsed), rpcs as f64 / elapsed.as_secs_f64().max(1e-9)))
+    let (elapsed, cpu) = (started.elapsed(), cpu_ms(libc::RUSAGE_SELF) - cpu_started);
+    Ok(Measured { per_sec: rpcs as f64 / elapsed.as_secs_f64().max(1e-9), cpu_ms_per_mib: cpu_ms_per_mib(cpu, received) })
 }
 
 /// What the OSDs of a local pocket wrote during a bench: how many took
@@ -263,6 +306,8 @@ pub struct CommitPattern {
 pub struct PatternFigure {
     pub pattern: CommitPattern,
     pub mib_per_sec: f64,
+    /// CPU time of the writing threads (user + system) per MiB written.
+    pub cpu_ms_per_mib: f64,
 }
 
 /// Per-OSD (commits, appends, bytes) counters of a pocket started by
@@ -324,8 +369,9 @@ pub fn commit_pattern(before: &[[u64; 3]], after: &[[u64; 3]]) -> Option<CommitP
 
 /// Writes `total_bytes` in `pattern.osds` files at once (one thread each),
 /// each fdatasync'd every `pattern.mean_commit_bytes`: the disk's ceiling
-/// for the write pattern the OSDs produced.
-pub fn measure_pattern(dir: &Path, pattern: &CommitPattern, total_bytes: u64) -> anyhow::Result<f64> {
+/// for the write pattern the OSDs produced (MiB/s), and the writing threads'
+/// CPU time per MiB.
+fn measure_pattern(dir: &Path, pattern: &CommitPattern, total_bytes: u64) -> anyhow::Result<Measured> {
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let writers = pattern.osds.max(1);
     let per_writer = (total_bytes / writers as u64).max(pattern.mean_commit_bytes);
@@ -340,10 +386,11 @@ pub fn measure_pattern(dir: &Path, pattern: &CommitPattern, total_bytes: u64) ->
             .iter()
             .map(|path| {
                 let (buffer, barrier) = (&buffer, &barrier);
-                scope.spawn(move || -> anyhow::Result<u64> {
+                scope.spawn(move || -> anyhow::Result<(u64, f64)> {
                     let file = std::fs::File::create(path).context("create measurement file");
                     barrier.wait();
                     let mut file = file?;
+                    let cpu_started = cpu_ms(libc::RUSAGE_THREAD);
                     let mut written = 0u64;
                     while written < per_writer {
                         let mut in_commit = 0usize;
@@ -355,24 +402,27 @@ pub fn measure_pattern(dir: &Path, pattern: &CommitPattern, total_bytes: u64) ->
                         file.sync_data().context("fdatasync")?;
                         written += in_commit as u64;
                     }
-                    Ok(written)
+                    Ok((written, cpu_ms(libc::RUSAGE_THREAD) - cpu_started))
                 })
             })
             .collect();
         barrier.wait();
         let started = Instant::now();
-        let mut written = 0u64;
+        let (mut written, mut cpu) = (0u64, 0.0);
         let mut failure = None;
         for handle in handles {
             match handle.join() {
-                Ok(Ok(n)) => written += n,
+                Ok(Ok((n, ms))) => {
+                    written += n;
+                    cpu += ms;
+                }
                 Ok(Err(e)) => failure = Some(e),
                 Err(_) => failure = Some(anyhow::anyhow!("a measurement thread panicked")),
             }
         }
         match failure {
             Some(e) => Err(e),
-            None => Ok(mib_per_sec(written, started.elapsed())),
+            None => Ok(Measured { per_sec: mib_per_sec(written, started.elapsed()), cpu_ms_per_mib: cpu_ms_per_mib(cpu, written) }),
         }
     });
     for path in &paths {
@@ -473,34 +523,36 @@ async fn bench_with_pattern(
     let bytes = disk_bytes.min(pattern.mean_commit_bytes.saturating_mul(4096));
     let dir = cell_dir.to_path_buf();
     let figure = tokio::task::spawn_blocking(move || {
-        measure_pattern(&dir, &pattern, bytes).map(|mib_per_sec| PatternFigure { pattern, mib_per_sec })
+        measure_pattern(&dir, &pattern, bytes)
+            .map(|m| PatternFigure { pattern, mib_per_sec: m.per_sec, cpu_ms_per_mib: m.cpu_ms_per_mib })
     })
     .await??;
     Ok((reports, Some(figure)))
 }
 
-/// Bounds on one machine, where every hop shares the same cores. The CPU
-/// bound adds up the time of the work a request cannot avoid — its mTLS
-/// hops, each costing what the measured loopback RPC costs on all cores, and
-/// its BLAKE3 passes at the measured per-core speed on all cores — since all
-/// of it runs on the same cores (a `min` of the separate figures would assume
-/// they overlap, which they cannot):
-/// - PUT at R replicas: the disk takes R copies; the bytes cross 1 + R hops
-///   (client → frontend → R OSDs) and are hashed 2 + R times (the client
-///   computes the key, the frontend and every OSD check it). The disk figure
-///   that applies is the one measured in the OSDs' own write pattern during
-///   the bench (as many files at once as OSDs took appends, fdatasync'd as
-///   often as their group commits were). A second row, `put*`, puts the PUT
-///   beside the disk's best figure (the coarsest single-file granularity
-///   measured), which needs group commits far larger than the bench's
-///   concurrency produces;
-/// - warm GET: read bandwidth; 2 hops (OSD → frontend → client) and 2 BLAKE3
-///   passes (the frontend and the client check the key);
-/// - 64 KiB PUT: as the 4 MiB PUT, with the RPC figure for 64 KiB payloads.
+/// Bounds on one machine, where every hop shares the same cores.
+///
+/// The CPU bound adds up the CPU time of the work a request cannot avoid,
+/// each part at the CPU cost measured for it in this run, and divides the
+/// cores among it: its mTLS hops (the loopback RPC's CPU time per MiB, client
+/// and server together), its BLAKE3 passes (one core's speed), and for a PUT
+/// the R buffered writes with fdatasync (the writing threads' CPU time per
+/// MiB). All of it runs on the same cores, so the times add up; a `min` of
+/// the separate rates would assume they overlap, which they cannot. The disk
+/// bound is separate: R copies at the measured write bandwidth.
+/// - PUT at R replicas: 1 + R hops (client → frontend → R OSDs), 2 + R
+///   hashes (the client computes the key, the frontend and every OSD check
+///   it), R writes. The disk figure that applies is the one measured in the
+///   OSDs' own write pattern during the bench (as many files at once as OSDs
+///   took appends, fdatasync'd as often as their group commits were). A
+///   second row, `put*`, puts the PUT beside the disk's best figure (the
+///   coarsest single-file granularity measured), which needs group commits
+///   far larger than the bench's concurrency produces;
+/// - warm GET: read bandwidth; 2 hops (OSD → frontend → client) and 2
+///   hashes (the frontend and the client check the key);
+/// - 64 KiB PUT: as the 4 MiB PUT, with the RPC cost for 64 KiB payloads.
 pub fn ratios(limits: &Limits, figures: &PocketFigures, replicas: u32) -> Vec<Ratio> {
     let r = f64::from(replicas.max(1));
-    let put_work = Work { hops: 1 + replicas, hashes: 2 + replicas };
-    let get_work = Work { hops: 2, hashes: 2 };
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     let ratio = |what: &str, pocket: f64, bound: f64, text: String| Ratio {
         what: what.into(),
@@ -510,84 +562,111 @@ pub fn ratios(limits: &Limits, figures: &PocketFigures, replicas: u32) -> Vec<Ra
         ratio: pocket / bound.max(1e-9),
     };
     let put = figures.mib_per_sec("put");
-    let put_cpu = put_work.cpu_bound(limits, limits.rpc_4mib_mib_per_sec);
+    let put_work = |rpc_cpu_ms_per_mib: f64, write_cpu_ms_per_mib: f64| Work {
+        hops: 1 + replicas,
+        rpc_cpu_ms_per_mib,
+        hashes: 2 + replicas,
+        writes: replicas,
+        write_cpu_ms_per_mib,
+    };
     let mut rows = Vec::new();
     if let Some(p) = &figures.osd_pattern {
+        let work = put_work(limits.rpc_4mib_cpu_ms_per_mib, p.cpu_ms_per_mib);
         let text = format!(
-            "min(write, {} files, fdatasync every {:.2} MiB / {replicas}, {put_work})",
+            "min(write, {} files, fdatasync every {:.2} MiB / {replicas}, {work})",
             p.pattern.osds,
             mib(p.pattern.mean_commit_bytes)
         );
-        rows.push(ratio("put", put, (p.mib_per_sec / r).min(put_cpu), text));
+        rows.push(ratio("put", put, (p.mib_per_sec / r).min(work.cpu_bound(limits)), text));
     }
     let coarsest = limits.write_with_fdatasync.iter().max_by_key(|w| w.sync_every_bytes);
     let write = coarsest.map(|w| w.mib_per_sec).unwrap_or(0.0);
     let granularity = coarsest.map(|w| w.sync_every_bytes >> 20).unwrap_or(0);
-    let text = format!("min(write, 1 file, fdatasync every {granularity} MiB / {replicas}, {put_work})");
+    let work = put_work(limits.rpc_4mib_cpu_ms_per_mib, coarsest.map(|w| w.cpu_ms_per_mib).unwrap_or(0.0));
+    let text = format!("min(write, 1 file, fdatasync every {granularity} MiB / {replicas}, {work})");
     let what = if figures.osd_pattern.is_some() { "put*" } else { "put" };
-    rows.push(ratio(what, put, (write / r).min(put_cpu), text));
-    let get_bound = limits.read_warm_mib_per_sec.min(get_work.cpu_bound(limits, limits.rpc_4mib_mib_per_sec));
+    rows.push(ratio(what, put, (write / r).min(work.cpu_bound(limits)), text));
+    let get_work =
+        Work { hops: 2, rpc_cpu_ms_per_mib: limits.rpc_4mib_cpu_ms_per_mib, hashes: 2, writes: 0, write_cpu_ms_per_mib: 0.0 };
+    let get_bound = limits.read_warm_mib_per_sec.min(get_work.cpu_bound(limits));
     rows.push(ratio("get", figures.mib_per_sec("get"), get_bound, format!("min(warm read, {get_work})")));
-    let small_rpc = limits.rpc_64kib_ops_per_sec * mib(SMALL_RPC_PAYLOAD_BYTES as u64);
-    let small_cpu = put_work.cpu_bound(limits, small_rpc);
     let (small_bound, text) = match &figures.osd_pattern_small {
-        Some(p) => (
-            (p.mib_per_sec / r).min(small_cpu),
-            format!(
-                "min(write, {} files, fdatasync every {:.0} KiB / {replicas}, {put_work} at 64 KiB)",
-                p.pattern.osds,
-                p.pattern.mean_commit_bytes as f64 / 1024.0
-            ),
-        ),
-        None => (small_cpu, format!("{put_work} at 64 KiB")),
+        Some(p) => {
+            let work = put_work(limits.rpc_64kib_cpu_ms_per_mib, p.cpu_ms_per_mib);
+            (
+                (p.mib_per_sec / r).min(work.cpu_bound(limits)),
+                format!(
+                    "min(write, {} files, fdatasync every {:.0} KiB / {replicas}, {work}, at 64 KiB)",
+                    p.pattern.osds,
+                    p.pattern.mean_commit_bytes as f64 / 1024.0
+                ),
+            )
+        }
+        None => {
+            let work = put_work(limits.rpc_64kib_cpu_ms_per_mib, 0.0);
+            (work.cpu_bound(limits), format!("{work}, at 64 KiB (no write figure)"))
+        }
     };
     rows.push(ratio(SMALL_PUT_PHASE, figures.mib_per_sec(SMALL_PUT_PHASE), small_bound, text));
     rows
 }
 
-/// The CPU work a request cannot avoid, per byte of blob: mTLS hops and
-/// BLAKE3 passes.
+/// The CPU work a request cannot avoid, per MiB of blob, at measured costs.
 #[derive(Debug, Clone, Copy)]
 struct Work {
     hops: u32,
+    rpc_cpu_ms_per_mib: f64,
     hashes: u32,
+    writes: u32,
+    write_cpu_ms_per_mib: f64,
 }
 
 impl Work {
-    /// MiB/s of blob the machine's cores can carry through this work, given
-    /// the loopback RPC figure (MiB/s on all cores) for the payload size:
-    /// the seconds per MiB of each part, added.
-    fn cpu_bound(&self, limits: &Limits, rpc_mib_per_sec: f64) -> f64 {
-        let hash_all_cores = limits.blake3_mib_per_sec_per_core * limits.cores.max(1) as f64;
-        let seconds_per_mib =
-            f64::from(self.hops) / rpc_mib_per_sec.max(1e-9) + f64::from(self.hashes) / hash_all_cores.max(1e-9);
-        1.0 / seconds_per_mib
+    /// CPU milliseconds per MiB of blob, all parts added.
+    fn cpu_ms_per_mib(&self, limits: &Limits) -> f64 {
+        f64::from(self.hops) * self.rpc_cpu_ms_per_mib
+            + f64::from(self.hashes) * 1e3 / limits.blake3_mib_per_sec_per_core.max(1e-9)
+            + f64::from(self.writes) * self.write_cpu_ms_per_mib
+    }
+
+    /// MiB/s of blob the machine's cores carry if they do nothing but this work.
+    fn cpu_bound(&self, limits: &Limits) -> f64 {
+        limits.cores.max(1) as f64 * 1e3 / self.cpu_ms_per_mib(limits).max(1e-9)
     }
 }
 
 impl std::fmt::Display for Work {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cpu: {} rpc hops + {} blake3 passes", self.hops, self.hashes)
+        write!(f, "cpu: {} hops x {:.2} ms + {} blake3", self.hops, self.rpc_cpu_ms_per_mib, self.hashes)?;
+        if self.writes > 0 {
+            write!(f, " + {} writes x {:.2} ms", self.writes, self.write_cpu_ms_per_mib)?;
+        }
+        write!(f, " per MiB")
     }
 }
 
 /// The limits as a table for people.
 pub fn table(limits: &Limits) -> String {
-    let mut out = String::from("limit                                   MiB/s\n");
+    let mut out = String::from("limit                                   MiB/s  CPU ms/MiB\n");
     for write in &limits.write_with_fdatasync {
         out.push_str(&format!(
-            "write, fdatasync every {:>4} MiB        {:>9.1}\n",
+            "write, fdatasync every {:>4} MiB        {:>9.1}  {:>10.2}\n",
             write.sync_every_bytes >> 20,
-            write.mib_per_sec
+            write.mib_per_sec,
+            write.cpu_ms_per_mib
         ));
     }
     out.push_str(&format!("read, cold                              {:>9.1}\n", limits.read_cold_mib_per_sec));
     out.push_str(&format!("read, warm                              {:>9.1}\n", limits.read_warm_mib_per_sec));
     out.push_str(&format!("blake3, one core ({} cores)              {:>9.1}\n", limits.cores, limits.blake3_mib_per_sec_per_core));
-    out.push_str(&format!("rpc (mTLS, 4 MiB payloads, {RPC_CONCURRENCY} in flight)  {:>9.1}\n", limits.rpc_4mib_mib_per_sec));
     out.push_str(&format!(
-        "rpc (mTLS, 64 KiB payloads, {RPC_CONCURRENCY} in flight) {:>9.1}  ({:.0} RPCs/s)\n",
+        "rpc (mTLS, 4 MiB payloads, {RPC_CONCURRENCY} in flight)  {:>9.1}  {:>10.2}\n",
+        limits.rpc_4mib_mib_per_sec, limits.rpc_4mib_cpu_ms_per_mib
+    ));
+    out.push_str(&format!(
+        "rpc (mTLS, 64 KiB payloads, {RPC_CONCURRENCY} in flight) {:>9.1}  {:>10.2}  ({:.0} RPCs/s)\n",
         limits.rpc_64kib_ops_per_sec * SMALL_RPC_PAYLOAD_BYTES as f64 / (1024.0 * 1024.0),
+        limits.rpc_64kib_cpu_ms_per_mib,
         limits.rpc_64kib_ops_per_sec
     ));
     out
@@ -599,10 +678,11 @@ pub fn pattern_table(figures: &PocketFigures) -> String {
     for (what, pattern) in [("4 MiB PUTs", &figures.osd_pattern), ("64 KiB PUTs", &figures.osd_pattern_small)] {
         if let Some(p) = pattern {
             out.push_str(&format!(
-                "write, OSD pattern of the {what}: {} files, fdatasync every {:.0} KiB  {:>9.1}\n  ({} group commits of {:.2} appends on average)\n",
+                "write, OSD pattern of the {what}: {} files, fdatasync every {:.0} KiB  {:>9.1}  {:>10.2}\n  ({} group commits of {:.2} appends on average)\n",
                 p.pattern.osds,
                 p.pattern.mean_commit_bytes as f64 / 1024.0,
                 p.mib_per_sec,
+                p.cpu_ms_per_mib,
                 p.pattern.commits,
                 p.pattern.appends as f64 / p.pattern.commits as f64
             ));
@@ -633,18 +713,20 @@ mod tests {
     }
 
     #[test]
-    fn the_cpu_bound_adds_the_time_of_every_hop_and_hash_pass() {
+    fn the_cpu_bound_adds_the_cpu_time_of_every_hop_hash_and_write() {
         let limits = Limits {
             write_with_fdatasync: vec![
-                WriteFigure { sync_every_bytes: 4 << 20, mib_per_sec: 300.0 },
-                WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 3000.0 },
+                WriteFigure { sync_every_bytes: 4 << 20, mib_per_sec: 300.0, cpu_ms_per_mib: 2.0 },
+                WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 3000.0, cpu_ms_per_mib: 1.0 },
             ],
             read_cold_mib_per_sec: 500.0,
             read_warm_mib_per_sec: 8000.0,
-            blake3_mib_per_sec_per_core: 1000.0,
+            blake3_mib_per_sec_per_core: 1000.0, // 1 ms per MiB
             cores: 2,
             rpc_4mib_mib_per_sec: 1000.0,
-            rpc_64kib_ops_per_sec: 16_000.0, // 1000 MiB/s of 64 KiB payloads
+            rpc_4mib_cpu_ms_per_mib: 2.0,
+            rpc_64kib_ops_per_sec: 16_000.0,
+            rpc_64kib_cpu_ms_per_mib: 4.0,
         };
         let figures = PocketFigures {
             bench: vec![phase("put", 100.0), phase("get", 200.0), phase(SMALL_PUT_PHASE, 50.0)],
@@ -654,20 +736,19 @@ mod tests {
         let rows = ratios(&limits, &figures, 3);
         let names: Vec<_> = rows.iter().map(|r| r.what.as_str()).collect();
         assert_eq!(names, ["put", "get", SMALL_PUT_PHASE]);
-        // PUT, R = 3: 4 hops at 1/1000 s/MiB + 5 passes at 1/2000 s/MiB =
-        // 6.5 ms/MiB, below the disk's 3000 / 3.
-        let put_bound = 1.0 / (4.0 / 1000.0 + 5.0 / 2000.0);
-        assert!((rows[0].bound_mib_per_sec - put_bound).abs() < 1e-9, "{:?}", rows[0]);
-        assert!((rows[0].ratio - 100.0 / put_bound).abs() < 1e-9, "{:?}", rows[0]);
-        assert!(rows[0].bound.contains("4 rpc hops + 5 blake3 passes"), "{}", rows[0].bound);
-        // GET: 2 hops + 2 passes = 3 ms/MiB, below the warm read.
-        assert!((rows[1].bound_mib_per_sec - 1000.0 / 3.0).abs() < 1e-9, "{:?}", rows[1]);
-        // 64 KiB PUT: the same work at the 64 KiB RPC figure.
-        assert!((rows[2].bound_mib_per_sec - put_bound).abs() < 1e-9, "{:?}", rows[2]);
-        // A slow disk binds instead: 300 MiB/s at 4 MiB granularity is not
-        // the coarsest, 3000 is; at 150 the coarsest binds the PUT.
+        // PUT, R = 3, against the coarsest write figure: 4 hops x 2 ms + 5
+        // hashes x 1 ms + 3 writes x 1 ms = 16 ms per MiB on 2 cores = 125
+        // MiB/s, below the disk's 3000 / 3.
+        assert!((rows[0].bound_mib_per_sec - 125.0).abs() < 1e-9, "{:?}", rows[0]);
+        assert!((rows[0].ratio - 0.8).abs() < 1e-9, "{:?}", rows[0]);
+        assert!(rows[0].bound.contains("4 hops x 2.00 ms + 5 blake3 + 3 writes x 1.00 ms"), "{}", rows[0].bound);
+        // GET: 2 x 2 + 2 x 1 = 6 ms per MiB on 2 cores, below the warm read.
+        assert!((rows[1].bound_mib_per_sec - 2000.0 / 6.0).abs() < 1e-9, "{:?}", rows[1]);
+        // 64 KiB PUT without a write figure: 4 x 4 + 5 x 1 = 21 ms per MiB.
+        assert!((rows[2].bound_mib_per_sec - 2000.0 / 21.0).abs() < 1e-9, "{:?}", rows[2]);
+        // A slow disk binds instead of the cores.
         let slow = Limits {
-            write_with_fdatasync: vec![WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 150.0 }],
+            write_with_fdatasync: vec![WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 150.0, cpu_ms_per_mib: 1.0 }],
             ..limits
         };
         let rows = ratios(&slow, &figures, 3);

@@ -68,6 +68,11 @@ async fn limits_measure_the_machine_and_relate_pocket_to_it() {
         &limits["blake3_mib_per_sec_per_core"],
         &limits["rpc_4mib_mib_per_sec"],
         &limits["rpc_64kib_ops_per_sec"],
+        // What each costs in CPU time: the CPU bound adds these up.
+        &writes[0]["cpu_ms_per_mib"],
+        &writes[1]["cpu_ms_per_mib"],
+        &limits["rpc_4mib_cpu_ms_per_mib"],
+        &limits["rpc_64kib_cpu_ms_per_mib"],
     ] {
         assert!(figure.as_f64().expect("a number") > 0.0, "{limits}");
     }
@@ -83,6 +88,7 @@ async fn limits_measure_the_machine_and_relate_pocket_to_it() {
     assert_eq!(mean, pattern["pattern"]["bytes"].as_u64().expect("bytes") / commits, "{pattern}");
     assert!(mean >= 4 << 20, "every append was a 4 MiB blob: {pattern}");
     assert!(pattern["mib_per_sec"].as_f64().expect("pattern figure") > 0.0, "{pattern}");
+    assert!(pattern["cpu_ms_per_mib"].as_f64().expect("pattern CPU figure") >= 0.0, "{pattern}");
     // The 64 KiB PUTs: 20 of them at R = 3, each append 64 KiB.
     let small = &report["pocket"]["osd_pattern_small"]["pattern"];
     assert!(small["appends"].as_u64().expect("appends") >= 60, "{small}");

@@ -184,6 +184,17 @@ fn drop_cache(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Drops the file's pages before `up_to` from the page cache (clean after
+/// fdatasync); advisory.
+fn drop_behind(file: &std::fs::File, up_to: u64) {
+    use std::os::fd::AsRawFd;
+    if let Ok(len) = libc::off_t::try_from(up_to) {
+        #[allow(unsafe_code)]
+        // SAFETY: posix_fadvise(2) on a file descriptor we own; advisory only.
+        let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, len, libc::POSIX_FADV_DONTNEED) };
+    }
+}
+
 fn measure_blake3(bytes: u64) -> f64 {
     let mut buffer = vec![0u8; IO_BUFFER_BYTES];
     rand::rng().fill_bytes(&mut buffer);
@@ -368,7 +379,8 @@ pub fn commit_pattern(before: &[[u64; 3]], after: &[[u64; 3]]) -> Option<CommitP
 }
 
 /// Writes `total_bytes` in `pattern.osds` files at once (one thread each),
-/// each fdatasync'd every `pattern.mean_commit_bytes`: the disk's ceiling
+/// each fdatasync'd every `pattern.mean_commit_bytes` and keeping only the
+/// OSDs' page-cache window cached: the disk's ceiling
 /// for the write pattern the OSDs produced (MiB/s), and the writing threads'
 /// CPU time per MiB.
 fn measure_pattern(dir: &Path, pattern: &CommitPattern, total_bytes: u64) -> anyhow::Result<Measured> {
@@ -401,6 +413,8 @@ fn measure_pattern(dir: &Path, pattern: &CommitPattern, total_bytes: u64) -> any
                         }
                         file.sync_data().context("fdatasync")?;
                         written += in_commit as u64;
+                        // As the OSDs do (ADR 8): keep only the window cached.
+                        drop_behind(&file, written.saturating_sub(pocket_osd::store::DEFAULT_PAGE_CACHE_WINDOW_BYTES));
                     }
                     Ok((written, cpu_ms(libc::RUSAGE_THREAD) - cpu_started))
                 })

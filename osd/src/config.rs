@@ -55,6 +55,11 @@ pub struct OsdConfig {
     /// Most bytes of appends gathered into one fdatasync (group commit).
     #[serde(default = "default_group_commit_max_bytes")]
     pub group_commit_max_bytes: u64,
+    /// How much of each open extent's tail stays in the page cache after a
+    /// group commit; older written pages are dropped (ADR 8). A value of at
+    /// least the extent size keeps every written page cached.
+    #[serde(default = "default_page_cache_window_bytes")]
+    pub page_cache_window_bytes: u64,
 }
 
 fn default_listen() -> String {
@@ -77,6 +82,9 @@ fn default_stream_idle_timeout_ms() -> u64 {
 }
 fn default_group_commit_max_bytes() -> u64 {
     64 * 1024 * 1024
+}
+fn default_page_cache_window_bytes() -> u64 {
+    crate::store::DEFAULT_PAGE_CACHE_WINDOW_BYTES
 }
 
 impl OsdConfig {
@@ -101,6 +109,7 @@ impl OsdConfig {
         StoreOptions {
             max_record_bytes: self.max_blob_size_bytes,
             group_commit_max_bytes: self.group_commit_max_bytes,
+            page_cache_window_bytes: Some(self.page_cache_window_bytes),
             ..StoreOptions::default()
         }
     }

@@ -27,6 +27,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::thread::JoinHandle;
 
@@ -66,6 +67,9 @@ pub const DEFAULT_GROUP_COMMIT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Default depth of each disk's request queue: appends beyond it wait
 /// (back-pressure) instead of piling up in memory.
 pub const DEFAULT_APPEND_QUEUE_DEPTH: usize = 64;
+/// How much of an open extent's tail stays in the page cache after a group
+/// commit (ADR 8): older pages are durable and clean, and are dropped.
+pub const DEFAULT_PAGE_CACHE_WINDOW_BYTES: u64 = 32 * 1024 * 1024;
 
 /// Bytes read per I/O while recovery scans an extent: bounds recovery memory
 /// regardless of extent size, large enough for sequential throughput.
@@ -85,6 +89,10 @@ pub struct StoreOptions {
     pub group_commit_max_bytes: u64,
     /// Capacity of each disk's bounded request queue.
     pub append_queue_depth: usize,
+    /// After each group commit, an open extent's pages more than this far
+    /// behind its end are dropped from the page cache (drop-behind, ADR 8);
+    /// None keeps every written page cached.
+    pub page_cache_window_bytes: Option<u64>,
 }
 
 impl Default for StoreOptions {
@@ -93,6 +101,7 @@ impl Default for StoreOptions {
             max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
             group_commit_max_bytes: DEFAULT_GROUP_COMMIT_MAX_BYTES,
             append_queue_depth: DEFAULT_APPEND_QUEUE_DEPTH,
+            page_cache_window_bytes: Some(DEFAULT_PAGE_CACHE_WINDOW_BYTES),
         }
     }
 }
@@ -260,6 +269,9 @@ struct Extent {
     file: File,
     max_size_bytes: u64,
     state: Mutex<ExtentMut>,
+    /// Pages before this offset were dropped from the page cache. Only the
+    /// disk's writer thread touches it.
+    uncached_up_to: AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -447,6 +459,7 @@ impl Store {
             disk: disk_index,
             file,
             max_size_bytes,
+            uncached_up_to: AtomicU64::new(0),
             state: Mutex::new(ExtentMut {
                 sealed: false,
                 poisoned: false,
@@ -783,8 +796,9 @@ fn commit_group(db: &DB, appends: Vec<PendingAppend>, opts: &StoreOptions) {
 
     // One fdatasync per touched file.
     for s in staged.iter_mut().filter(|s| s.failed.is_none() && !s.records.is_empty()) {
-        if let Err(e) = s.extent.file.sync_data() {
-            s.failed = Some(StoreError::Io { context: "sync extent file", source: e });
+        match s.extent.file.sync_data() {
+            Ok(()) => drop_behind(&s.extent, s.next_offset, opts.page_cache_window_bytes),
+            Err(e) => s.failed = Some(StoreError::Io { context: "sync extent file", source: e }),
         }
     }
 
@@ -837,6 +851,32 @@ fn commit_group(db: &DB, appends: Vec<PendingAppend>, opts: &StoreOptions) {
                 }
             }
         }
+    }
+}
+
+/// Pages are dropped in steps of at least this much (fewer syscalls).
+const DROP_BEHIND_STEP_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Drops the pages of `extent` more than `window` bytes behind `synced_end`
+/// from the page cache. They were just made durable by fdatasync, so they
+/// are clean and the kernel frees them at once; the next writes reuse that
+/// memory instead of taking new pages, and the cache keeps room for reads.
+/// Advisory: a failure costs only memory, never data.
+fn drop_behind(extent: &Extent, synced_end: u64, window: Option<u64>) {
+    use std::os::fd::AsRawFd;
+    let Some(window) = window else { return };
+    let from = extent.uncached_up_to.load(Ordering::Relaxed);
+    let to = synced_end.saturating_sub(window) & !(4096 - 1);
+    if to < from.saturating_add(DROP_BEHIND_STEP_BYTES) {
+        return;
+    }
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(from), libc::off_t::try_from(to - from)) else { return };
+    #[allow(unsafe_code)]
+    // SAFETY: posix_fadvise(2) on a file descriptor the extent owns; advisory only.
+    let rc = unsafe { libc::posix_fadvise(extent.file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+    if rc == 0 {
+        extent.uncached_up_to.store(to, Ordering::Relaxed);
+        metrics::counter!("pocket_osd_page_cache_dropped_bytes_total").increment(to - from);
     }
 }
 
@@ -1437,7 +1477,7 @@ fn recover_extent(
             }
         }
     };
-    let ext = Extent { id, disk, file, max_size_bytes, state: Mutex::new(state) };
+    let ext = Extent { id, disk, file, max_size_bytes, state: Mutex::new(state), uncached_up_to: AtomicU64::new(0) };
     if reseal {
         seal_extent(db, &ext)?;
         stats.resealed += 1;

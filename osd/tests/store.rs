@@ -12,7 +12,7 @@ use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 use pocket_osd::extent::{self, EXTENT_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN};
 use pocket_osd::meta::{self, ExtentMeta, ExtentState};
-use pocket_osd::store::{AppendOutcome, ExtentInfo, Store, StoreError};
+use pocket_osd::store::{AppendOutcome, ExtentInfo, Store, StoreError, StoreOptions};
 use common::{blob, opts, MIB};
 use pocket_proto::{ExtentId, Key};
 
@@ -183,6 +183,47 @@ async fn a_chunked_record_is_written_as_one_record() -> Result<()> {
     ensure!(store.read(1, &key).await? == data);
     ensure!(store.read(1, &after_key).await? == after);
     store.shutdown();
+    Ok(())
+}
+
+/// Pages of `path` in `[from, to)` that are in the page cache (mincore(2)).
+fn resident_pages(path: &Path, from: u64, to: u64) -> Result<usize> {
+    use std::os::fd::AsRawFd;
+    let file = fs::File::open(path)?;
+    let len = file_len(path)? as usize;
+    #[allow(unsafe_code)]
+    // SAFETY: a read-only mapping of a file we opened; unmapped below.
+    let map = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+    ensure!(map != libc::MAP_FAILED, "mmap failed");
+    let mut vec = vec![0u8; len.div_ceil(4096)];
+    #[allow(unsafe_code)]
+    // SAFETY: `vec` has one byte per page of the mapping, as mincore(2) needs.
+    let rc = unsafe { libc::mincore(map, len, vec.as_mut_ptr()) };
+    #[allow(unsafe_code)]
+    // SAFETY: unmaps exactly the mapping made above.
+    unsafe { libc::munmap(map, len) };
+    ensure!(rc == 0, "mincore failed");
+    Ok(vec[(from / 4096) as usize..(to / 4096) as usize].iter().filter(|b| *b & 1 == 1).count())
+}
+
+#[tokio::test]
+async fn written_pages_behind_the_window_leave_the_page_cache_and_read_back() -> Result<()> {
+    let d = disks(1)?;
+    let window = 4 * MIB;
+    let store = Store::open(&d.dirs, StoreOptions { page_cache_window_bytes: Some(window), ..opts() })?;
+    store.create_extent(1, 64 * MIB)?;
+    // 16 one-MiB records, one group commit each: the file ends near 16 MiB.
+    let records = fill(&store, 1, 0, 16, MIB as usize).await?;
+    let path = d.extent_path(1)?;
+    let end = file_len(&path)?;
+    // Everything more than the window (plus one drop step) behind the end
+    // was dropped; the tail the window keeps is still cached.
+    let dropped_up_to = end - window - 4 * MIB;
+    assert_eq!(resident_pages(&path, 0, dropped_up_to)?, 0, "pages behind the window are cached");
+    let tail = resident_pages(&path, end - window, end & !4095)?;
+    assert!(tail as u64 >= (window - MIB) / 4096, "only {tail} pages of the window are cached");
+    // Dropping pages loses nothing: every record reads back, checked.
+    assert_readable(&store, 1, &records).await?;
     Ok(())
 }
 

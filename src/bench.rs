@@ -32,6 +32,9 @@ pub enum Mode {
     Get,
     /// Half PUTs of new blobs, half GETs of stored ones.
     Mixed,
+    /// As `all`, then GET them all again (`get-warm`): the first pass read
+    /// what the OSDs no longer cache from their disks and left it cached.
+    Reread,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +161,9 @@ enum Op {
 }
 
 /// Runs the phases of `options.mode` and returns one report per measured phase.
+/// Phase name of the second GET pass of [`Mode::Reread`].
+pub const WARM_GET_PHASE: &str = "get-warm";
+
 pub async fn run(client: Client, options: BenchOptions) -> anyhow::Result<Vec<PhaseReport>> {
     if options.concurrency == 0 || options.count == 0 || options.size_bytes == 0 {
         bail!("count, size and concurrency must be positive");
@@ -170,6 +176,7 @@ pub async fn run(client: Client, options: BenchOptions) -> anyhow::Result<Vec<Ph
         Mode::Put => &[("put", Op::Put, true)],
         Mode::Get => &[("load", Op::Put, false), ("get", Op::Get, true)],
         Mode::Mixed => &[("load", Op::Put, false), ("mixed", Op::Mixed, true)],
+        Mode::Reread => &[("put", Op::Put, true), ("get", Op::Get, true), (WARM_GET_PHASE, Op::Get, true)],
     };
     for (phase, op, measured) in plan {
         // The unmeasured load phase stores `count` blobs, even in --duration mode.
@@ -302,12 +309,12 @@ async fn phase_run(
 /// The reports as a table for people.
 pub fn table(reports: &[PhaseReport]) -> String {
     let mut out = format!(
-        "{:<6} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+        "{:<8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
         "phase", "ops", "errors", "MiB/s", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
     );
     for r in reports {
         out.push_str(&format!(
-            "{:<6} {:>8} {:>7} {:>10.1} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
+            "{:<8} {:>8} {:>7} {:>10.1} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
             r.phase, r.ops, r.errors, r.mib_per_sec, r.ops_per_sec, r.latency.p50_ms, r.latency.p90_ms, r.latency.p99_ms, r.latency.max_ms
         ));
     }

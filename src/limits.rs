@@ -54,7 +54,11 @@ pub struct WriteFigure {
 pub struct Limits {
     pub write_with_fdatasync: Vec<WriteFigure>,
     pub read_cold_mib_per_sec: f64,
+    /// CPU time of the reading thread per MiB read from the disk.
+    pub read_cold_cpu_ms_per_mib: f64,
     pub read_warm_mib_per_sec: f64,
+    /// CPU time of the reading thread per MiB read from the page cache.
+    pub read_warm_cpu_ms_per_mib: f64,
     pub blake3_mib_per_sec_per_core: f64,
     pub cores: usize,
     pub rpc_4mib_mib_per_sec: f64,
@@ -108,8 +112,10 @@ pub async fn measure(options: &LimitsOptions) -> anyhow::Result<Limits> {
     let (rpc, rpc_small) = measure_rpc(&options.dir, options.rpc_bytes, options.small_rpcs).await?;
     Ok(Limits {
         write_with_fdatasync: writes,
-        read_cold_mib_per_sec: read_cold,
-        read_warm_mib_per_sec: read_warm,
+        read_cold_mib_per_sec: read_cold.per_sec,
+        read_cold_cpu_ms_per_mib: read_cold.cpu_ms_per_mib,
+        read_warm_mib_per_sec: read_warm.per_sec,
+        read_warm_cpu_ms_per_mib: read_warm.cpu_ms_per_mib,
         blake3_mib_per_sec_per_core: blake3,
         cores: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         rpc_4mib_mib_per_sec: rpc.per_sec,
@@ -119,13 +125,13 @@ pub async fn measure(options: &LimitsOptions) -> anyhow::Result<Limits> {
     })
 }
 
-fn measure_disk(options: &LimitsOptions) -> anyhow::Result<(Vec<WriteFigure>, f64, f64)> {
+fn measure_disk(options: &LimitsOptions) -> anyhow::Result<(Vec<WriteFigure>, Measured, Measured)> {
     std::fs::create_dir_all(&options.dir).with_context(|| format!("create {}", options.dir.display()))?;
     let path = options.dir.join(format!("pocket-limits-{}.tmp", std::process::id()));
     let mut buffer = vec![0u8; IO_BUFFER_BYTES];
     rand::rng().fill_bytes(&mut buffer);
     let mut writes = Vec::new();
-    let result = (|| -> anyhow::Result<(f64, f64)> {
+    let result = (|| -> anyhow::Result<(Measured, Measured)> {
         for &sync_every in &options.sync_every_bytes {
             let mut file = std::fs::File::create(&path).context("create measurement file")?;
             let (started, cpu_started) = (Instant::now(), cpu_ms(libc::RUSAGE_THREAD));
@@ -156,9 +162,10 @@ fn measure_disk(options: &LimitsOptions) -> anyhow::Result<(Vec<WriteFigure>, f6
     Ok((writes, cold, warm))
 }
 
-fn read_all(path: &Path, buffer: &mut [u8]) -> anyhow::Result<f64> {
+/// Reads the whole file: MiB/s and the thread's CPU time per MiB.
+fn read_all(path: &Path, buffer: &mut [u8]) -> anyhow::Result<Measured> {
     let mut file = std::fs::File::open(path).context("open measurement file")?;
-    let started = Instant::now();
+    let (started, cpu_started) = (Instant::now(), cpu_ms(libc::RUSAGE_THREAD));
     let mut total = 0u64;
     loop {
         let n = file.read(buffer).context("read")?;
@@ -167,7 +174,10 @@ fn read_all(path: &Path, buffer: &mut [u8]) -> anyhow::Result<f64> {
         }
         total += n as u64;
     }
-    Ok(mib_per_sec(total, started.elapsed()))
+    Ok(Measured {
+        per_sec: mib_per_sec(total, started.elapsed()),
+        cpu_ms_per_mib: cpu_ms_per_mib(cpu_ms(libc::RUSAGE_THREAD) - cpu_started, total),
+    })
 }
 
 /// Asks the kernel to drop the file's cached pages, so the next read comes
@@ -475,8 +485,10 @@ impl PocketFigures {
 /// Phase name of the 64 KiB PUTs in [`PocketFigures::bench`].
 pub const SMALL_PUT_PHASE: &str = "put64k";
 
-/// Benches the pocket behind `client` as `pocket limits` does: 4 MiB PUTs
-/// then GETs (`count` each), then `small_count` 64 KiB PUTs, all at C = 8.
+/// Benches the pocket behind `client` as `pocket limits` does: 4 MiB PUTs,
+/// then GETs of them (`count` each) twice — the first pass reads from the
+/// OSDs' disks what they no longer cache (ADR 8), the second (`get-warm`)
+/// from their page cache — then `small_count` 64 KiB PUTs, all at C = 8.
 /// If `cell_dir` is a `pocket up` directory, the OSDs' group commits during
 /// each PUT phase are read from their /metrics and the disk is measured in
 /// that pattern (at most `disk_bytes` written).
@@ -497,7 +509,7 @@ pub async fn bench_pocket(
         seed: rand::random(),
     };
     let (mut bench, osd_pattern) =
-        bench_with_pattern(&client, cell_dir, options(crate::bench::Mode::All, count, 4 << 20), disk_bytes).await?;
+        bench_with_pattern(&client, cell_dir, options(crate::bench::Mode::Reread, count, 4 << 20), disk_bytes).await?;
     let (small, osd_pattern_small) = bench_with_pattern(
         &client,
         cell_dir,
@@ -562,8 +574,11 @@ async fn bench_with_pattern(
 ///   second row, `put*`, puts the PUT beside the disk's best figure (the
 ///   coarsest single-file granularity measured), which needs group commits
 ///   far larger than the bench's concurrency produces;
-/// - warm GET: read bandwidth; 2 hops (OSD → frontend → client) and 2
-///   hashes (the frontend and the client check the key);
+/// - GET: 2 hops (OSD → frontend → client), 2 hashes (the frontend and the
+///   client check the key) and one read: for the first pass after the PUTs
+///   (`get`) at the cold read's bandwidth and CPU cost, since the OSDs keep
+///   only a 32 MiB tail of each open extent cached (ADR 8); for the second
+///   pass (`get-warm`) at the warm read's;
 /// - 64 KiB PUT: as the 4 MiB PUT, with the RPC cost for 64 KiB payloads.
 pub fn ratios(limits: &Limits, figures: &PocketFigures, replicas: u32) -> Vec<Ratio> {
     let r = f64::from(replicas.max(1));
@@ -580,8 +595,9 @@ pub fn ratios(limits: &Limits, figures: &PocketFigures, replicas: u32) -> Vec<Ra
         hops: 1 + replicas,
         rpc_cpu_ms_per_mib,
         hashes: 2 + replicas,
-        writes: replicas,
-        write_cpu_ms_per_mib,
+        io: replicas,
+        io_cpu_ms_per_mib: write_cpu_ms_per_mib,
+        io_name: "writes",
     };
     let mut rows = Vec::new();
     if let Some(p) = &figures.osd_pattern {
@@ -600,10 +616,25 @@ pub fn ratios(limits: &Limits, figures: &PocketFigures, replicas: u32) -> Vec<Ra
     let text = format!("min(write, 1 file, fdatasync every {granularity} MiB / {replicas}, {work})");
     let what = if figures.osd_pattern.is_some() { "put*" } else { "put" };
     rows.push(ratio(what, put, (write / r).min(work.cpu_bound(limits)), text));
-    let get_work =
-        Work { hops: 2, rpc_cpu_ms_per_mib: limits.rpc_4mib_cpu_ms_per_mib, hashes: 2, writes: 0, write_cpu_ms_per_mib: 0.0 };
-    let get_bound = limits.read_warm_mib_per_sec.min(get_work.cpu_bound(limits));
-    rows.push(ratio("get", figures.mib_per_sec("get"), get_bound, format!("min(warm read, {get_work})")));
+    let get_work = |read_cpu_ms_per_mib: f64| Work {
+        hops: 2,
+        rpc_cpu_ms_per_mib: limits.rpc_4mib_cpu_ms_per_mib,
+        hashes: 2,
+        io: 1,
+        io_cpu_ms_per_mib: read_cpu_ms_per_mib,
+        io_name: "read",
+    };
+    // The first GET pass reads from the disk what the OSDs dropped from
+    // their page cache; the second finds it cached.
+    let cold = get_work(limits.read_cold_cpu_ms_per_mib);
+    let get_bound = limits.read_cold_mib_per_sec.min(cold.cpu_bound(limits));
+    rows.push(ratio("get", figures.mib_per_sec("get"), get_bound, format!("min(cold read, {cold})")));
+    if figures.bench.iter().any(|r| r.phase == crate::bench::WARM_GET_PHASE) {
+        let warm = get_work(limits.read_warm_cpu_ms_per_mib);
+        let bound = limits.read_warm_mib_per_sec.min(warm.cpu_bound(limits));
+        let pocket = figures.mib_per_sec(crate::bench::WARM_GET_PHASE);
+        rows.push(ratio(crate::bench::WARM_GET_PHASE, pocket, bound, format!("min(warm read, {warm})")));
+    }
     let (small_bound, text) = match &figures.osd_pattern_small {
         Some(p) => {
             let work = put_work(limits.rpc_64kib_cpu_ms_per_mib, p.cpu_ms_per_mib);
@@ -625,14 +656,17 @@ pub fn ratios(limits: &Limits, figures: &PocketFigures, replicas: u32) -> Vec<Ra
     rows
 }
 
-/// The CPU work a request cannot avoid, per MiB of blob, at measured costs.
+/// The CPU work a request cannot avoid, per MiB of blob, at measured costs:
+/// mTLS hops, BLAKE3 passes, and disk I/O through the page cache (R writes
+/// for a PUT, one read for a GET).
 #[derive(Debug, Clone, Copy)]
 struct Work {
     hops: u32,
     rpc_cpu_ms_per_mib: f64,
     hashes: u32,
-    writes: u32,
-    write_cpu_ms_per_mib: f64,
+    io: u32,
+    io_cpu_ms_per_mib: f64,
+    io_name: &'static str,
 }
 
 impl Work {
@@ -640,7 +674,7 @@ impl Work {
     fn cpu_ms_per_mib(&self, limits: &Limits) -> f64 {
         f64::from(self.hops) * self.rpc_cpu_ms_per_mib
             + f64::from(self.hashes) * 1e3 / limits.blake3_mib_per_sec_per_core.max(1e-9)
-            + f64::from(self.writes) * self.write_cpu_ms_per_mib
+            + f64::from(self.io) * self.io_cpu_ms_per_mib
     }
 
     /// MiB/s of blob the machine's cores carry if they do nothing but this work.
@@ -652,8 +686,8 @@ impl Work {
 impl std::fmt::Display for Work {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "cpu: {} hops x {:.2} ms + {} blake3", self.hops, self.rpc_cpu_ms_per_mib, self.hashes)?;
-        if self.writes > 0 {
-            write!(f, " + {} writes x {:.2} ms", self.writes, self.write_cpu_ms_per_mib)?;
+        if self.io > 0 {
+            write!(f, " + {} {} x {:.2} ms", self.io, self.io_name, self.io_cpu_ms_per_mib)?;
         }
         write!(f, " per MiB")
     }
@@ -670,8 +704,14 @@ pub fn table(limits: &Limits) -> String {
             write.cpu_ms_per_mib
         ));
     }
-    out.push_str(&format!("read, cold                              {:>9.1}\n", limits.read_cold_mib_per_sec));
-    out.push_str(&format!("read, warm                              {:>9.1}\n", limits.read_warm_mib_per_sec));
+    out.push_str(&format!(
+        "read, cold                              {:>9.1}  {:>10.2}\n",
+        limits.read_cold_mib_per_sec, limits.read_cold_cpu_ms_per_mib
+    ));
+    out.push_str(&format!(
+        "read, warm                              {:>9.1}  {:>10.2}\n",
+        limits.read_warm_mib_per_sec, limits.read_warm_cpu_ms_per_mib
+    ));
     out.push_str(&format!("blake3, one core ({} cores)              {:>9.1}\n", limits.cores, limits.blake3_mib_per_sec_per_core));
     out.push_str(&format!(
         "rpc (mTLS, 4 MiB payloads, {RPC_CONCURRENCY} in flight)  {:>9.1}  {:>10.2}\n",
@@ -734,7 +774,9 @@ mod tests {
                 WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 3000.0, cpu_ms_per_mib: 1.0 },
             ],
             read_cold_mib_per_sec: 500.0,
+            read_cold_cpu_ms_per_mib: 2.0,
             read_warm_mib_per_sec: 8000.0,
+            read_warm_cpu_ms_per_mib: 0.5,
             blake3_mib_per_sec_per_core: 1000.0, // 1 ms per MiB
             cores: 2,
             rpc_4mib_mib_per_sec: 1000.0,
@@ -743,23 +785,32 @@ mod tests {
             rpc_64kib_cpu_ms_per_mib: 4.0,
         };
         let figures = PocketFigures {
-            bench: vec![phase("put", 100.0), phase("get", 200.0), phase(SMALL_PUT_PHASE, 50.0)],
+            bench: vec![
+                phase("put", 100.0),
+                phase("get", 200.0),
+                phase(crate::bench::WARM_GET_PHASE, 300.0),
+                phase(SMALL_PUT_PHASE, 50.0),
+            ],
             osd_pattern: None,
             osd_pattern_small: None,
         };
         let rows = ratios(&limits, &figures, 3);
         let names: Vec<_> = rows.iter().map(|r| r.what.as_str()).collect();
-        assert_eq!(names, ["put", "get", SMALL_PUT_PHASE]);
+        assert_eq!(names, ["put", "get", crate::bench::WARM_GET_PHASE, SMALL_PUT_PHASE]);
         // PUT, R = 3, against the coarsest write figure: 4 hops x 2 ms + 5
         // hashes x 1 ms + 3 writes x 1 ms = 16 ms per MiB on 2 cores = 125
         // MiB/s, below the disk's 3000 / 3.
         assert!((rows[0].bound_mib_per_sec - 125.0).abs() < 1e-9, "{:?}", rows[0]);
         assert!((rows[0].ratio - 0.8).abs() < 1e-9, "{:?}", rows[0]);
         assert!(rows[0].bound.contains("4 hops x 2.00 ms + 5 blake3 + 3 writes x 1.00 ms"), "{}", rows[0].bound);
-        // GET: 2 x 2 + 2 x 1 = 6 ms per MiB on 2 cores, below the warm read.
-        assert!((rows[1].bound_mib_per_sec - 2000.0 / 6.0).abs() < 1e-9, "{:?}", rows[1]);
+        // GET from the disk: 2 x 2 + 2 x 1 + 1 read x 2 = 8 ms per MiB on
+        // 2 cores = 250 MiB/s, below the cold read's 500.
+        assert!((rows[1].bound_mib_per_sec - 250.0).abs() < 1e-9, "{:?}", rows[1]);
+        assert!(rows[1].bound.contains("+ 1 read x 2.00 ms"), "{}", rows[1].bound);
+        // Warm: 2 x 2 + 2 x 1 + 0.5 = 6.5 ms per MiB.
+        assert!((rows[2].bound_mib_per_sec - 2000.0 / 6.5).abs() < 1e-9, "{:?}", rows[2]);
         // 64 KiB PUT without a write figure: 4 x 4 + 5 x 1 = 21 ms per MiB.
-        assert!((rows[2].bound_mib_per_sec - 2000.0 / 21.0).abs() < 1e-9, "{:?}", rows[2]);
+        assert!((rows[3].bound_mib_per_sec - 2000.0 / 21.0).abs() < 1e-9, "{:?}", rows[3]);
         // A slow disk binds instead of the cores.
         let slow = Limits {
             write_with_fdatasync: vec![WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 150.0, cpu_ms_per_mib: 1.0 }],

@@ -73,6 +73,7 @@ async fn limits_measure_the_machine_and_relate_pocket_to_it() {
         &writes[1]["cpu_ms_per_mib"],
         &limits["rpc_4mib_cpu_ms_per_mib"],
         &limits["rpc_64kib_cpu_ms_per_mib"],
+        &limits["read_cold_cpu_ms_per_mib"],
     ] {
         assert!(figure.as_f64().expect("a number") > 0.0, "{limits}");
     }
@@ -94,10 +95,10 @@ async fn limits_measure_the_machine_and_relate_pocket_to_it() {
     assert!(small["appends"].as_u64().expect("appends") >= 60, "{small}");
     assert!(small["mean_commit_bytes"].as_u64().expect("mean") >= 64 << 10, "{small}");
     let phases: Vec<_> = report["pocket"]["bench"].as_array().expect("bench").iter().map(|r| r["phase"].clone()).collect();
-    assert_eq!(phases, ["put", "get", "put64k"]);
+    assert_eq!(phases, ["put", "get", "get-warm", "put64k"]);
     let ratios = report["ratios"].as_array().expect("ratios");
     let rows: Vec<_> = ratios.iter().map(|r| r["what"].as_str().expect("what")).collect();
-    assert_eq!(rows, ["put", "put*", "get", "put64k"]);
+    assert_eq!(rows, ["put", "put*", "get", "get-warm", "put64k"]);
     for ratio in ratios {
         let expected = ratio["pocket_mib_per_sec"].as_f64().expect("pocket") / ratio["bound_mib_per_sec"].as_f64().expect("bound");
         assert!((ratio["ratio"].as_f64().expect("ratio") - expected).abs() < 1e-6, "{ratio}");
@@ -110,7 +111,7 @@ async fn limits_measure_the_machine_and_relate_pocket_to_it() {
     assert!(stderr.contains("could not read the OSDs' group-commit counters"), "{stderr}");
     assert!(report["pocket"]["osd_pattern"].is_null(), "{report}");
     let rows: Vec<_> = report["ratios"].as_array().expect("ratios").iter().map(|r| r["what"].clone()).collect();
-    assert_eq!(rows, ["put", "get", "put64k"]);
+    assert_eq!(rows, ["put", "get", "get-warm", "put64k"]);
     std::fs::remove_file(dir.join("run").join("osd-99.run")).expect("remove stale run file");
     // The measurement file and its PKI are gone.
     let leftovers: Vec<_> = std::fs::read_dir(&dir)

@@ -90,11 +90,10 @@ pub fn incoming_capped(
                 }
                 *count += 1;
             }
-            let nodelay = stream.set_nodelay(true);
-            let stream = tokio::io::BufReader::with_capacity(READ_BUFFER_BYTES, stream);
             let capped = CappedStream { stream, source, sources: sources.clone(), _slot: slot };
             metrics::gauge!("pocket_open_connections").increment(1.0);
-            return Some((nodelay.map(|()| capped), (listener, slots, sources)));
+            let accepted = capped.stream.set_nodelay(true).map(|()| capped);
+            return Some((accepted, (listener, slots, sources)));
         }
     })
 }
@@ -106,20 +105,11 @@ fn lock_counts(
     sources.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Bytes an accepted connection reads from its socket at once. rustls asks
-/// for at most 4 KiB beyond what it holds (about 14 KiB per read under
-/// 4 MiB PUTs: 300 `recvfrom` calls per blob per hop); through this buffer a
-/// hop takes 64 KiB per call and rustls's reads are served from memory.
-/// Channels a process opens read as tonic does: a buffered connector for
-/// them showed no gain on GETs.
-pub const READ_BUFFER_BYTES: usize = 64 * 1024;
-
 /// An accepted connection holding one of its listener's slots (and one of
-/// its source's) until dropped. Reads go through a [`READ_BUFFER_BYTES`]
-/// buffer; writes go straight to the socket.
+/// its source's) until dropped.
 #[derive(Debug)]
 pub struct CappedStream {
-    stream: tokio::io::BufReader<tokio::net::TcpStream>,
+    stream: tokio::net::TcpStream,
     source: std::net::IpAddr,
     sources: SourceCounts,
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -142,7 +132,7 @@ impl tonic::transport::server::Connected for CappedStream {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.get_ref().connect_info()
+        self.stream.connect_info()
     }
 }
 
@@ -162,7 +152,7 @@ impl tokio::io::AsyncWrite for CappedStream {
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(self.stream.get_mut()).poll_write(cx, buf)
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -170,25 +160,25 @@ impl tokio::io::AsyncWrite for CappedStream {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(self.stream.get_mut()).poll_write_vectored(cx, bufs)
+        std::pin::Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.get_ref().is_write_vectored()
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(self.stream.get_mut()).poll_flush(cx)
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(self.stream.get_mut()).poll_shutdown(cx)
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
 
@@ -229,7 +219,7 @@ mod tests {
             .expect("the third connection is accepted once a slot is free")
             .expect("stream")
             .expect("accepted");
-        assert!(third.stream.get_ref().nodelay().expect("nodelay"), "accepted connections have Nagle off");
+        assert!(third.stream.nodelay().expect("nodelay"), "accepted connections have Nagle off");
     }
 
     #[tokio::test]

@@ -204,6 +204,8 @@ struct DaemonArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    // Before the runtime and the daemons allocate (ADR 9).
+    let _ = pocket::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

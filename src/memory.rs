@@ -4,7 +4,7 @@
 ///
 /// mimalloc (ADR 7) asks for huge pages on the memory it maps, so the first
 /// touch of every new 2 MiB region had the kernel zero all of it: under
-/// 4 MiB PUTs that zeroing (`clear_page_erms`) was 5.5 % of the machine,
+/// 4 MiB PUTs that zeroing (`clear_page_erms`) was 6.8 % of the machine,
 /// most of it in the OSDs, whose buffers come and go with every blob. With
 /// 4 KiB pages only what is touched is zeroed (ADR 9). Returns whether the
 /// kernel took the setting; pocket runs the same either way.

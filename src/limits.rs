@@ -194,30 +194,6 @@ fn drop_cache(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// As an OSD does after a group commit (ADR 8): drops the synced pages of
-/// `file` more than the OSDs' default window behind `synced_end`, from
-/// `uncached` on, in steps of at least 4 MiB. Returns how far pages are
-/// dropped now. Advisory.
-fn drop_behind(file: &std::fs::File, uncached: u64, synced_end: u64) -> u64 {
-    use std::os::fd::AsRawFd;
-    let to = synced_end.saturating_sub(pocket_osd::store::DEFAULT_PAGE_CACHE_WINDOW_BYTES) & !4095;
-    // A length of 0 would mean "to the end of the file": never ask for it.
-    if to < uncached + (4 << 20) {
-        return uncached;
-    }
-    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(uncached), libc::off_t::try_from(to - uncached)) else {
-        return uncached;
-    };
-    #[allow(unsafe_code)]
-    // SAFETY: posix_fadvise(2) on a file descriptor we own; advisory only.
-    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
-    if rc == 0 {
-        to
-    } else {
-        uncached
-    }
-}
-
 fn measure_blake3(bytes: u64) -> f64 {
     let mut buffer = vec![0u8; IO_BUFFER_BYTES];
     rand::rng().fill_bytes(&mut buffer);
@@ -437,7 +413,8 @@ fn measure_pattern(dir: &Path, pattern: &CommitPattern, total_bytes: u64) -> any
                         file.sync_data().context("fdatasync")?;
                         written += in_commit as u64;
                         // As the OSDs do (ADR 8): keep only the window cached.
-                        uncached = drop_behind(&file, uncached, written);
+                        let window = pocket_osd::store::DEFAULT_PAGE_CACHE_WINDOW_BYTES;
+                        uncached = pocket_osd::store::drop_behind(&file, uncached, written, window);
                     }
                     Ok((written, cpu_ms(libc::RUSAGE_THREAD) - cpu_started))
                 })

@@ -797,7 +797,7 @@ fn commit_group(db: &DB, appends: Vec<PendingAppend>, opts: &StoreOptions) {
     // One fdatasync per touched file.
     for s in staged.iter_mut().filter(|s| s.failed.is_none() && !s.records.is_empty()) {
         match s.extent.file.sync_data() {
-            Ok(()) => drop_behind(&s.extent, s.next_offset, opts.page_cache_window_bytes),
+            Ok(()) => drop_extent_behind(&s.extent, s.next_offset, opts.page_cache_window_bytes),
             Err(e) => s.failed = Some(StoreError::Io { context: "sync extent file", source: e }),
         }
     }
@@ -858,25 +858,41 @@ fn commit_group(db: &DB, appends: Vec<PendingAppend>, opts: &StoreOptions) {
 const DROP_BEHIND_STEP_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Drops the pages of `extent` more than `window` bytes behind `synced_end`
-/// from the page cache. They were just made durable by fdatasync, so they
-/// are clean and the kernel frees them at once; the next writes reuse that
-/// memory instead of taking new pages, and the cache keeps room for reads.
-/// Advisory: a failure costs only memory, never data.
-fn drop_behind(extent: &Extent, synced_end: u64, window: Option<u64>) {
-    use std::os::fd::AsRawFd;
+/// from the page cache (see [`drop_behind`]), remembering how far it got.
+fn drop_extent_behind(extent: &Extent, synced_end: u64, window: Option<u64>) {
     let Some(window) = window else { return };
     let from = extent.uncached_up_to.load(Ordering::Relaxed);
-    let to = synced_end.saturating_sub(window) & !(4096 - 1);
-    if to < from.saturating_add(DROP_BEHIND_STEP_BYTES) {
-        return;
-    }
-    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(from), libc::off_t::try_from(to - from)) else { return };
-    #[allow(unsafe_code)]
-    // SAFETY: posix_fadvise(2) on a file descriptor the extent owns; advisory only.
-    let rc = unsafe { libc::posix_fadvise(extent.file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
-    if rc == 0 {
+    let to = drop_behind(&extent.file, from, synced_end, window);
+    if to > from {
         extent.uncached_up_to.store(to, Ordering::Relaxed);
         metrics::counter!("pocket_osd_page_cache_dropped_bytes_total").increment(to - from);
+    }
+}
+
+/// Drop-behind (ADR 8): drops the pages of `file` from `uncached` up to
+/// `window` bytes behind `synced_end` from the page cache, in steps of at
+/// least 4 MiB, and returns how far pages are dropped now. The pages were
+/// just made durable by fdatasync, so they are clean and the kernel frees
+/// them at once; the next writes reuse that memory instead of taking new
+/// pages, and the cache keeps room for reads. Advisory: a failure costs only
+/// memory, never data. `pocket limits` writes its OSD-pattern files with it.
+pub fn drop_behind(file: &File, uncached: u64, synced_end: u64, window: u64) -> u64 {
+    use std::os::fd::AsRawFd;
+    let to = synced_end.saturating_sub(window) & !(4096 - 1);
+    // Never a length of 0: posix_fadvise reads it as "to the end of the file".
+    if to < uncached.saturating_add(DROP_BEHIND_STEP_BYTES) {
+        return uncached;
+    }
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(uncached), libc::off_t::try_from(to - uncached)) else {
+        return uncached;
+    };
+    #[allow(unsafe_code)]
+    // SAFETY: posix_fadvise(2) on a file descriptor the caller owns; advisory only.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), offset, len, libc::POSIX_FADV_DONTNEED) };
+    if rc == 0 {
+        to
+    } else {
+        uncached
     }
 }
 

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+use pocket_proto::framed::{self, Frames};
 use pocket_proto::{pb, Key, CHUNK_SIZE_BYTES, MAX_MESSAGE_SIZE_BYTES};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,9 +56,22 @@ pub struct BlobInfo {
     pub created_unix_ms: i64,
 }
 
+/// Most bytes a download reserves up front (the default largest blob is 32 MiB).
+const MAX_RESERVE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Bytes of `offset..offset+length` (length 0: to the end) in a blob of `blob_length`.
+fn range_len(blob_length: u64, offset: u64, length: u64) -> u64 {
+    match length {
+        0 => blob_length.saturating_sub(offset),
+        n => n.min(blob_length.saturating_sub(offset)),
+    }
+}
+
 #[derive(Clone)]
 pub struct Client {
     inner: pb::blob_store_client::BlobStoreClient<Channel>,
+    /// The same channel, for calls framed by hand ([`framed`]).
+    channel: Channel,
 }
 
 impl Client {
@@ -65,6 +79,7 @@ impl Client {
         let frontend_name = pocket_transport::role_dns_name(pocket_transport::Role::Frontend);
         let channel = pocket_transport::Tls::load(&config.tls)?.channel(&config.frontend, &frontend_name)?;
         Ok(Client {
+            channel: channel.clone(),
             inner: pb::blob_store_client::BlobStoreClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_SIZE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_SIZE_BYTES),
@@ -86,10 +101,11 @@ impl Client {
                 length_bytes: data.len() as u64,
             })),
         };
-        let chunks = pocket_proto::chunks(&data)
-            .map(|chunk| pb::PutRequest { part: Some(pb::put_request::Part::Chunk(chunk)) });
-        let response = self.inner.clone().put(futures::stream::iter(std::iter::once(header).chain(chunks))).await?;
-        Ok(response.into_inner().created)
+        // Framed by hand so the blob's bytes are not copied by an encoder (ADR 10).
+        let frames = Frames::header_and_chunks(&header, pocket_proto::chunks(&data))?;
+        let mut channel = self.channel.clone();
+        let response: pb::PutResponse = framed::client_streaming(&mut channel, framed::BLOB_STORE_PUT_PATH, frames).await?;
+        Ok(response.created)
     }
 
     /// Streams a file up without holding it in memory: one pass to hash it,
@@ -150,14 +166,17 @@ impl Client {
         let mut blob_length = None;
         let start = out.len();
         while let Some(message) = stream.message().await? {
-            blob_length.get_or_insert(message.blob_length_bytes);
+            if blob_length.is_none() {
+                // Room for the whole range at once, so `out` never grows by
+                // copying; bounded, as the length is the server's word.
+                let announced = range_len(message.blob_length_bytes, offset, length);
+                out.reserve(announced.min(MAX_RESERVE_BYTES) as usize);
+                blob_length = Some(message.blob_length_bytes);
+            }
             out.extend_from_slice(&message.chunk);
         }
         let blob_length = blob_length.unwrap_or(0);
-        let expected = match length {
-            0 => blob_length.saturating_sub(offset),
-            n => n.min(blob_length.saturating_sub(offset)),
-        };
+        let expected = range_len(blob_length, offset, length);
         let got = (out.len() - start) as u64;
         if got != expected {
             return Err(ClientError::Truncated { got, expected });

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use pocket_proto::framed::{self, Frames};
 use pocket_proto::{pb, Body, BodyCollector, BucketId, CellId, ExtentId, Key, OsdId, EXTENT_FULL_PREFIX};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -195,6 +196,12 @@ impl CellView {
     }
 
     fn osd(&self, replica: &Replica) -> Result<pb::osd_client::OsdClient<Channel>, ReplicaError> {
+        Ok(pb::osd_client::OsdClient::new(self.osd_channel(replica)?)
+            .max_decoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES)
+            .max_encoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES))
+    }
+
+    fn osd_channel(&self, replica: &Replica) -> Result<Channel, ReplicaError> {
         let mut channels = self.channels.lock().expect("channel map lock poisoned");
         let cache_key = format!("{}@{}", replica.osd_id, replica.grpc_addr);
         let channel = match channels.get(&cache_key) {
@@ -215,14 +222,12 @@ impl CellView {
                 channel
             }
         };
-        Ok(pb::osd_client::OsdClient::new(channel)
-            .max_decoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES)
-            .max_encoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES))
+        Ok(channel)
     }
 
     /// Appends `data` under `key` to one replica; Ok once the OSD made it durable.
     pub async fn append(&self, replica: &Replica, key: Key, data: Body) -> Result<(), ReplicaError> {
-        let mut client = self.osd(replica)?;
+        let mut channel = self.osd_channel(replica)?;
         let header = pb::AppendRequest {
             part: Some(pb::append_request::Part::Header(pb::AppendHeader {
                 extent_id: replica.extent_id,
@@ -231,14 +236,13 @@ impl CellView {
                 osd_id: replica.osd_id,
             })),
         };
-        // The chunks the client sent, forwarded as they are: no copy.
-        let chunks = data
-            .chunks()
-            .to_vec()
-            .into_iter()
-            .map(|chunk| pb::AppendRequest { part: Some(pb::append_request::Part::Chunk(chunk)) });
-        let messages = futures::stream::iter(std::iter::once(header).chain(chunks));
-        match client.append(messages).await {
+        // The chunks the client sent, forwarded as they are: not copied by
+        // pocket, nor by an encoder (ADR 10).
+        let call = match Frames::header_and_chunks(&header, data.chunks().iter().cloned()) {
+            Ok(frames) => framed::client_streaming::<_, pb::AppendResponse>(&mut channel, framed::OSD_APPEND_PATH, frames).await,
+            Err(status) => Err(status),
+        };
+        match call {
             Ok(_) => Ok(()),
             Err(status) if status.code() == Code::ResourceExhausted && status.message().starts_with(EXTENT_FULL_PREFIX) => {
                 Err(ReplicaError::Full)

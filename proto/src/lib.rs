@@ -9,6 +9,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod framed;
+
 /// Generated code for package `pocket.v1`.
 #[allow(clippy::all, missing_docs)]
 pub mod pb {

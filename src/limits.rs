@@ -5,7 +5,7 @@
 //! payloads on loopback — and, given a running pocket, its PUT and GET
 //! figures as ratios to the bound that applies.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +48,51 @@ pub struct WriteFigure {
     pub mib_per_sec: f64,
     /// CPU time of the writing thread (user + system) per MiB written.
     pub cpu_ms_per_mib: f64,
+    /// Written with `O_DIRECT`, as the OSDs write (ADR 11); false where the
+    /// filesystem refused it and the writes went through the page cache.
+    pub direct: bool,
+}
+
+/// Writes a new file sequentially the way an OSD appends to an extent:
+/// with `O_DIRECT` (ADR 11) where the filesystem allows it, else through
+/// the page cache keeping only the OSDs' window cached (ADR 8).
+struct OsdLikeWriter {
+    file: std::fs::File,
+    direct: Option<pocket_osd::store::DirectAppender>,
+    written: u64,
+    uncached: u64,
+}
+
+impl OsdLikeWriter {
+    fn create(path: &Path) -> anyhow::Result<OsdLikeWriter> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .context("create measurement file")?;
+        let direct = pocket_osd::store::DirectAppender::open(path, &file, 0).context("open for direct writes")?;
+        Ok(OsdLikeWriter { file, direct, written: 0, uncached: 0 })
+    }
+
+    fn write(&mut self, data: &[u8]) -> anyhow::Result<()> {
+        match &mut self.direct {
+            Some(direct) => direct.append(&[data], self.written).context("direct write")?,
+            None => std::os::unix::fs::FileExt::write_all_at(&self.file, data, self.written).context("write")?,
+        }
+        self.written += data.len() as u64;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> anyhow::Result<()> {
+        self.file.sync_data().context("fdatasync")?;
+        if self.direct.is_none() {
+            let window = pocket_osd::store::DEFAULT_PAGE_CACHE_WINDOW_BYTES;
+            self.uncached = pocket_osd::store::drop_behind(&self.file, self.uncached, self.written, window);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -133,23 +178,24 @@ fn measure_disk(options: &LimitsOptions) -> anyhow::Result<(Vec<WriteFigure>, Me
     let mut writes = Vec::new();
     let result = (|| -> anyhow::Result<(Measured, Measured)> {
         for &sync_every in &options.sync_every_bytes {
-            let mut file = std::fs::File::create(&path).context("create measurement file")?;
+            let mut file = OsdLikeWriter::create(&path)?;
             let (started, cpu_started) = (Instant::now(), cpu_ms(libc::RUSAGE_THREAD));
             let (mut written, mut unsynced) = (0u64, 0u64);
             while written < options.disk_bytes {
-                file.write_all(&buffer).context("write")?;
+                file.write(&buffer)?;
                 written += buffer.len() as u64;
                 unsynced += buffer.len() as u64;
                 if unsynced >= sync_every {
-                    file.sync_data().context("fdatasync")?;
+                    file.sync()?;
                     unsynced = 0;
                 }
             }
-            file.sync_data().context("fdatasync")?;
+            file.sync()?;
             writes.push(WriteFigure {
                 sync_every_bytes: sync_every,
                 mib_per_sec: mib_per_sec(written, started.elapsed()),
                 cpu_ms_per_mib: cpu_ms_per_mib(cpu_ms(libc::RUSAGE_THREAD) - cpu_started, written),
+                direct: file.direct.is_some(),
             });
         }
         drop_cache(&path)?;
@@ -378,8 +424,8 @@ pub fn commit_pattern(before: &[[u64; 3]], after: &[[u64; 3]]) -> Option<CommitP
 }
 
 /// Writes `total_bytes` in `pattern.osds` files at once (one thread each),
-/// each fdatasync'd every `pattern.mean_commit_bytes` and keeping only the
-/// OSDs' page-cache window cached: the disk's ceiling
+/// each fdatasync'd every `pattern.mean_commit_bytes`, written as the OSDs
+/// write ([`OsdLikeWriter`]): the disk's ceiling
 /// for the write pattern the OSDs produced (MiB/s), and the writing threads'
 /// CPU time per MiB.
 fn measure_pattern(dir: &Path, pattern: &CommitPattern, total_bytes: u64) -> anyhow::Result<Measured> {
@@ -398,23 +444,20 @@ fn measure_pattern(dir: &Path, pattern: &CommitPattern, total_bytes: u64) -> any
             .map(|path| {
                 let (buffer, barrier) = (&buffer, &barrier);
                 scope.spawn(move || -> anyhow::Result<(u64, f64)> {
-                    let file = std::fs::File::create(path).context("create measurement file");
+                    let file = OsdLikeWriter::create(path);
                     barrier.wait();
                     let mut file = file?;
                     let cpu_started = cpu_ms(libc::RUSAGE_THREAD);
-                    let (mut written, mut uncached) = (0u64, 0u64);
+                    let mut written = 0u64;
                     while written < per_writer {
                         let mut in_commit = 0usize;
                         while in_commit < commit {
                             let n = buffer.len().min(commit - in_commit);
-                            file.write_all(&buffer[..n]).context("write")?;
+                            file.write(&buffer[..n])?;
                             in_commit += n;
                         }
-                        file.sync_data().context("fdatasync")?;
+                        file.sync()?;
                         written += in_commit as u64;
-                        // As the OSDs do (ADR 8): keep only the window cached.
-                        let window = pocket_osd::store::DEFAULT_PAGE_CACHE_WINDOW_BYTES;
-                        uncached = pocket_osd::store::drop_behind(&file, uncached, written, window);
                     }
                     Ok((written, cpu_ms(libc::RUSAGE_THREAD) - cpu_started))
                 })
@@ -688,10 +731,11 @@ pub fn table(limits: &Limits) -> String {
     let mut out = String::from("limit                                   MiB/s  CPU ms/MiB\n");
     for write in &limits.write_with_fdatasync {
         out.push_str(&format!(
-            "write, fdatasync every {:>4} MiB        {:>9.1}  {:>10.2}\n",
+            "write, fdatasync every {:>4} MiB        {:>9.1}  {:>10.2}{}\n",
             write.sync_every_bytes >> 20,
             write.mib_per_sec,
-            write.cpu_ms_per_mib
+            write.cpu_ms_per_mib,
+            if write.direct { "  (O_DIRECT, as the OSDs)" } else { "  (page cache: no O_DIRECT here)" }
         ));
     }
     out.push_str(&format!(
@@ -760,8 +804,8 @@ mod tests {
     fn the_cpu_bound_adds_the_cpu_time_of_every_hop_hash_and_write() {
         let limits = Limits {
             write_with_fdatasync: vec![
-                WriteFigure { sync_every_bytes: 4 << 20, mib_per_sec: 300.0, cpu_ms_per_mib: 2.0 },
-                WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 3000.0, cpu_ms_per_mib: 1.0 },
+                WriteFigure { sync_every_bytes: 4 << 20, mib_per_sec: 300.0, cpu_ms_per_mib: 2.0, direct: true },
+                WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 3000.0, cpu_ms_per_mib: 1.0, direct: true },
             ],
             read_cold_mib_per_sec: 500.0,
             read_cold_cpu_ms_per_mib: 2.0,
@@ -803,7 +847,7 @@ mod tests {
         assert!((rows[3].bound_mib_per_sec - 2000.0 / 21.0).abs() < 1e-9, "{:?}", rows[3]);
         // A slow disk binds instead of the cores.
         let slow = Limits {
-            write_with_fdatasync: vec![WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 150.0, cpu_ms_per_mib: 1.0 }],
+            write_with_fdatasync: vec![WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 150.0, cpu_ms_per_mib: 1.0, direct: true }],
             ..limits
         };
         let rows = ratios(&slow, &figures, 3);

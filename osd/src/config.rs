@@ -60,6 +60,10 @@ pub struct OsdConfig {
     /// least the extent size keeps every written page cached.
     #[serde(default = "default_page_cache_window_bytes")]
     pub page_cache_window_bytes: u64,
+    /// Appends bypass the page cache with `O_DIRECT` (ADR 11); false writes
+    /// through it (then `page_cache_window_bytes` applies).
+    #[serde(default = "default_direct_io")]
+    pub direct_io: bool,
 }
 
 fn default_listen() -> String {
@@ -82,6 +86,9 @@ fn default_stream_idle_timeout_ms() -> u64 {
 }
 fn default_group_commit_max_bytes() -> u64 {
     64 * 1024 * 1024
+}
+fn default_direct_io() -> bool {
+    true
 }
 fn default_page_cache_window_bytes() -> u64 {
     crate::store::DEFAULT_PAGE_CACHE_WINDOW_BYTES
@@ -110,6 +117,7 @@ impl OsdConfig {
             max_record_bytes: self.max_blob_size_bytes,
             group_commit_max_bytes: self.group_commit_max_bytes,
             page_cache_window_bytes: Some(self.page_cache_window_bytes),
+            direct_io: self.direct_io,
             ..StoreOptions::default()
         }
     }

@@ -16,7 +16,9 @@
 //! - The extent files are the truth. RocksDB is an index over them that
 //!   recovery completes or rebuilds; its WAL is not synced.
 //! - Extent files are written sequentially and only at their end: bytes that
-//!   were ever acknowledged are never rewritten or truncated by the store.
+//!   were ever acknowledged are never changed or truncated by the store
+//!   (direct writes rewrite an extent's last partial block with the same
+//!   leading bytes, ADR 11).
 //! - An append is acknowledged only after its record is fdatasync'd and its
 //!   metadata is in RocksDB; a record's `r` entry never points at unsynced data.
 //! - Only a disk's writer thread writes to that disk's open extents (and
@@ -43,7 +45,10 @@ use crate::extent::{
 };
 use crate::meta::{self, ExtentMeta, ExtentState, Lookup, RecordLocation, RecordStats};
 
+mod direct;
 mod whole;
+
+pub use direct::{DirectAppender, DIRECT_IO_ALIGN};
 pub use whole::{RangeSource, WholeInfo, WholeKind, WholeWrite, PARITY_DIR};
 
 /// Name of the identity file at the root of every disk.
@@ -93,6 +98,9 @@ pub struct StoreOptions {
     /// behind its end are dropped from the page cache (drop-behind, ADR 8);
     /// None keeps every written page cached.
     pub page_cache_window_bytes: Option<u64>,
+    /// Appends go to the disk with `O_DIRECT` (ADR 11), not through the page
+    /// cache; where the filesystem refuses it, they go through the cache.
+    pub direct_io: bool,
 }
 
 impl Default for StoreOptions {
@@ -102,6 +110,7 @@ impl Default for StoreOptions {
             group_commit_max_bytes: DEFAULT_GROUP_COMMIT_MAX_BYTES,
             append_queue_depth: DEFAULT_APPEND_QUEUE_DEPTH,
             page_cache_window_bytes: Some(DEFAULT_PAGE_CACHE_WINDOW_BYTES),
+            direct_io: true,
         }
     }
 }
@@ -272,6 +281,10 @@ struct Extent {
     /// Pages before this offset were dropped from the page cache. Only the
     /// disk's writer thread touches it.
     uncached_up_to: AtomicU64,
+    /// The `O_DIRECT` appender of an open extent (ADR 11); None once sealed,
+    /// or where the filesystem refuses `O_DIRECT`. Only the disk's writer
+    /// thread touches it.
+    direct: Mutex<Option<DirectAppender>>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -343,9 +356,10 @@ impl Store {
                 .iter()
                 .enumerate()
                 .map(|(index, dir)| {
+                    let opts = &opts;
                     scope.spawn(move || {
                         let (uuid, db) = open_disk(dir)?;
-                        let recovered = recover_disk(index, dir, &db)?;
+                        let recovered = recover_disk(index, dir, &db, opts)?;
                         let parity = whole::recover_parity(index, dir, &db)?;
                         Ok((uuid, db, recovered, parity))
                     })
@@ -454,12 +468,14 @@ impl Store {
         sync_dir(&extents_dir)?;
         let file = OpenOptions::new().read(true).write(true).open(&path).map_err(io_err("open new extent file"))?;
         let records_end = EXTENT_HEADER_LEN as u64;
+        let direct = open_direct(&path, &file, records_end, &self.inner.opts)?;
         let ext = Arc::new(Extent {
             id,
             disk: disk_index,
             file,
             max_size_bytes,
             uncached_up_to: AtomicU64::new(0),
+            direct: Mutex::new(direct),
             state: Mutex::new(ExtentMut {
                 sealed: false,
                 poisoned: false,
@@ -861,6 +877,9 @@ const DROP_BEHIND_STEP_BYTES: u64 = 4 * 1024 * 1024;
 /// from the page cache (see [`drop_behind`]), remembering how far it got.
 fn drop_extent_behind(extent: &Extent, synced_end: u64, window: Option<u64>) {
     let Some(window) = window else { return };
+    if lock(&extent.direct).is_some() {
+        return; // written around the page cache
+    }
     let from = extent.uncached_up_to.load(Ordering::Relaxed);
     let to = drop_behind(&extent.file, from, synced_end, window);
     if to > from {
@@ -936,7 +955,10 @@ fn stage_append(db: &DB, s: &mut Staged, key: Key, data: &[Bytes], opts: &StoreO
     let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + data.len());
     parts.push(&header_bytes);
     parts.extend(data.iter().map(|chunk| &chunk[..]));
-    let written = write_all_vectored_at(&s.extent.file, &parts, offset);
+    let written = match lock(&s.extent.direct).as_mut() {
+        Some(direct) => direct.append(&parts, offset),
+        None => write_all_vectored_at(&s.extent.file, &parts, offset),
+    };
     if let Err(e) = written {
         let err = StoreError::Io { context: "write record", source: e };
         s.failed = Some(err.for_another_waiter(id));
@@ -946,6 +968,27 @@ fn stage_append(db: &DB, s: &mut Staged, key: Key, data: &[Bytes], opts: &StoreO
     s.records.push((key, RecordLocation { offset, data_len }));
     s.pending_keys.insert(key, offset);
     Staging::Wait { offset, duplicate: false }
+}
+
+/// Whether `[at, file_len)` is the zero padding a direct append leaves: less
+/// than a block of zeros ending on a block boundary.
+fn is_direct_padding(file: &File, at: u64, file_len: u64) -> io::Result<bool> {
+    let align = DIRECT_IO_ALIGN as u64;
+    if !file_len.is_multiple_of(align) || file_len - at >= align {
+        return Ok(false);
+    }
+    let mut tail = vec![0u8; (file_len - at) as usize];
+    file.read_exact_at(&mut tail, at)?;
+    Ok(tail.iter().all(|b| *b == 0))
+}
+
+/// The `O_DIRECT` appender of an open extent whose records end at `end`, if
+/// the options ask for one and the filesystem allows it.
+fn open_direct(path: &Path, file: &File, end: u64, opts: &StoreOptions) -> Result<Option<DirectAppender>, StoreError> {
+    if !opts.direct_io {
+        return Ok(None);
+    }
+    DirectAppender::open(path, file, end).map_err(io_err("open extent file for direct writes"))
 }
 
 /// Writes every byte of `parts`, in order, at `offset`: vectored writes
@@ -1006,14 +1049,21 @@ fn seal_extent(db: &DB, ext: &Extent) -> Result<SealInfo, StoreError> {
         extent::decode_footer(&footer).is_ok_and(|(t, decoded)| t.index_offset == s.records_end && decoded == entries),
         "encoded footer must decode to its entries"
     );
-    let written = ext.file.write_all_at(&footer, s.records_end).and_then(|()| ext.file.sync_data());
+    let size_bytes = s.records_end + footer.len() as u64;
+    // Direct appends leave zeros up to a whole block after the records: the
+    // footer's end is the file's end.
+    let written = ext
+        .file
+        .write_all_at(&footer, s.records_end)
+        .and_then(|()| ext.file.set_len(size_bytes))
+        .and_then(|()| ext.file.sync_data());
     if let Err(e) = written {
         lock(&ext.state).poisoned = true;
         error!(extent = ext.id, error = %e, "writing the footer failed; extent stops accepting writes until restart");
         return Err(StoreError::Io { context: "write extent footer", source: e });
     }
     let record_count = entries.len() as u64;
-    let size_bytes = s.records_end + footer.len() as u64;
+    lock(&ext.direct).take();
     {
         let mut st = lock(&ext.state);
         st.sealed = true;
@@ -1191,6 +1241,8 @@ struct RecoveryStats {
     entries_removed: u64,
     torn_tails: u64,
     truncated_bytes: u64,
+    /// Open extents whose zero padding after the last record was cut (ADR 11).
+    padding_cut: u64,
     corrupt_ranges: u64,
     corrupt_bytes: u64,
     quarantined: u64,
@@ -1199,7 +1251,7 @@ struct RecoveryStats {
     orphan_metas: u64,
 }
 
-fn recover_disk(disk: usize, dir: &Path, db: &DB) -> Result<Vec<Extent>, StoreError> {
+fn recover_disk(disk: usize, dir: &Path, db: &DB, opts: &StoreOptions) -> Result<Vec<Extent>, StoreError> {
     let started = std::time::Instant::now();
     let mut stats = RecoveryStats::default();
     let metas: HashMap<ExtentId, Option<ExtentMeta>> = meta::load_extent_metas(db)?.into_iter().collect();
@@ -1230,6 +1282,9 @@ fn recover_disk(disk: usize, dir: &Path, db: &DB) -> Result<Vec<Extent>, StoreEr
             stats.extents += 1;
             if ext.snapshot().sealed {
                 stats.sealed += 1;
+            } else {
+                let direct = open_direct(&path, &ext.file, ext.snapshot().records_end, opts)?;
+                *lock(&ext.direct) = direct;
             }
             out.push(ext);
         }
@@ -1256,6 +1311,7 @@ fn recover_disk(disk: usize, dir: &Path, db: &DB) -> Result<Vec<Extent>, StoreEr
         entries_removed = stats.entries_removed,
         torn_tails = stats.torn_tails,
         truncated_bytes = stats.truncated_bytes,
+        padding_cut = stats.padding_cut,
         corrupt_ranges = stats.corrupt_ranges,
         corrupt_bytes = stats.corrupt_bytes,
         quarantined = stats.quarantined,
@@ -1446,16 +1502,21 @@ fn recover_extent(
             stats.corrupt_ranges += scan.skipped.len() as u64;
             stats.corrupt_bytes += scan.skipped.iter().map(|(a, b)| b - a).sum::<u64>();
             if let Some(at) = scan.torn_tail_at {
-                warn!(
-                    extent = id,
-                    at,
-                    cut_bytes = file_len - at,
-                    "torn tail; truncating the extent after its last valid record"
-                );
+                if is_direct_padding(&file, at, file_len).map_err(io_err("read extent tail"))? {
+                    // What direct appends leave after the last record (ADR 11).
+                    stats.padding_cut += 1;
+                } else {
+                    warn!(
+                        extent = id,
+                        at,
+                        cut_bytes = file_len - at,
+                        "torn tail; truncating the extent after its last valid record"
+                    );
+                    stats.torn_tails += 1;
+                    stats.truncated_bytes += file_len - at;
+                }
                 file.set_len(at).map_err(io_err("truncate torn extent tail"))?;
                 file.sync_all().map_err(io_err("sync truncated extent"))?;
-                stats.torn_tails += 1;
-                stats.truncated_bytes += file_len - at;
             }
             let size_bytes = scan.torn_tail_at.unwrap_or(file_len);
             match scan.footer {
@@ -1493,7 +1554,16 @@ fn recover_extent(
             }
         }
     };
-    let ext = Extent { id, disk, file, max_size_bytes, state: Mutex::new(state), uncached_up_to: AtomicU64::new(0) };
+    let ext = Extent {
+        id,
+        disk,
+        file,
+        max_size_bytes,
+        state: Mutex::new(state),
+        uncached_up_to: AtomicU64::new(0),
+        // Set by the caller for an extent that takes appends.
+        direct: Mutex::new(None),
+    };
     if reseal {
         seal_extent(db, &ext)?;
         stats.resealed += 1;

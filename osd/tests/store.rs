@@ -12,7 +12,7 @@ use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
 use pocket_osd::extent::{self, EXTENT_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN};
 use pocket_osd::meta::{self, ExtentMeta, ExtentState};
-use pocket_osd::store::{AppendOutcome, ExtentInfo, Store, StoreError, StoreOptions};
+use pocket_osd::store::{AppendOutcome, ExtentInfo, Store, StoreError, StoreOptions, DIRECT_IO_ALIGN};
 use common::{blob, opts, MIB};
 use pocket_proto::{ExtentId, Key};
 
@@ -59,6 +59,15 @@ impl Disks {
 
 fn file_len(path: &Path) -> Result<u64> {
     Ok(fs::metadata(path)?.len())
+}
+
+/// An open extent's file holds its records up to `end`, then (direct
+/// appends, ADR 11) zeros up to a whole block.
+fn assert_open_file_ends_at(path: &Path, end: u64) -> Result<()> {
+    let bytes = fs::read(path)?;
+    assert_eq!(bytes.len() as u64, end.next_multiple_of(DIRECT_IO_ALIGN as u64), "records, then zeros to a whole block");
+    assert!(bytes[end as usize..].iter().all(|b| *b == 0), "the padding is zeros");
+    Ok(())
 }
 
 /// Appends `count` blobs of `len` bytes (seeds from `first_seed`) and returns (key, data, offset).
@@ -110,7 +119,7 @@ async fn append_and_read_across_extents_and_disks() -> Result<()> {
         }
         let i = info(&store, id)?;
         assert_eq!(i, ExtentInfo { id, sealed: false, size_bytes: expected, record_count: 5, max_size_bytes: 4 * MIB });
-        assert_eq!(file_len(&d.extent_path(id)?)?, expected);
+        assert_open_file_ends_at(&d.extent_path(id)?, expected)?;
         all.push((id, records));
     }
     for (id, records) in &all {
@@ -210,7 +219,7 @@ fn resident_pages(path: &Path, from: u64, to: u64) -> Result<usize> {
 async fn written_pages_behind_the_window_leave_the_page_cache_and_read_back() -> Result<()> {
     let d = disks(1)?;
     let window = 4 * MIB;
-    let store = Store::open(&d.dirs, StoreOptions { page_cache_window_bytes: Some(window), ..opts() })?;
+    let store = Store::open(&d.dirs, StoreOptions { page_cache_window_bytes: Some(window), direct_io: false, ..opts() })?;
     store.create_extent(1, 64 * MIB)?;
     // 16 one-MiB records, one group commit each: the file ends near 16 MiB.
     let records = fill(&store, 1, 0, 16, MIB as usize).await?;
@@ -224,6 +233,41 @@ async fn written_pages_behind_the_window_leave_the_page_cache_and_read_back() ->
     assert!(tail as u64 >= (window - MIB) / 4096, "only {tail} pages of the window are cached");
     // Dropping pages loses nothing: every record reads back, checked.
     assert_readable(&store, 1, &records).await?;
+    Ok(())
+}
+
+/// Direct appends (ADR 11) bypass the page cache: nothing they wrote is
+/// cached, every record reads back; after a restart the zero padding is
+/// cut and appends go on where the records end; a seal ends the file at
+/// its footer.
+#[tokio::test]
+async fn direct_appends_bypass_the_page_cache_and_survive_a_restart() -> Result<()> {
+    let d = disks(1)?;
+    let store = d.open()?;
+    store.create_extent(1, 64 * MIB)?;
+    let records = fill(&store, 1, 0, 8, MIB as usize - 5).await?;
+    let end = info(&store, 1)?.size_bytes;
+    let path = d.extent_path(1)?;
+    // The first page holds the extent header, written at creation.
+    assert_eq!(resident_pages(&path, 4096, end & !4095)?, 0, "direct appends left pages in the page cache");
+    assert_open_file_ends_at(&path, end)?;
+    assert_readable(&store, 1, &records).await?;
+    store.shutdown();
+    drop(store);
+
+    let store = d.open()?;
+    assert_eq!(file_len(&path)?, end, "recovery cuts the padding after the last record");
+    assert_readable(&store, 1, &records).await?;
+    let more = fill(&store, 1, 100, 3, 5000).await?;
+    assert_eq!(more[0].2, end, "appends go on at the end of the records");
+    assert_readable(&store, 1, &more).await?;
+    let sealed = store.seal(1).await?;
+    assert_eq!(file_len(&path)?, sealed.size_bytes, "a sealed extent ends at its footer");
+    store.shutdown();
+    drop(store);
+    let store = d.open()?;
+    assert_readable(&store, 1, &records).await?;
+    assert_readable(&store, 1, &more).await?;
     Ok(())
 }
 
@@ -321,7 +365,7 @@ async fn full_extents_and_oversized_blobs_are_refused() -> Result<()> {
     // Even an empty blob no longer fits.
     let (key, data) = blob(10, 0);
     assert!(matches!(store.append(1, key, data).await, Err(StoreError::ExtentFull { .. })));
-    assert_eq!(file_len(&d.extent_path(1)?)?, max);
+    assert_open_file_ends_at(&d.extent_path(1)?, max)?;
 
     store.create_extent(2, 16 * MIB)?;
     let (key, data) = blob(11, MIB as usize + 1);
@@ -823,6 +867,10 @@ async fn a_blob_that_looks_like_a_footer_does_not_seal_an_open_extent() -> Resul
     assert_eq!(store.append(1, key, data.clone()).await?, AppendOutcome::Appended { offset: record_at });
     let size = info(&store, 1)?.size_bytes;
     drop(store);
+    // Cut the zeros direct appends leave after the records (ADR 11), so the
+    // file ends exactly in the planted footer, as a file written through the
+    // page cache would.
+    OpenOptions::new().write(true).open(d.extent_path(1)?)?.set_len(size)?;
     // The file really does end in a well-formed footer.
     let bytes = fs::read(d.extent_path(1)?)?;
     let (trailer, _) = extent::decode_footer(&bytes[index_offset as usize..])?;

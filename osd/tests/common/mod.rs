@@ -8,7 +8,13 @@ use pocket_proto::Key;
 pub const MIB: u64 = 1024 * 1024;
 
 pub fn opts() -> StoreOptions {
-    StoreOptions { max_record_bytes: MIB, group_commit_max_bytes: 4 * MIB, append_queue_depth: 16, page_cache_window_bytes: None }
+    StoreOptions {
+        max_record_bytes: MIB,
+        group_commit_max_bytes: 4 * MIB,
+        append_queue_depth: 16,
+        page_cache_window_bytes: None,
+        direct_io: true,
+    }
 }
 
 /// Deterministic pseudo-random blob number `seed`, `len` bytes, and its key.

@@ -198,6 +198,12 @@ fn measure_disk(options: &LimitsOptions) -> anyhow::Result<(Vec<WriteFigure>, Me
                 direct: file.direct.is_some(),
             });
         }
+        // The writes bypassed the page cache. On a VM the first pages a
+        // process takes from the kernel cost several times more CPU than
+        // pages it freed just before (docs/benchmarks.md, session 5): read
+        // the file once to take them, drop them, and measure the read from
+        // the disk into those recycled pages, as a busy OSD's reads are.
+        read_all(&path, &mut buffer)?;
         drop_cache(&path)?;
         let cold = read_all(&path, &mut buffer)?;
         let warm = read_all(&path, &mut buffer)?;

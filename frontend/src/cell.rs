@@ -238,11 +238,11 @@ impl CellView {
         };
         // The chunks the client sent, forwarded as they are: not copied by
         // pocket, nor by an encoder (ADR 10).
-        let call = match Frames::header_and_chunks(&header, data.chunks().iter().cloned()) {
-            Ok(frames) => framed::client_streaming::<_, pb::AppendResponse>(&mut channel, framed::OSD_APPEND_PATH, frames).await,
-            Err(status) => Err(status),
+        let call = async {
+            let frames = Frames::header_and_chunks(&header, data.chunks().iter().cloned())?;
+            framed::client_streaming::<_, pb::AppendResponse>(&mut channel, framed::OSD_APPEND_PATH, frames).await
         };
-        match call {
+        match call.await {
             Ok(_) => Ok(()),
             Err(status) if status.code() == Code::ResourceExhausted && status.message().starts_with(EXTENT_FULL_PREFIX) => {
                 Err(ReplicaError::Full)

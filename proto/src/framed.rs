@@ -122,18 +122,20 @@ impl Frames {
         self.flush_pending();
         FramesBody { frames: self.frames, remaining_bytes: self.len_bytes }
     }
-
-    /// The body as one buffer (tests compare it with prost's encoding).
-    #[cfg(test)]
-    fn concatenated(self) -> Vec<u8> {
-        self.into_body().frames.iter().flat_map(|f| f.iter().copied()).collect()
-    }
 }
 
 /// [`Frames`] as an HTTP body: one data frame per buffer, then the end.
 struct FramesBody {
     frames: VecDeque<Bytes>,
     remaining_bytes: u64,
+}
+
+#[cfg(test)]
+impl FramesBody {
+    /// The body as one buffer (tests compare it with prost's encoding).
+    fn concatenated(&self) -> Vec<u8> {
+        self.frames.iter().flat_map(|f| f.iter().copied()).collect()
+    }
 }
 
 impl http_body::Body for FramesBody {
@@ -230,25 +232,22 @@ mod tests {
             sizes.iter().map(|&n| Bytes::from((0..n).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>())).collect();
 
         let mut expected = grpc_frame(&header);
-        let mut frames = Frames::new();
-        frames.message(&header).expect("small message");
         for chunk in &chunks {
             expected.extend(grpc_frame(&pb::AppendRequest { part: Some(pb::append_request::Part::Chunk(chunk.clone())) }));
-            frames.bytes_field(CHUNK_FIELD, chunk.clone()).expect("within the limit");
         }
+        let frames = Frames::header_and_chunks(&header, chunks.iter().cloned()).expect("within the limit");
         assert_eq!(frames.len_bytes(), expected.len() as u64);
 
         let large: Vec<*const u8> = chunks.iter().filter(|c| c.len() >= COPY_BELOW_BYTES).map(|c| c.as_ptr()).collect();
         let body = frames.into_body();
         let kept: Vec<*const u8> = body.frames.iter().map(|f| f.as_ptr()).filter(|p| large.contains(p)).collect();
         assert_eq!(kept, large, "every chunk of 4 KiB or more is sent as the buffer it came in");
-        let joined: Vec<u8> = body.frames.iter().flat_map(|f| f.iter().copied()).collect();
-        assert_eq!(joined, expected);
+        assert_eq!(body.concatenated(), expected);
 
         // The PUT stream's chunk field has the same number.
         let mut frames = Frames::new();
         frames.bytes_field(CHUNK_FIELD, chunks[6].clone()).expect("within the limit");
-        assert_eq!(frames.concatenated(), grpc_frame(&pb::PutRequest { part: Some(pb::put_request::Part::Chunk(chunks[6].clone())) }));
+        assert_eq!(frames.into_body().concatenated(), grpc_frame(&pb::PutRequest { part: Some(pb::put_request::Part::Chunk(chunks[6].clone())) }));
     }
 
     #[test]

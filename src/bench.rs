@@ -14,6 +14,8 @@ use pocket_proto::Key;
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
 
+use crate::machine::{CpuTicks, MachineCpu};
+
 /// Size of the random pool blobs are cut from: generating fresh random bytes
 /// per operation would measure the RNG, not pocket.
 const POOL_BYTES: usize = 64 * 1024 * 1024;
@@ -69,6 +71,10 @@ pub struct PhaseReport {
     pub latency: Latency,
     pub blob_size_bytes: usize,
     pub concurrency: usize,
+    /// The whole machine's CPU during the phase (None where `/proc/stat`
+    /// is not readable): a phase on a machine whose hypervisor took a third
+    /// of its cores (steal) is not comparable with one that had them all.
+    pub machine_cpu: Option<MachineCpu>,
 }
 
 struct Pool {
@@ -132,7 +138,7 @@ impl Recorder {
         self.first_error.lock().expect("error lock").get_or_insert_with(|| error.to_string());
     }
 
-    fn report(&self, phase: &str, seconds: f64, options: &BenchOptions) -> PhaseReport {
+    fn report(&self, phase: &str, seconds: f64, options: &BenchOptions, machine_cpu: Option<MachineCpu>) -> PhaseReport {
         let histogram = self.histogram.lock().expect("histogram lock");
         let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
         let ops = self.ops.load(Ordering::Relaxed);
@@ -148,6 +154,7 @@ impl Recorder {
             latency: Latency { p50_ms: ms(0.5), p90_ms: ms(0.9), p99_ms: ms(0.99), max_ms: histogram.max() as f64 / 1000.0 },
             blob_size_bytes: options.size_bytes,
             concurrency: options.concurrency,
+            machine_cpu,
         }
     }
 }
@@ -224,7 +231,7 @@ async fn phase_run(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let started = Instant::now();
+    let (started, ticks_started) = (Instant::now(), CpuTicks::now());
     let mut workers = tokio::task::JoinSet::new();
     for worker in 0..options.concurrency {
         let (client, pool, keys, recorder, issued, stop, progress) = (
@@ -300,8 +307,9 @@ async fn phase_run(
         joined?;
     }
     let seconds = started.elapsed().as_secs_f64();
+    let machine_cpu = ticks_started.zip(CpuTicks::now()).and_then(|(a, b)| a.until(&b));
     progress.finish_and_clear();
-    let report = recorder.report(phase, seconds, options);
+    let report = recorder.report(phase, seconds, options, machine_cpu);
     let first_error = recorder.first_error.lock().expect("error lock").clone();
     Ok((report, first_error))
 }
@@ -309,14 +317,26 @@ async fn phase_run(
 /// The reports as a table for people.
 pub fn table(reports: &[PhaseReport]) -> String {
     let mut out = format!(
-        "{:<8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
-        "phase", "ops", "errors", "MiB/s", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms"
+        "{:<8} {:>8} {:>7} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>6} {:>6}\n",
+        "phase", "ops", "errors", "MiB/s", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "busy", "steal"
     );
+    let percent = |share: Option<f64>| share.map(|s| format!("{:.0}%", s * 100.0)).unwrap_or_else(|| "-".into());
     for r in reports {
         out.push_str(&format!(
-            "{:<8} {:>8} {:>7} {:>10.1} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
-            r.phase, r.ops, r.errors, r.mib_per_sec, r.ops_per_sec, r.latency.p50_ms, r.latency.p90_ms, r.latency.p99_ms, r.latency.max_ms
+            "{:<8} {:>8} {:>7} {:>10.1} {:>9.1} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>6} {:>6}\n",
+            r.phase,
+            r.ops,
+            r.errors,
+            r.mib_per_sec,
+            r.ops_per_sec,
+            r.latency.p50_ms,
+            r.latency.p90_ms,
+            r.latency.p99_ms,
+            r.latency.max_ms,
+            percent(r.machine_cpu.map(|c| c.busy)),
+            percent(r.machine_cpu.map(|c| c.steal)),
         ));
     }
+    out.push_str("(busy, steal: the whole machine's cores during the phase; steal is what the hypervisor took)\n");
     out
 }

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cell_status;
 pub mod ec_bench;
 pub mod limits;
+pub mod machine;
 pub mod memory;
 pub mod ops;
 pub mod restart_bench;

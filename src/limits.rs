@@ -246,10 +246,13 @@ fn drop_cache(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One core's BLAKE3 speed, MiB per second of the thread's CPU time: a
+/// wall-clock figure would count what the hypervisor took (steal) as
+/// hashing time.
 fn measure_blake3(bytes: u64) -> f64 {
     let mut buffer = vec![0u8; IO_BUFFER_BYTES];
     rand::rng().fill_bytes(&mut buffer);
-    let started = Instant::now();
+    let cpu_started = cpu_ms(libc::RUSAGE_THREAD);
     let mut hashed = 0u64;
     let mut sink = 0u8;
     while hashed < bytes {
@@ -258,7 +261,8 @@ fn measure_blake3(bytes: u64) -> f64 {
         hashed += buffer.len() as u64;
     }
     std::hint::black_box(sink);
-    mib_per_sec(hashed, started.elapsed())
+    let cpu_ms = (cpu_ms(libc::RUSAGE_THREAD) - cpu_started).max(1e-3);
+    hashed as f64 / (1024.0 * 1024.0) / (cpu_ms / 1e3)
 }
 
 struct Sink;
@@ -519,6 +523,13 @@ impl PocketFigures {
     fn mib_per_sec(&self, phase: &str) -> f64 {
         self.bench.iter().find(|r| r.phase == phase).map(|r| r.mib_per_sec).unwrap_or(0.0)
     }
+
+    /// The share of the machine's cores the hypervisor left it during
+    /// `phase` (1 where steal was not measured).
+    fn cores_given(&self, phase: &str) -> f64 {
+        let cpu = self.bench.iter().find(|r| r.phase == phase).and_then(|r| r.machine_cpu);
+        cpu.map(|c| c.given()).unwrap_or(1.0)
+    }
 }
 
 /// Phase name of the 64 KiB PUTs in [`PocketFigures::bench`].
@@ -603,8 +614,11 @@ async fn bench_with_pattern(
 /// and server together), its BLAKE3 passes (one core's speed), and for a PUT
 /// the R buffered writes with fdatasync (the writing threads' CPU time per
 /// MiB). All of it runs on the same cores, so the times add up; a `min` of
-/// the separate rates would assume they overlap, which they cannot. The disk
-/// bound is separate: R copies at the measured write bandwidth.
+/// the separate rates would assume they overlap, which they cannot. Only the
+/// share of the cores the hypervisor left the machine during the phase
+/// counts (1 − steal, from `/proc/stat`): CPU times exclude steal, so the
+/// costs above are the same whatever the neighbours do, but the cores are
+/// not. The disk bound is separate: R copies at the measured write bandwidth.
 /// - PUT at R replicas: 1 + R hops (client → frontend → R OSDs), 2 + R
 ///   hashes (the client computes the key, the frontend and every OSD check
 ///   it), R writes. The disk figure that applies is the one measured in the
@@ -630,17 +644,18 @@ pub fn ratios(limits: &Limits, figures: &PocketFigures, replicas: u32) -> Vec<Ra
         ratio: pocket / bound.max(1e-9),
     };
     let put = figures.mib_per_sec("put");
-    let put_work = |rpc_cpu_ms_per_mib: f64, write_cpu_ms_per_mib: f64| Work {
+    let put_work = |phase: &str, rpc_cpu_ms_per_mib: f64, write_cpu_ms_per_mib: f64| Work {
         hops: 1 + replicas,
         rpc_cpu_ms_per_mib,
         hashes: 2 + replicas,
         io: replicas,
         io_cpu_ms_per_mib: write_cpu_ms_per_mib,
         io_name: "writes",
+        cores_given: figures.cores_given(phase),
     };
     let mut rows = Vec::new();
     if let Some(p) = &figures.osd_pattern {
-        let work = put_work(limits.rpc_4mib_cpu_ms_per_mib, p.cpu_ms_per_mib);
+        let work = put_work("put", limits.rpc_4mib_cpu_ms_per_mib, p.cpu_ms_per_mib);
         let text = format!(
             "min(write, {} files, fdatasync every {:.2} MiB / {replicas}, {work})",
             p.pattern.osds,
@@ -651,32 +666,33 @@ pub fn ratios(limits: &Limits, figures: &PocketFigures, replicas: u32) -> Vec<Ra
     let coarsest = limits.write_with_fdatasync.iter().max_by_key(|w| w.sync_every_bytes);
     let write = coarsest.map(|w| w.mib_per_sec).unwrap_or(0.0);
     let granularity = coarsest.map(|w| w.sync_every_bytes >> 20).unwrap_or(0);
-    let work = put_work(limits.rpc_4mib_cpu_ms_per_mib, coarsest.map(|w| w.cpu_ms_per_mib).unwrap_or(0.0));
+    let work = put_work("put", limits.rpc_4mib_cpu_ms_per_mib, coarsest.map(|w| w.cpu_ms_per_mib).unwrap_or(0.0));
     let text = format!("min(write, 1 file, fdatasync every {granularity} MiB / {replicas}, {work})");
     let what = if figures.osd_pattern.is_some() { "put*" } else { "put" };
     rows.push(ratio(what, put, (write / r).min(work.cpu_bound(limits)), text));
-    let get_work = |read_cpu_ms_per_mib: f64| Work {
+    let get_work = |phase: &str, read_cpu_ms_per_mib: f64| Work {
         hops: 2,
         rpc_cpu_ms_per_mib: limits.rpc_4mib_cpu_ms_per_mib,
         hashes: 2,
         io: 1,
         io_cpu_ms_per_mib: read_cpu_ms_per_mib,
         io_name: "read",
+        cores_given: figures.cores_given(phase),
     };
     // The first GET pass reads from the disk what the OSDs dropped from
     // their page cache; the second finds it cached.
-    let cold = get_work(limits.read_cold_cpu_ms_per_mib);
+    let cold = get_work("get", limits.read_cold_cpu_ms_per_mib);
     let get_bound = limits.read_cold_mib_per_sec.min(cold.cpu_bound(limits));
     rows.push(ratio("get", figures.mib_per_sec("get"), get_bound, format!("min(cold read, {cold})")));
     if figures.bench.iter().any(|r| r.phase == crate::bench::WARM_GET_PHASE) {
-        let warm = get_work(limits.read_warm_cpu_ms_per_mib);
+        let warm = get_work(crate::bench::WARM_GET_PHASE, limits.read_warm_cpu_ms_per_mib);
         let bound = limits.read_warm_mib_per_sec.min(warm.cpu_bound(limits));
         let pocket = figures.mib_per_sec(crate::bench::WARM_GET_PHASE);
         rows.push(ratio(crate::bench::WARM_GET_PHASE, pocket, bound, format!("min(warm read, {warm})")));
     }
     let (small_bound, text) = match &figures.osd_pattern_small {
         Some(p) => {
-            let work = put_work(limits.rpc_64kib_cpu_ms_per_mib, p.cpu_ms_per_mib);
+            let work = put_work(SMALL_PUT_PHASE, limits.rpc_64kib_cpu_ms_per_mib, p.cpu_ms_per_mib);
             (
                 (p.mib_per_sec / r).min(work.cpu_bound(limits)),
                 format!(
@@ -687,7 +703,7 @@ pub fn ratios(limits: &Limits, figures: &PocketFigures, replicas: u32) -> Vec<Ra
             )
         }
         None => {
-            let work = put_work(limits.rpc_64kib_cpu_ms_per_mib, 0.0);
+            let work = put_work(SMALL_PUT_PHASE, limits.rpc_64kib_cpu_ms_per_mib, 0.0);
             (work.cpu_bound(limits), format!("{work}, at 64 KiB (no write figure)"))
         }
     };
@@ -706,6 +722,9 @@ struct Work {
     io: u32,
     io_cpu_ms_per_mib: f64,
     io_name: &'static str,
+    /// The share of the cores the machine had during the phase: what the
+    /// hypervisor took (steal) carried nothing.
+    cores_given: f64,
 }
 
 impl Work {
@@ -716,15 +735,20 @@ impl Work {
             + f64::from(self.io) * self.io_cpu_ms_per_mib
     }
 
-    /// MiB/s of blob the machine's cores carry if they do nothing but this work.
+    /// MiB/s of blob the machine's cores carry if they do nothing but this
+    /// work, counting only the share of them the hypervisor left it.
     fn cpu_bound(&self, limits: &Limits) -> f64 {
-        limits.cores.max(1) as f64 * 1e3 / self.cpu_ms_per_mib(limits).max(1e-9)
+        limits.cores.max(1) as f64 * self.cores_given * 1e3 / self.cpu_ms_per_mib(limits).max(1e-9)
     }
 }
 
 impl std::fmt::Display for Work {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "cpu: {} hops x {:.2} ms + {} blake3", self.hops, self.rpc_cpu_ms_per_mib, self.hashes)?;
+        write!(f, "cpu")?;
+        if self.cores_given < 1.0 {
+            write!(f, " ({:.0}% stolen)", (1.0 - self.cores_given) * 100.0)?;
+        }
+        write!(f, ": {} hops x {:.2} ms + {} blake3", self.hops, self.rpc_cpu_ms_per_mib, self.hashes)?;
         if self.io > 0 {
             write!(f, " + {} {} x {:.2} ms", self.io, self.io_name, self.io_cpu_ms_per_mib)?;
         }
@@ -789,6 +813,7 @@ pub fn pattern_table(figures: &PocketFigures) -> String {
 mod tests {
     use super::*;
     use crate::bench::{Latency, PhaseReport};
+    use crate::machine::MachineCpu;
 
     fn phase(name: &str, mib_per_sec: f64) -> PhaseReport {
         let latency = Latency { p50_ms: 1.0, p90_ms: 1.0, p99_ms: 1.0, max_ms: 1.0 };
@@ -803,6 +828,7 @@ mod tests {
             latency,
             blob_size_bytes: 1,
             concurrency: 8,
+            machine_cpu: None,
         }
     }
 
@@ -859,5 +885,39 @@ mod tests {
         let rows = ratios(&slow, &figures, 3);
         assert!((rows[0].bound_mib_per_sec - 50.0).abs() < 1e-9, "{:?}", rows[0]);
         assert!((rows[0].ratio - 2.0).abs() < 1e-9, "{:?}", rows[0]);
+    }
+
+    #[test]
+    fn the_cpu_bound_counts_only_the_cores_the_hypervisor_left() {
+        let limits = Limits {
+            write_with_fdatasync: vec![WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 3000.0, cpu_ms_per_mib: 1.0, direct: true }],
+            read_cold_mib_per_sec: 500.0,
+            read_cold_cpu_ms_per_mib: 2.0,
+            read_warm_mib_per_sec: 8000.0,
+            read_warm_cpu_ms_per_mib: 0.5,
+            blake3_mib_per_sec_per_core: 1000.0,
+            cores: 2,
+            rpc_4mib_mib_per_sec: 1000.0,
+            rpc_4mib_cpu_ms_per_mib: 2.0,
+            rpc_64kib_ops_per_sec: 16_000.0,
+            rpc_64kib_cpu_ms_per_mib: 4.0,
+        };
+        let stolen = |name: &str, mib_per_sec: f64, steal: f64| PhaseReport {
+            machine_cpu: Some(MachineCpu { busy: 1.0 - steal, idle: 0.0, steal }),
+            ..phase(name, mib_per_sec)
+        };
+        let figures = PocketFigures {
+            bench: vec![stolen("put", 100.0, 0.25), stolen("get", 200.0, 0.0), phase(SMALL_PUT_PHASE, 50.0)],
+            osd_pattern: None,
+            osd_pattern_small: None,
+        };
+        let rows = ratios(&limits, &figures, 3);
+        // 16 ms per MiB on the 1.5 cores left of 2: 93.75 MiB/s.
+        assert!((rows[0].bound_mib_per_sec - 93.75).abs() < 1e-9, "{:?}", rows[0]);
+        assert!(rows[0].bound.contains("cpu (25% stolen): 4 hops"), "{}", rows[0].bound);
+        // No steal, and steal not measured: all the cores.
+        assert!((rows[1].bound_mib_per_sec - 250.0).abs() < 1e-9, "{:?}", rows[1]);
+        assert!(rows[1].bound.contains("cpu: 2 hops"), "{}", rows[1].bound);
+        assert!((rows[2].bound_mib_per_sec - 2000.0 / 21.0).abs() < 1e-9, "{:?}", rows[2]);
     }
 }

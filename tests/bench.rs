@@ -28,6 +28,11 @@ async fn bench_reports_every_phase_in_json() {
             assert_eq!(report["errors"], 0, "{report}");
             assert_eq!(report["bytes"], 24 * 64 * 1024, "{report}");
             assert!(report["latency"]["p99_ms"].as_f64().expect("p99") >= report["latency"]["p50_ms"].as_f64().expect("p50"));
+            // The machine's CPU during the phase, from /proc/stat: shares that add up to 1.
+            let cpu = &report["machine_cpu"];
+            let share = |what: &str| cpu[what].as_f64().unwrap_or_else(|| panic!("machine_cpu.{what} in {report}"));
+            assert!((share("busy") + share("idle") + share("steal") - 1.0).abs() < 1e-9, "{report}");
+            assert!(share("busy") > 0.0, "the bench itself ran: {report}");
         }
     }
     pocket.stop().await;

@@ -745,7 +745,7 @@ impl Work {
 impl std::fmt::Display for Work {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "cpu")?;
-        if self.cores_given < 1.0 {
+        if self.cores_given <= 0.995 {
             write!(f, " ({:.0}% stolen)", (1.0 - self.cores_given) * 100.0)?;
         }
         write!(f, ": {} hops x {:.2} ms + {} blake3", self.hops, self.rpc_cpu_ms_per_mib, self.hashes)?;

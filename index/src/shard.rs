@@ -74,6 +74,11 @@ impl Shard {
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            // sqlx pings a connection before lending it by default: for a
+            // server that may have dropped it, worth a round trip; for an
+            // embedded SQLite file, one more hop to the connection's worker
+            // thread (and back) before every query, for nothing.
+            .test_before_acquire(dialect != Dialect::Sqlite)
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     if conn

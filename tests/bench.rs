@@ -94,7 +94,9 @@ async fn limits_measure_the_machine_and_relate_pocket_to_it() {
     assert_eq!(mean, pattern["pattern"]["bytes"].as_u64().expect("bytes") / commits, "{pattern}");
     assert!(mean >= 4 << 20, "every append was a 4 MiB blob: {pattern}");
     assert!(pattern["mib_per_sec"].as_f64().expect("pattern figure") > 0.0, "{pattern}");
-    assert!(pattern["cpu_ms_per_mib"].as_f64().expect("pattern CPU figure") >= 0.0, "{pattern}");
+    // The writers' CPU time (the kernel counts it in nanoseconds): writing
+    // and syncing megabytes is never free.
+    assert!(pattern["cpu_ms_per_mib"].as_f64().expect("pattern CPU figure") > 0.0, "{pattern}");
     // The 64 KiB PUTs: 20 of them at R = 3, each append 64 KiB.
     let small = &report["pocket"]["osd_pattern_small"]["pattern"];
     assert!(small["appends"].as_u64().expect("appends") >= 60, "{small}");

@@ -520,15 +520,18 @@ pub struct PocketFigures {
 }
 
 impl PocketFigures {
+    fn report(&self, phase: &str) -> Option<&crate::bench::PhaseReport> {
+        self.bench.iter().find(|r| r.phase == phase)
+    }
+
     fn mib_per_sec(&self, phase: &str) -> f64 {
-        self.bench.iter().find(|r| r.phase == phase).map(|r| r.mib_per_sec).unwrap_or(0.0)
+        self.report(phase).map(|r| r.mib_per_sec).unwrap_or(0.0)
     }
 
     /// The share of the machine's cores the hypervisor left it during
     /// `phase` (1 where steal was not measured).
     fn cores_given(&self, phase: &str) -> f64 {
-        let cpu = self.bench.iter().find(|r| r.phase == phase).and_then(|r| r.machine_cpu);
-        cpu.map(|c| c.given()).unwrap_or(1.0)
+        self.report(phase).and_then(|r| r.machine_cpu).map(|c| c.given()).unwrap_or(1.0)
     }
 }
 
@@ -684,7 +687,7 @@ pub fn ratios(limits: &Limits, figures: &PocketFigures, replicas: u32) -> Vec<Ra
     let cold = get_work("get", limits.read_cold_cpu_ms_per_mib);
     let get_bound = limits.read_cold_mib_per_sec.min(cold.cpu_bound(limits));
     rows.push(ratio("get", figures.mib_per_sec("get"), get_bound, format!("min(cold read, {cold})")));
-    if figures.bench.iter().any(|r| r.phase == crate::bench::WARM_GET_PHASE) {
+    if figures.report(crate::bench::WARM_GET_PHASE).is_some() {
         let warm = get_work(crate::bench::WARM_GET_PHASE, limits.read_warm_cpu_ms_per_mib);
         let bound = limits.read_warm_mib_per_sec.min(warm.cpu_bound(limits));
         let pocket = figures.mib_per_sec(crate::bench::WARM_GET_PHASE);
@@ -832,9 +835,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_cpu_bound_adds_the_cpu_time_of_every_hop_hash_and_write() {
-        let limits = Limits {
+    /// Limits with round CPU costs: 2 ms per MiB a hop, 1 ms a hash, 1 ms a
+    /// write at the coarsest granularity, on 2 cores.
+    fn round_limits() -> Limits {
+        Limits {
             write_with_fdatasync: vec![
                 WriteFigure { sync_every_bytes: 4 << 20, mib_per_sec: 300.0, cpu_ms_per_mib: 2.0, direct: true },
                 WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 3000.0, cpu_ms_per_mib: 1.0, direct: true },
@@ -849,7 +853,12 @@ mod tests {
             rpc_4mib_cpu_ms_per_mib: 2.0,
             rpc_64kib_ops_per_sec: 16_000.0,
             rpc_64kib_cpu_ms_per_mib: 4.0,
-        };
+        }
+    }
+
+    #[test]
+    fn the_cpu_bound_adds_the_cpu_time_of_every_hop_hash_and_write() {
+        let limits = round_limits();
         let figures = PocketFigures {
             bench: vec![
                 phase("put", 100.0),
@@ -889,19 +898,7 @@ mod tests {
 
     #[test]
     fn the_cpu_bound_counts_only_the_cores_the_hypervisor_left() {
-        let limits = Limits {
-            write_with_fdatasync: vec![WriteFigure { sync_every_bytes: 64 << 20, mib_per_sec: 3000.0, cpu_ms_per_mib: 1.0, direct: true }],
-            read_cold_mib_per_sec: 500.0,
-            read_cold_cpu_ms_per_mib: 2.0,
-            read_warm_mib_per_sec: 8000.0,
-            read_warm_cpu_ms_per_mib: 0.5,
-            blake3_mib_per_sec_per_core: 1000.0,
-            cores: 2,
-            rpc_4mib_mib_per_sec: 1000.0,
-            rpc_4mib_cpu_ms_per_mib: 2.0,
-            rpc_64kib_ops_per_sec: 16_000.0,
-            rpc_64kib_cpu_ms_per_mib: 4.0,
-        };
+        let limits = round_limits();
         let stolen = |name: &str, mib_per_sec: f64, steal: f64| PhaseReport {
             machine_cpu: Some(MachineCpu { busy: 1.0 - steal, idle: 0.0, steal }),
             ..phase(name, mib_per_sec)

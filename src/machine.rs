@@ -28,12 +28,12 @@ impl CpuTicks {
     pub fn parse(stat: &str) -> Option<CpuTicks> {
         let line = stat.lines().find(|l| l.starts_with("cpu "))?;
         let fields: Vec<u64> = line.split_whitespace().skip(1).map(|f| f.parse().ok()).collect::<Option<_>>()?;
-        // user nice system idle iowait irq softirq steal [guest guest_nice]:
-        // guest time is already counted in user and nice.
-        let field = |i: usize| fields.get(i).copied().unwrap_or(0);
         if fields.len() < 4 {
             return None;
         }
+        // user nice system idle iowait irq softirq steal [guest guest_nice]:
+        // guest time is already counted in user and nice.
+        let field = |i: usize| fields.get(i).copied().unwrap_or(0);
         Some(CpuTicks {
             busy: field(0) + field(1) + field(2) + field(5) + field(6),
             idle: field(3) + field(4),

@@ -9,6 +9,7 @@ use pocket_index::{Index, IndexEntry, IndexError, InsertOutcome};
 use pocket_proto::{now_unix_ms, pb, Body, Key};
 use rand::seq::{IndexedRandom, SliceRandom};
 
+use crate::batch::is_batched;
 use crate::cell::{Bucket, CellError, CellView, EcShape, Replica, ReplicaError};
 use crate::config::FrontendConfig;
 
@@ -44,11 +45,13 @@ pub struct Blobs {
     pub index: Index,
     pub cell: CellView,
     config: FrontendConfig,
+    /// Where this process starts its turns over the buckets for small blobs.
+    small_blob_turn: u64,
 }
 
 impl Blobs {
     pub fn new(index: Index, cell: CellView, config: FrontendConfig) -> Arc<Blobs> {
-        Arc::new(Blobs { index, cell, config })
+        Arc::new(Blobs { index, cell, config, small_blob_turn: rand::random() })
     }
 
     /// Stores `data` under `key`, which the caller has already checked is its
@@ -69,7 +72,7 @@ impl Blobs {
         while attempt < self.config.put_attempts && std::time::Instant::now() < deadline {
             let (cell_id, buckets) = self.cell.writable(!tried.is_empty()).await?;
             let candidates: Vec<&Bucket> = buckets.iter().filter(|b| !tried.contains(&b.bucket_id)).collect();
-            let Some(bucket) = candidates.choose(&mut rand::rng()).copied().cloned() else {
+            let Some(bucket) = self.choose_bucket(candidates, data.len_bytes()).cloned() else {
                 last = CellError::NoWritableBucket.to_string();
                 // The coordinator replaces closed buckets within a tick; wait for it.
                 tokio::time::sleep(NO_BUCKET_WAIT).await;
@@ -115,6 +118,22 @@ impl Blobs {
             }
         }
         Err(PutError::Exhausted { attempts: self.config.put_attempts, last })
+    }
+
+    /// A bucket for a blob of `len` bytes. Large blobs go to a random one.
+    /// Small blobs, whose appends are batched (ADR 12), go to one bucket at
+    /// a time, so that concurrent PUTs meet in the same batches; the bucket
+    /// changes every second (from a per-process start), so one frontend
+    /// still spreads its small blobs over every writable bucket, and
+    /// frontends are not in step with each other.
+    fn choose_bucket<'a>(&self, mut candidates: Vec<&'a Bucket>, len: u64) -> Option<&'a Bucket> {
+        if !is_batched(len, self.config.batch_record_max_bytes) || candidates.is_empty() {
+            return candidates.choose(&mut rand::rng()).copied();
+        }
+        candidates.sort_unstable_by_key(|b| b.bucket_id);
+        let second = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+        let turn = self.small_blob_turn.wrapping_add(second);
+        Some(candidates[(turn % candidates.len() as u64) as usize])
     }
 
     /// Appends to every replica in parallel; Err names the first problem.

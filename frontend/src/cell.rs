@@ -13,6 +13,8 @@ use pocket_proto::{pb, Body, BodyCollector, BucketId, CellId, ExtentId, Key, Osd
 use tonic::transport::Channel;
 use tonic::Code;
 
+use crate::batch::{is_batched, Batcher};
+
 /// How long the list of writable buckets is trusted before it is refreshed.
 const WRITABLE_TTL: Duration = Duration::from_secs(1);
 /// How long a bucket's location is trusted. Locations change only when a
@@ -26,6 +28,11 @@ const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of one raw range read from an OSD during a degraded read (at
 /// most 1 MiB per call).
 const RANGE_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// `Osd.AppendBatch` calls in flight to one replica at once (ADR 12). One
+/// gave 680 and 703 64 KiB PUTs/s where two gave 662 and 680 (C = 8, two
+/// interleaved pairs): a second call halves the batches more than it fills
+/// the gaps between them.
+const BATCH_CALLS_IN_FLIGHT_PER_REPLICA: usize = 1;
 /// Most cached bucket locations; the cache is cleared when it grows past this.
 const MAX_CACHED_LOCATIONS: usize = 100_000;
 
@@ -87,6 +94,65 @@ pub struct CellView {
     locations: Mutex<HashMap<BucketId, (Instant, Bucket)>>,
     channels: Mutex<HashMap<String, Channel>>,
     tls: pocket_transport::Tls,
+    /// Small appends waiting for a call to their replica (ADR 12).
+    batches: Batcher<AppendDestination, (Key, Body), ReplicaError>,
+    /// Records at most this large are batched; 0: none is.
+    batch_record_max_bytes: u64,
+}
+
+/// Where a batched append goes: one OSD (at one address) and one extent.
+type AppendDestination = (OsdId, String, ExtentId);
+
+/// The header of a record appended to `replica`.
+fn append_header(replica: &Replica, key: &Key, data: &Body) -> pb::AppendRequest {
+    pb::AppendRequest {
+        part: Some(pb::append_request::Part::Header(pb::AppendHeader {
+            extent_id: replica.extent_id,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            length_bytes: data.len_bytes(),
+            osd_id: replica.osd_id,
+        })),
+    }
+}
+
+/// What an OSD's refusal of an append means to a PUT.
+fn replica_error(replica: &Replica, status: tonic::Status) -> ReplicaError {
+    match status.code() {
+        Code::ResourceExhausted if status.message().starts_with(EXTENT_FULL_PREFIX) => ReplicaError::Full,
+        Code::ResourceExhausted => ReplicaError::Busy { osd_id: replica.osd_id, status },
+        _ => ReplicaError::Failed { osd_id: replica.osd_id, addr: replica.grpc_addr.clone(), status },
+    }
+}
+
+/// One `Osd.AppendBatch` call carrying `records`; one outcome per record.
+async fn append_batch(mut channel: Channel, replica: Replica, records: Vec<(Key, Body)>) -> Vec<Result<(), ReplicaError>> {
+    let mut frames = Frames::new();
+    let mut framing = Ok(());
+    for (key, data) in &records {
+        framing = frames.record(&append_header(&replica, key, data), data.chunks().iter().cloned());
+        if framing.is_err() {
+            break;
+        }
+    }
+    let response = match framing {
+        Ok(()) => framed::client_streaming::<_, pb::AppendBatchResponse>(&mut channel, framed::OSD_APPEND_BATCH_PATH, frames).await,
+        Err(status) => Err(status),
+    };
+    match response {
+        Ok(response) if response.results.len() == records.len() => response
+            .results
+            .into_iter()
+            .map(|result| match Code::from_i32(result.code) {
+                Code::Ok => Ok(()),
+                code => Err(replica_error(&replica, tonic::Status::new(code, result.message))),
+            })
+            .collect(),
+        Ok(response) => {
+            let message = format!("answered {} results for {} records", response.results.len(), records.len());
+            records.iter().map(|_| Err(replica_error(&replica, tonic::Status::internal(message.clone())))).collect()
+        }
+        Err(status) => records.iter().map(|_| Err(replica_error(&replica, status.clone()))).collect(),
+    }
 }
 
 fn bucket_of(placement: pb::BucketPlacement) -> Bucket {
@@ -113,7 +179,7 @@ fn bucket_of(placement: pb::BucketPlacement) -> Bucket {
 }
 
 impl CellView {
-    pub fn new(coordinator_addr: &str, tls: pocket_transport::Tls) -> anyhow::Result<CellView> {
+    pub fn new(coordinator_addr: &str, tls: pocket_transport::Tls, batch_record_max_bytes: u64) -> anyhow::Result<CellView> {
         let channel = tls.channel(coordinator_addr, &pocket_transport::role_dns_name(pocket_transport::Role::Coordinator))?;
         Ok(CellView {
             coordinator: pb::coordinator_client::CoordinatorClient::new(channel),
@@ -121,6 +187,8 @@ impl CellView {
             locations: Mutex::new(HashMap::new()),
             channels: Mutex::new(HashMap::new()),
             tls,
+            batches: Batcher::new(BATCH_CALLS_IN_FLIGHT_PER_REPLICA),
+            batch_record_max_bytes,
         })
     }
 
@@ -227,31 +295,30 @@ impl CellView {
 
     /// Appends `data` under `key` to one replica; Ok once the OSD made it durable.
     pub async fn append(&self, replica: &Replica, key: Key, data: Body) -> Result<(), ReplicaError> {
+        if is_batched(data.len_bytes(), self.batch_record_max_bytes) {
+            return self.append_batched(replica, key, data).await;
+        }
         let mut channel = self.osd_channel(replica)?;
-        let header = pb::AppendRequest {
-            part: Some(pb::append_request::Part::Header(pb::AppendHeader {
-                extent_id: replica.extent_id,
-                key: Bytes::copy_from_slice(key.as_bytes()),
-                length_bytes: data.len_bytes(),
-                osd_id: replica.osd_id,
-            })),
-        };
         // The chunks the client sent, forwarded as they are: not copied by
         // pocket, nor by an encoder (ADR 10).
         let call = async {
-            let frames = Frames::header_and_chunks(&header, data.chunks().iter().cloned())?;
+            let frames = Frames::header_and_chunks(&append_header(replica, &key, &data), data.chunks().iter().cloned())?;
             framed::client_streaming::<_, pb::AppendResponse>(&mut channel, framed::OSD_APPEND_PATH, frames).await
         };
-        match call.await {
-            Ok(_) => Ok(()),
-            Err(status) if status.code() == Code::ResourceExhausted && status.message().starts_with(EXTENT_FULL_PREFIX) => {
-                Err(ReplicaError::Full)
-            }
-            Err(status) if status.code() == Code::ResourceExhausted => {
-                Err(ReplicaError::Busy { osd_id: replica.osd_id, status })
-            }
-            Err(status) => Err(ReplicaError::Failed { osd_id: replica.osd_id, addr: replica.grpc_addr.clone(), status }),
-        }
+        call.await.map(|_| ()).map_err(|status| replica_error(replica, status))
+    }
+
+    /// Appends a small record in the next `Osd.AppendBatch` call to its
+    /// replica, with whatever other records wait for that replica (ADR 12).
+    async fn append_batched(&self, replica: &Replica, key: Key, data: Body) -> Result<(), ReplicaError> {
+        let channel = self.osd_channel(replica)?;
+        let destination = (replica.osd_id, replica.grpc_addr.clone(), replica.extent_id);
+        let bytes = data.len_bytes();
+        let replica = replica.clone();
+        let lost = replica.clone();
+        let send = move |records: Vec<(Key, Body)>| append_batch(channel.clone(), replica.clone(), records);
+        let gone = move || replica_error(&lost, tonic::Status::unavailable("the batched append was lost (frontend shutting down)"));
+        self.batches.submit(destination, (key, data), bytes, send, gone).await
     }
 
     /// Reads raw bytes `[offset, offset + len)` of a sealed or parity extent

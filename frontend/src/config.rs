@@ -74,6 +74,11 @@ pub struct FrontendConfig {
     /// listener cap (256), at most `max_connections`.
     #[serde(default)]
     pub max_connections_per_source: Option<usize>,
+    /// Appends of records at most this large that go to the same replica at
+    /// once share one `Osd.AppendBatch` call (ADR 12); larger records go
+    /// alone. 0 turns batching off. Default 256 KiB; at most 4 MiB.
+    #[serde(default = "default_batch_record_max_bytes")]
+    pub batch_record_max_bytes: u64,
 }
 
 /// What one client may do.
@@ -138,6 +143,9 @@ fn default_request_timeout_ms() -> u64 {
 fn default_max_concurrent_requests_per_connection() -> usize {
     64
 }
+fn default_batch_record_max_bytes() -> u64 {
+    256 * 1024
+}
 fn default_max_connections() -> usize {
     pocket_transport::MAX_CONNECTIONS_PER_LISTENER
 }
@@ -188,6 +196,9 @@ impl FrontendConfig {
         }
         if self.max_concurrent_requests_per_client == 0 {
             bail!("frontend config: max_concurrent_requests_per_client must be positive");
+        }
+        if self.batch_record_max_bytes > pocket_proto::APPEND_BATCH_MAX_BYTES {
+            bail!("frontend config: batch_record_max_bytes must be at most {}", pocket_proto::APPEND_BATCH_MAX_BYTES);
         }
         if self.put_attempts == 0 || self.put_attempts > 16 {
             bail!("frontend config: put_attempts must be between 1 and 16");

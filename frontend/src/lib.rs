@@ -8,9 +8,11 @@
 //! - Bad input is refused at the edge ([`grpc`]) before anything is written.
 //!
 //! Layout: [`config`], [`cell`] (coordinator cache and outbound OSD calls),
+//! [`batch`] (small appends to one replica share a call),
 //! [`blobs`] (PUT/GET logic), [`grpc`] (the public edge).
 
 pub mod access;
+pub mod batch;
 pub mod blobs;
 pub mod cell;
 pub mod config;
@@ -35,7 +37,7 @@ pub async fn run(
     config.validate()?;
     let index = pocket_index::Index::open(&config.index).await.context("open index")?;
     let tls = pocket_transport::Tls::load(&config.tls).context("load frontend TLS material")?;
-    let cell = cell::CellView::new(&config.coordinator, tls.clone()).context("coordinator address")?;
+    let cell = cell::CellView::new(&config.coordinator, tls.clone(), config.batch_record_max_bytes).context("coordinator address")?;
     let blobs = blobs::Blobs::new(index.clone(), cell, config.clone());
     let service = grpc::BlobService::new(blobs, &config);
     let local_addr = listener.local_addr().context("read frontend address")?;

@@ -6,7 +6,10 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures::Stream;
-use pocket_proto::{pb, BodyCollector, ByteBudget, Key, EXTENT_FULL_PREFIX, MAX_MESSAGE_SIZE_BYTES};
+use pocket_proto::{
+    pb, Body, BodyCollector, ByteBudget, Key, APPEND_BATCH_MAX_BYTES, APPEND_BATCH_MAX_RECORDS, EXTENT_FULL_PREFIX,
+    MAX_MESSAGE_SIZE_BYTES,
+};
 use tonic::{Request, Response, Status, Streaming};
 
 use pocket_transport::{authorize, Role, RoleGate};
@@ -59,6 +62,26 @@ impl OsdService {
         Ok(())
     }
 
+    /// Checks a record's header and reserves its bytes in the budget.
+    async fn start_record(&self, header: pb::AppendHeader) -> Result<IncomingRecord, Status> {
+        self.check_addressee(header.osd_id)?;
+        let key = Key::from_slice(&header.key)?;
+        if header.length_bytes > self.max_blob_size_bytes {
+            return Err(Status::invalid_argument(format!(
+                "record of {} bytes exceeds the maximum of {}",
+                header.length_bytes, self.max_blob_size_bytes
+            )));
+        }
+        let permit = self.budget.reserve(header.length_bytes).await?;
+        Ok(IncomingRecord {
+            extent_id: header.extent_id,
+            key,
+            body: BodyCollector::new(header.length_bytes),
+            hasher: blake3::Hasher::new(),
+            permit,
+        })
+    }
+
     /// The service behind a gate that refuses non-daemon callers before
     /// their request is decoded.
     pub fn into_server(
@@ -108,6 +131,54 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> +
         .map_err(status_of)
 }
 
+/// Counts a durable append of `bytes` and turns its outcome into the wire response.
+fn append_response(outcome: AppendOutcome, bytes: u64) -> pb::AppendResponse {
+    metrics::counter!("pocket_osd_appends_total").increment(1);
+    metrics::counter!("pocket_osd_append_bytes_total").increment(bytes);
+    match outcome {
+        AppendOutcome::Appended { offset } => pb::AppendResponse { offset, already_present: false },
+        AppendOutcome::AlreadyPresent { offset } => pb::AppendResponse { offset, already_present: true },
+    }
+}
+
+/// One record arriving in an Append or AppendBatch stream: its header
+/// checked, its bytes collected and hashed as they come, its share of the
+/// byte budget held until it is written.
+struct IncomingRecord {
+    extent_id: u64,
+    key: Key,
+    body: BodyCollector,
+    hasher: blake3::Hasher,
+    permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// A record whose bytes all came and hash to its key.
+struct CheckedRecord {
+    extent_id: u64,
+    key: Key,
+    data: Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl IncomingRecord {
+    fn push(&mut self, chunk: Bytes) -> Result<(), Status> {
+        self.hasher.update(&chunk);
+        self.body.push(chunk)
+    }
+
+    /// The OSD checks the key itself: a record it stores always hashes to
+    /// its key, so AlreadyPresent can trust the key alone, and bytes damaged
+    /// between the frontend's check and here are never stored.
+    fn finish(self) -> Result<CheckedRecord, Status> {
+        // The chunks go to the file as they arrived (one vectored write).
+        let data = self.body.finish()?;
+        if Key(*self.hasher.finalize().as_bytes()) != self.key {
+            return Err(Status::invalid_argument(format!("record bytes do not hash to the key {}", self.key)));
+        }
+        Ok(CheckedRecord { extent_id: self.extent_id, key: self.key, data, _permit: self.permit })
+    }
+}
+
 type ReadStream = Pin<Box<dyn Stream<Item = Result<pb::ReadResponse, Status>> + Send>>;
 type ReadRangeStream = Pin<Box<dyn Stream<Item = Result<pb::ReadRangeResponse, Status>> + Send>>;
 
@@ -154,46 +225,91 @@ impl pb::osd_server::Osd for OsdService {
             Some(_) => return Err(Status::invalid_argument("the first message of an append must be its header")),
             None => return Err(Status::invalid_argument("empty append stream")),
         };
-        self.check_addressee(header.osd_id)?;
-        let key = Key::from_slice(&header.key)?;
-        if header.length_bytes > self.max_blob_size_bytes {
-            return Err(Status::invalid_argument(format!(
-                "record of {} bytes exceeds the maximum of {}",
-                header.length_bytes, self.max_blob_size_bytes
-            )));
-        }
         let span = tracing::Span::current();
         span.record("extent", header.extent_id);
-        span.record("key", tracing::field::display(&key));
         span.record("bytes", header.length_bytes);
-        let _permit = self.budget.reserve(header.length_bytes).await?;
-        let mut body = BodyCollector::new(header.length_bytes);
-        // The OSD checks the key itself: a record it stores always hashes to
-        // its key, so AlreadyPresent can trust the key alone, and bytes
-        // damaged between the frontend's check and here are never stored.
-        let mut hasher = blake3::Hasher::new();
+        let mut record = self.start_record(header).await?;
+        span.record("key", tracing::field::display(&record.key));
         while let Some(message) = pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
             match message.part {
-                Some(pb::append_request::Part::Chunk(chunk)) => {
-                    hasher.update(&chunk);
-                    body.push(chunk)?;
-                }
+                Some(pb::append_request::Part::Chunk(chunk)) => record.push(chunk)?,
                 _ => return Err(Status::invalid_argument("only chunks may follow the header")),
             }
         }
-        // The chunks go to the file as they arrived (one vectored write).
-        let data = body.finish()?;
-        if Key(*hasher.finalize().as_bytes()) != key {
-            return Err(Status::invalid_argument(format!("record bytes do not hash to the key {key}")));
+        let record = record.finish()?;
+        let bytes = record.data.len_bytes();
+        let outcome = self.store.append(record.extent_id, record.key, record.data).await.map_err(status_of)?;
+        Ok(Response::new(append_response(outcome, bytes)))
+    }
+
+    #[tracing::instrument(name = "osd.append_batch", skip_all, fields(records, bytes))]
+    async fn append_batch(
+        &self,
+        request: Request<Streaming<pb::AppendRequest>>,
+    ) -> Result<Response<pb::AppendBatchResponse>, Status> {
+        authorize(&request, &[Role::Frontend])?;
+        let mut stream = request.into_inner();
+        // Every record is received and checked before any is written: a bad
+        // one fails the whole call and changes nothing.
+        let mut records = Vec::new();
+        let mut current: Option<IncomingRecord> = None;
+        let mut total_bytes = 0u64;
+        while let Some(message) = pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
+            match message.part {
+                Some(pb::append_request::Part::Header(header)) => {
+                    if let Some(record) = current.take() {
+                        records.push(record.finish()?);
+                    }
+                    if records.len() == APPEND_BATCH_MAX_RECORDS {
+                        return Err(Status::invalid_argument(format!(
+                            "a batch holds at most {APPEND_BATCH_MAX_RECORDS} records"
+                        )));
+                    }
+                    total_bytes = total_bytes.saturating_add(header.length_bytes);
+                    if total_bytes > APPEND_BATCH_MAX_BYTES {
+                        return Err(Status::invalid_argument(format!(
+                            "a batch holds at most {APPEND_BATCH_MAX_BYTES} record bytes"
+                        )));
+                    }
+                    current = Some(self.start_record(header).await?);
+                }
+                Some(pb::append_request::Part::Chunk(chunk)) => match current.as_mut() {
+                    Some(record) => record.push(chunk)?,
+                    None => return Err(Status::invalid_argument("the first message of a batch must be a record's header")),
+                },
+                None => return Err(Status::invalid_argument("a batch message must be a header or a chunk")),
+            }
         }
-        let outcome = self.store.append(header.extent_id, key, data).await.map_err(status_of)?;
-        metrics::counter!("pocket_osd_appends_total").increment(1);
-        metrics::counter!("pocket_osd_append_bytes_total").increment(header.length_bytes);
-        let response = match outcome {
-            AppendOutcome::Appended { offset } => pb::AppendResponse { offset, already_present: false },
-            AppendOutcome::AlreadyPresent { offset } => pb::AppendResponse { offset, already_present: true },
-        };
-        Ok(Response::new(response))
+        match current {
+            Some(record) => records.push(record.finish()?),
+            None => return Err(Status::invalid_argument("empty append batch")),
+        }
+        let span = tracing::Span::current();
+        span.record("records", records.len());
+        span.record("bytes", total_bytes);
+        metrics::counter!("pocket_osd_append_batches_total").increment(1);
+        metrics::counter!("pocket_osd_append_batch_records_total").increment(records.len() as u64);
+        // Queued together, so they share a group commit.
+        let appends = records.into_iter().map(|record| async move {
+            let bytes = record.data.len_bytes();
+            match self.store.append(record.extent_id, record.key, record.data).await {
+                Ok(outcome) => {
+                    let response = append_response(outcome, bytes);
+                    pb::AppendResult {
+                        code: 0,
+                        message: String::new(),
+                        offset: response.offset,
+                        already_present: response.already_present,
+                    }
+                }
+                Err(e) => {
+                    let status = status_of(e);
+                    pb::AppendResult { code: status.code() as i32, message: status.message().to_owned(), ..Default::default() }
+                }
+            }
+        });
+        let results = futures::future::join_all(appends).await;
+        Ok(Response::new(pb::AppendBatchResponse { results }))
     }
 
     type ReadStream = ReadStream;

@@ -27,6 +27,8 @@ use crate::MAX_MESSAGE_SIZE_BYTES;
 
 /// `Osd.Append`'s path; its chunks are field [`CHUNK_FIELD`] of `AppendRequest`.
 pub const OSD_APPEND_PATH: &str = "/pocket.v1.Osd/Append";
+/// `Osd.AppendBatch`'s path: several records, each as in `Osd.Append`.
+pub const OSD_APPEND_BATCH_PATH: &str = "/pocket.v1.Osd/AppendBatch";
 /// `BlobStore.Put`'s path; its chunks are field [`CHUNK_FIELD`] of `PutRequest`.
 pub const BLOB_STORE_PUT_PATH: &str = "/pocket.v1.BlobStore/Put";
 /// The field number of `chunk` in `AppendRequest` and `PutRequest` (the
@@ -88,11 +90,18 @@ impl Frames {
     /// per chunk (field [`CHUNK_FIELD`]).
     pub fn header_and_chunks(header: &impl prost::Message, chunks: impl IntoIterator<Item = Bytes>) -> Result<Frames, Status> {
         let mut frames = Frames::new();
-        frames.message(header)?;
-        for chunk in chunks {
-            frames.bytes_field(CHUNK_FIELD, chunk)?;
-        }
+        frames.record(header, chunks)?;
         Ok(frames)
+    }
+
+    /// Appends one record: `header`, then one message per chunk. A stream
+    /// of several records (`Osd.AppendBatch`) is several of these in turn.
+    pub fn record(&mut self, header: &impl prost::Message, chunks: impl IntoIterator<Item = Bytes>) -> Result<(), Status> {
+        self.message(header)?;
+        for chunk in chunks {
+            self.bytes_field(CHUNK_FIELD, chunk)?;
+        }
+        Ok(())
     }
 
     /// Bytes of the whole request body.

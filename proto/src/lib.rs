@@ -27,6 +27,12 @@ pub const DEFAULT_MAX_BLOB_SIZE_BYTES: u64 = 32 * 1024 * 1024;
 /// Largest gRPC message any pocket service accepts: a chunk plus framing.
 pub const MAX_MESSAGE_SIZE_BYTES: usize = CHUNK_SIZE_BYTES + 64 * 1024;
 
+/// Most records one `Osd.AppendBatch` call may carry (ADR 12).
+pub const APPEND_BATCH_MAX_RECORDS: usize = 64;
+/// Most record bytes one `Osd.AppendBatch` call may carry: bounds what an
+/// OSD holds for one call, and one call's share of a group commit.
+pub const APPEND_BATCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
+
 /// How an OSD starts the message of an append it refuses because the extent
 /// is full (status RESOURCE_EXHAUSTED); frontends then close that volume.
 pub const EXTENT_FULL_PREFIX: &str = "extent full";

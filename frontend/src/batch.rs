@@ -185,17 +185,16 @@ mod tests {
     /// Calls made to one destination, in order, each as its list of items.
     type Calls = Arc<Mutex<Vec<Vec<u32>>>>;
 
+    type Call = std::pin::Pin<Box<dyn Future<Output = Vec<Outcome<String>>> + Send>>;
+
     /// A `send` that records each call, waits for `gate` to open before the
     /// first call returns, and fails item 13 alone.
-    fn recording_send(
-        calls: Calls,
-        gate: Arc<tokio::sync::Notify>,
-    ) -> impl Fn(Vec<u32>) -> std::pin::Pin<Box<dyn Future<Output = Vec<Outcome<String>>> + Send>> + Send + 'static {
+    fn recording_send(calls: Calls, gate: Arc<tokio::sync::Notify>) -> impl Fn(Vec<u32>) -> Call + Send + 'static {
         move |items: Vec<u32>| {
             let (calls, gate) = (calls.clone(), gate.clone());
             Box::pin(async move {
                 let first = {
-                    let mut calls = calls.lock().unwrap();
+                    let mut calls = calls.lock().expect("calls lock");
                     calls.push(items.clone());
                     calls.len() == 1
                 };
@@ -228,27 +227,27 @@ mod tests {
         };
         // The first item goes alone, at once, and its call is held open.
         let first = submit(1);
-        wait_for("the first call", || calls.lock().unwrap().len() == 1).await;
+        wait_for("the first call", || calls.lock().expect("calls lock").len() == 1).await;
         // Items for the same destination wait meanwhile: no second call.
         let waiting: Vec<_> = [11, 12, 13, 14].into_iter().map(submit).collect();
         wait_for("the items to queue", || {
             lock(&batcher.queues).get("osd-1").is_some_and(|queue| queue.waiting.len() == 4)
         })
         .await;
-        assert_eq!(calls.lock().unwrap().len(), 1, "a second call started while one was in flight");
+        assert_eq!(calls.lock().expect("calls lock").len(), 1, "a second call started while one was in flight");
         gate.notify_one();
-        assert_eq!(first.await.unwrap(), Ok(()));
-        let outcomes: Vec<Outcome<String>> = futures::future::join_all(waiting).await.into_iter().map(Result::unwrap).collect();
+        assert_eq!(first.await.expect("first task"), Ok(()));
+        let outcomes: Vec<Outcome<String>> = futures::future::join_all(waiting).await.into_iter().map(|task| task.expect("task")).collect();
         assert_eq!(outcomes, vec![Ok(()), Ok(()), Err("item 13 refused".to_string()), Ok(())]);
         // One more call carried all four.
-        let mut second = calls.lock().unwrap()[1].clone();
-        assert_eq!(calls.lock().unwrap().len(), 2);
+        let mut second = calls.lock().expect("calls lock")[1].clone();
+        assert_eq!(calls.lock().expect("calls lock").len(), 2);
         second.sort_unstable();
         assert_eq!(second, vec![11, 12, 13, 14]);
         // The destination is forgotten once drained; the next item starts anew.
         wait_for("the drain to end", || lock(&batcher.queues).is_empty()).await;
-        assert_eq!(submit(2).await.unwrap(), Ok(()));
-        assert_eq!(calls.lock().unwrap().len(), 3);
+        assert_eq!(submit(2).await.expect("task"), Ok(()));
+        assert_eq!(calls.lock().expect("calls lock").len(), 3);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -260,7 +259,7 @@ mod tests {
         let held = batcher.submit("osd-1", 1, 1, recording_send(calls.clone(), gate.clone()), || "gone".to_string());
         let mut held = Box::pin(held);
         assert!(futures::poll!(held.as_mut()).is_pending());
-        wait_for("osd-1's call", || calls.lock().unwrap().len() == 1).await;
+        wait_for("osd-1's call", || calls.lock().expect("calls lock").len() == 1).await;
         let other: Calls = Arc::default();
         let open = Arc::new(tokio::sync::Notify::new());
         open.notify_one();

@@ -12,7 +12,8 @@ use crate::dialect::Dialect;
 use crate::entry::{vshard_of_key, IndexEntry, InsertOutcome};
 use crate::error::IndexError;
 use crate::insert::{insert_alone, Batcher, InsertRow};
-use crate::shard::{Shard, ENTRY_COLUMNS};
+use crate::lookup::{select_entries, LookupBatcher, LOOKUP_BATCH_MAX_KEYS};
+use crate::shard::Shard;
 use crate::shard_map;
 
 /// Longest shard name: the `shard_map.shard_name` column is VARCHAR(64).
@@ -20,11 +21,6 @@ pub const SHARD_NAME_MAX_BYTES: usize = 64;
 
 /// Longest zone name: the `replication_outbox.zone` column is VARCHAR(64).
 pub const ZONE_NAME_MAX_BYTES: usize = 64;
-
-/// Keys per `IN (...)` query in [`Index::lookup_many`]: under SQLite's
-/// historical 999-placeholder limit, and small enough that one batch is a
-/// short statement on MySQL.
-pub const LOOKUP_BATCH_MAX_KEYS: usize = 500;
 
 /// `index_meta` names that tie a database to its place in the config.
 const META_SHARD_NAME: &str = "shard_name";
@@ -43,6 +39,9 @@ struct Inner {
     /// Per shard, in the order of `shards`: its insert batcher (SQLite), or
     /// `None` where each insert commits on its own (MySQL).
     batchers: Vec<Option<Batcher>>,
+    /// Per shard: its lookup batcher (SQLite), or `None` where each lookup
+    /// takes a pooled connection (MySQL).
+    lookups: Vec<Option<LookupBatcher>>,
     /// vshard -> position in `shards`. Loaded at open; fixed until reopened.
     vshard_to_shard: Vec<usize>,
     vshard_count: u32,
@@ -81,17 +80,20 @@ impl Index {
             vshard_count = cfg.vshard_count,
             "index open"
         );
+        let sqlite = |shard: &Shard| shard.dialect == Dialect::Sqlite;
         let batchers = shards
             .iter()
-            .map(|shard| {
-                (shard.dialect == Dialect::Sqlite)
-                    .then(|| Batcher::start(shard.clone(), cfg.vshard_count))
-            })
+            .map(|shard| sqlite(shard).then(|| Batcher::start(shard.clone(), cfg.vshard_count)))
+            .collect();
+        let lookups = shards
+            .iter()
+            .map(|shard| sqlite(shard).then(|| LookupBatcher::start(shard.clone(), cfg.vshard_count)))
             .collect();
         Ok(Index {
             inner: Arc::new(Inner {
                 shards,
                 batchers,
+                lookups,
                 vshard_to_shard,
                 vshard_count: cfg.vshard_count,
             }),
@@ -126,23 +128,16 @@ impl Index {
         &self.inner.shards[self.shard_position(key)]
     }
 
-    /// The row of `key`, if indexed.
+    /// The row of `key`, if indexed. On SQLite, concurrent lookups of one
+    /// shard share a query (see the `lookup` module).
     pub async fn lookup(&self, key: &Key) -> Result<Option<IndexEntry>, IndexError> {
-        let shard = self.shard_of(key);
-        let sql = format!("SELECT {ENTRY_COLUMNS} FROM blobs WHERE blob_key = ?");
-        let row = sqlx::query(&sql)
-            .bind(key.as_bytes().as_slice())
-            .fetch_optional(&shard.pool)
-            .await
-            .map_err(shard.db_err("look up key"))?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let entry = shard.decode_entry(&row, self.inner.vshard_count)?;
-        if entry.key != *key {
-            return Err(shard.corrupt(format!("lookup of {key} returned the row of {}", entry.key)));
+        let position = self.shard_position(key);
+        if let Some(batcher) = &self.inner.lookups[position] {
+            return batcher.lookup(*key).await;
         }
-        Ok(Some(entry))
+        let shard = &self.inner.shards[position];
+        let entries = select_entries(shard, self.inner.vshard_count, &shard.pool, &[*key]).await?;
+        Ok(entries.into_iter().next())
     }
 
     /// The rows of `keys`, in the order of `keys` (`None` where absent).
@@ -186,29 +181,7 @@ impl Index {
         let shard = &self.inner.shards[position];
         let mut entries = Vec::with_capacity(keys.len());
         for batch in keys.chunks(LOOKUP_BATCH_MAX_KEYS) {
-            let placeholders = vec!["?"; batch.len()].join(", ");
-            let sql =
-                format!("SELECT {ENTRY_COLUMNS} FROM blobs WHERE blob_key IN ({placeholders})");
-            // Not prepared-and-cached: every batch size is a different statement.
-            let mut query = sqlx::query(&sql).persistent(false);
-            for key in batch {
-                query = query.bind(key.as_bytes().as_slice());
-            }
-            let rows = query
-                .fetch_all(&shard.pool)
-                .await
-                .map_err(shard.db_err("look up keys"))?;
-            let requested: HashSet<&Key> = batch.iter().collect();
-            for row in &rows {
-                let entry = shard.decode_entry(row, self.inner.vshard_count)?;
-                if !requested.contains(&entry.key) {
-                    return Err(shard.corrupt(format!(
-                        "batch lookup returned unrequested key {}",
-                        entry.key
-                    )));
-                }
-                entries.push(entry);
-            }
+            entries.extend(select_entries(shard, self.inner.vshard_count, &shard.pool, batch).await?);
         }
         Ok(entries)
     }
@@ -265,9 +238,16 @@ impl Index {
         Ok(total)
     }
 
-    /// Closes every pool, waiting for checked-out connections to come back.
-    /// Later calls on this index (or its clones) fail.
+    /// Stops the batchers (closing their connections), then closes every
+    /// pool, waiting for checked-out connections to come back. Later calls
+    /// on this index (or its clones) fail.
     pub async fn close(&self) {
+        for batcher in self.inner.batchers.iter().flatten() {
+            batcher.stop().await;
+        }
+        for batcher in self.inner.lookups.iter().flatten() {
+            batcher.stop().await;
+        }
         close_all(&self.inner.shards).await;
     }
 }

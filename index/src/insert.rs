@@ -1,30 +1,43 @@
-//! Writing index rows: the insert of one row in a transaction, and the
-//! batcher that lets concurrent inserts into one SQLite shard share a
-//! transaction (one commit, one WAL fsync).
+//! Writing index rows: the insert of one row in a transaction (MySQL), and
+//! the batcher that lets concurrent inserts into one SQLite shard share one
+//! statement and one commit (one WAL fsync).
 //!
 //! SQLite admits one writer at a time and each commit is an fsync
 //! (`synchronous = FULL`), so without batching a shard commits at most one
 //! row per fsync however many PUTs wait. The batcher is a task per SQLite
-//! shard: it takes every insert waiting on its queue (up to
-//! [`INSERT_BATCH_MAX_ROWS`]) and commits them in one transaction; each
-//! caller is answered only after that commit. If any statement of a batch
-//! fails, or its commit does, the batch is rolled back and each of its rows
-//! is retried alone, so one bad row fails only its own caller. MySQL shards
-//! do not batch: InnoDB commits concurrent transactions of many connections
-//! together by itself.
+//! shard, on a connection of its own (see `own`): it takes every insert
+//! waiting on its queue (up to [`INSERT_BATCH_MAX_ROWS`]) and writes them
+//! with one `INSERT ... ON CONFLICT DO NOTHING RETURNING blob_key`, which
+//! names the rows it inserted; a row it skipped is read back, as the
+//! existing row. Rows without outbox zones need nothing else: the statement
+//! commits alone (autocommit). Rows with zones get their outbox rows in the
+//! same transaction. Each caller is answered only after the commit. If a
+//! statement fails, the batch is rolled back and each of its rows is retried
+//! alone, so one bad row fails only its own caller. MySQL shards do not
+//! batch: InnoDB commits concurrent transactions of many connections together
+//! by itself.
 
+use std::collections::HashMap;
+
+use pocket_proto::Key;
+use sqlx::AnyConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::entry::{vshard_of_key, IndexEntry, InsertOutcome};
 use crate::error::IndexError;
+use crate::own::{BatcherTask, OwnConnection};
 use crate::shard::{Shard, ENTRY_COLUMNS};
 
-/// Most rows one batched transaction commits. Bounds how long the write
-/// lock is held and how much one failed batch has to retry row by row.
+/// Most rows one batched statement inserts. Bounds how long the write lock
+/// is held and how much one failed batch has to retry row by row.
 pub const INSERT_BATCH_MAX_ROWS: usize = 64;
 
 /// Inserts that may wait for a shard's batcher; more callers wait to enqueue.
 const INSERT_QUEUE_CAPACITY: usize = 1024;
+
+/// Outbox rows per `INSERT` (3 values each): far under SQLite's limit of
+/// 32,766 bound values however many zones are configured.
+const OUTBOX_INSERT_MAX_ROWS: usize = 1_000;
 
 /// Columns of the `blobs` insert, in bind order.
 const BLOB_INSERT_COLUMNS: [&str; 6] = [
@@ -49,19 +62,19 @@ struct Pending {
     resp: oneshot::Sender<Result<InsertOutcome, IndexError>>,
 }
 
-/// The queue of one shard's insert batcher. Dropping every clone ends the
-/// batcher task once its queue is empty.
-#[derive(Debug, Clone)]
+/// The queue of one SQLite shard's insert batcher.
+#[derive(Debug)]
 pub(crate) struct Batcher {
     queue: mpsc::Sender<Pending>,
+    task: BatcherTask,
 }
 
 impl Batcher {
-    /// Starts the batcher task of `shard` on the current runtime.
+    /// Starts the batcher task of `shard` (SQLite) on the current runtime.
     pub(crate) fn start(shard: Shard, vshard_count: u32) -> Batcher {
         let (queue, rx) = mpsc::channel(INSERT_QUEUE_CAPACITY);
-        tokio::spawn(run(shard, vshard_count, rx));
-        Batcher { queue }
+        let task = BatcherTask::spawn(move |stop| run(shard, vshard_count, rx, stop));
+        Batcher { queue, task }
     }
 
     /// Inserts `row` in the next batch; returns after that batch committed.
@@ -74,62 +87,228 @@ impl Batcher {
             .map_err(|_| cancelled())?;
         answer.await.map_err(|_| cancelled())?
     }
+
+    /// Ends the task: queued inserts are cancelled, its connection closed.
+    pub(crate) async fn stop(&self) {
+        self.task.stop().await;
+    }
 }
 
-async fn run(shard: Shard, vshard_count: u32, mut rx: mpsc::Receiver<Pending>) {
+async fn run(
+    shard: Shard,
+    vshard_count: u32,
+    mut rx: mpsc::Receiver<Pending>,
+    mut stop: oneshot::Receiver<()>,
+) {
+    let mut conn = OwnConnection::new(shard.clone());
     let mut batch = Vec::with_capacity(INSERT_BATCH_MAX_ROWS);
-    while rx.recv_many(&mut batch, INSERT_BATCH_MAX_ROWS).await > 0 {
+    loop {
+        let received = tokio::select! {
+            biased;
+            _ = &mut stop => 0,
+            received = rx.recv_many(&mut batch, INSERT_BATCH_MAX_ROWS) => received,
+        };
+        if received == 0 {
+            break;
+        }
         metrics::counter!("pocket_index_insert_batches_total").increment(1);
         metrics::counter!("pocket_index_insert_batch_rows_total").increment(batch.len() as u64);
-        commit_batch(&shard, vshard_count, std::mem::take(&mut batch)).await;
+        commit_batch(&shard, vshard_count, &mut conn, std::mem::take(&mut batch)).await;
     }
+    conn.reset().await;
 }
 
-/// Commits `batch` in one transaction, or, if that fails, each row in its own.
-async fn commit_batch(shard: &Shard, vshard_count: u32, batch: Vec<Pending>) {
-    if batch.len() > 1 {
-        match insert_together(shard, vshard_count, &batch).await {
-            Ok(outcomes) => {
-                for (pending, outcome) in batch.into_iter().zip(outcomes) {
-                    // The caller may have gone (cancelled): its row stays, as
-                    // an unbatched insert would if cancelled after commit.
-                    let _ = pending.resp.send(Ok(outcome));
-                }
-                return;
+/// Writes `batch` together, or, if that fails, each row on its own.
+async fn commit_batch(shard: &Shard, vshard_count: u32, conn: &mut OwnConnection, batch: Vec<Pending>) {
+    let rows: Vec<&InsertRow> = batch.iter().map(|pending| &pending.row).collect();
+    let failure = match insert_rows(shard, vshard_count, conn, &rows).await {
+        Ok(outcomes) => {
+            for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                // The caller may have gone (cancelled): its row stays, as
+                // an unbatched insert would if cancelled after commit.
+                let _ = pending.resp.send(outcome);
             }
-            Err(e) => {
-                tracing::warn!(shard = %shard.name, rows = batch.len(), error = %e,
-                    "batched index insert failed; retrying its rows one by one");
-            }
+            return;
         }
+        Err(e) => e,
+    };
+    if batch.len() == 1 {
+        let pending = batch.into_iter().next().expect("one row");
+        let _ = pending.resp.send(Err(failure));
+        return;
     }
+    tracing::warn!(shard = %shard.name, rows = batch.len(), error = %failure,
+        "batched index insert failed; retrying its rows one by one");
     for pending in batch {
-        let _ = pending.resp.send(insert_alone(shard, vshard_count, &pending.row).await);
+        let outcome = insert_rows(shard, vshard_count, conn, &[&pending.row])
+            .await
+            .and_then(|outcomes| outcomes.into_iter().next().expect("one row per row"));
+        let _ = pending.resp.send(outcome);
     }
 }
 
-async fn insert_together(
+/// Inserts `rows` (SQLite) on `conn`: one statement for the `blobs` rows,
+/// and, in the same transaction, the outbox rows of those that were new.
+/// The outer error is a failed statement (nothing of the batch is written);
+/// an inner one fails only its row (its existing row is corrupt).
+async fn insert_rows(
     shard: &Shard,
     vshard_count: u32,
-    batch: &[Pending],
-) -> Result<Vec<InsertOutcome>, IndexError> {
-    let mut tx = shard.begin_write().await?;
-    let mut outcomes = Vec::with_capacity(batch.len());
-    let mut result = Ok(());
-    for pending in batch {
-        match insert_in_tx(shard, vshard_count, &mut tx, &pending.row).await {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(e) => {
-                result = Err(e);
-                break;
+    conn: &mut OwnConnection,
+    rows: &[&InsertRow],
+) -> Result<Vec<Result<InsertOutcome, IndexError>>, IndexError> {
+    let connection = conn.get().await?;
+    let result = if rows.iter().all(|row| row.outbox_zones.is_empty()) {
+        // One statement is its own transaction: nothing else to keep atomic.
+        let _turn = shard.write_turn().await;
+        insert_blob_rows(shard, vshard_count, connection, rows).await
+    } else {
+        match shard.begin_write_on(connection).await {
+            Ok(mut tx) => {
+                let result = insert_with_outbox(shard, vshard_count, &mut tx, rows).await;
+                shard.finish(tx, result).await
             }
+            Err(e) => Err(e),
         }
+    };
+    if let Err(IndexError::Database { .. }) = &result {
+        // Rolled back or never begun; start the next batch on a fresh connection.
+        conn.reset().await;
     }
-    shard.finish(tx, result).await?;
+    result
+}
+
+async fn insert_with_outbox(
+    shard: &Shard,
+    vshard_count: u32,
+    conn: &mut AnyConnection,
+    rows: &[&InsertRow],
+) -> Result<Vec<Result<InsertOutcome, IndexError>>, IndexError> {
+    let outcomes = insert_blob_rows(shard, vshard_count, &mut *conn, rows).await?;
+    let new_rows: Vec<&InsertRow> = rows
+        .iter()
+        .zip(&outcomes)
+        .filter(|(_, outcome)| matches!(outcome, Ok(InsertOutcome::Inserted)))
+        .map(|(row, _)| *row)
+        .collect();
+    insert_outbox(shard, conn, &new_rows).await?;
     Ok(outcomes)
 }
 
-/// Inserts `row` in a transaction of its own.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+/// Binds the values of `row` in the order of [`BLOB_INSERT_COLUMNS`].
+fn bind_blob_row<'q>(query: AnyQuery<'q>, row: &'q InsertRow, vshard_count: u32) -> AnyQuery<'q> {
+    let key = &row.entry.key;
+    query
+        .bind(key.as_bytes().as_slice())
+        .bind(i64::from(vshard_of_key(key, vshard_count)))
+        .bind(i64::from(row.entry.cell_id))
+        .bind(row.bucket_id)
+        .bind(row.length_bytes)
+        .bind(row.entry.created_unix_ms)
+}
+
+/// One outbox row per zone of each of `rows` (rows that were just inserted).
+async fn insert_outbox(shard: &Shard, conn: &mut AnyConnection, rows: &[&InsertRow]) -> Result<(), IndexError> {
+    let outbox: Vec<(&Key, &str, i64)> = rows
+        .iter()
+        .flat_map(|row| {
+            row.outbox_zones
+                .iter()
+                .map(|zone| (&row.entry.key, zone.as_str(), row.entry.created_unix_ms))
+        })
+        .collect();
+    for chunk in outbox.chunks(OUTBOX_INSERT_MAX_ROWS) {
+        let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+        let sql = format!("INSERT INTO replication_outbox (blob_key, zone, created_unix_ms) VALUES {values}");
+        let mut query = sqlx::query(&sql).persistent(false);
+        for (key, zone, created) in chunk {
+            query = query.bind(key.as_bytes().as_slice()).bind(*zone).bind(*created);
+        }
+        query
+            .execute(&mut *conn)
+            .await
+            .map_err(shard.db_err("insert outbox rows"))?;
+    }
+    Ok(())
+}
+
+/// The `blobs` rows of `rows` in one statement; for each row, `Inserted`, or
+/// the row that was already there (also for a key repeated within `rows`:
+/// its first row wins).
+async fn insert_blob_rows(
+    shard: &Shard,
+    vshard_count: u32,
+    conn: &mut AnyConnection,
+    rows: &[&InsertRow],
+) -> Result<Vec<Result<InsertOutcome, IndexError>>, IndexError> {
+    let sql = format!(
+        "{} RETURNING blob_key",
+        shard
+            .dialect
+            .insert_if_absent("blobs", &BLOB_INSERT_COLUMNS, "blob_key", rows.len())
+    );
+    // Prepared once per batch size on this long-lived connection.
+    let mut query = sqlx::query(&sql);
+    for row in rows {
+        query = bind_blob_row(query, row, vshard_count);
+    }
+    let returned = query
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(shard.db_err("insert blob rows"))?;
+    let mut inserted: HashMap<Key, usize> = HashMap::with_capacity(returned.len());
+    for row in &returned {
+        let bytes: Vec<u8> = shard.column(row, "blob_key")?;
+        let key = Key::from_slice(&bytes)
+            .map_err(|e| shard.corrupt(format!("insert returned blob_key {}: {e}", hex::encode(&bytes))))?;
+        *inserted.entry(key).or_default() += 1;
+    }
+    let mut outcomes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let key = &row.entry.key;
+        match inserted.get_mut(key) {
+            Some(count) if *count > 0 => {
+                *count -= 1;
+                outcomes.push(Ok(InsertOutcome::Inserted));
+            }
+            _ => outcomes.push(read_existing(shard, vshard_count, &mut *conn, key).await?),
+        }
+    }
+    if let Some((key, _)) = inserted.iter().find(|(_, count)| **count > 0) {
+        return Err(shard.corrupt(format!("insert returned {key}, which no row of the batch has")));
+    }
+    Ok(outcomes)
+}
+
+/// The existing row of `key`, whose insert was skipped. The outer error is a
+/// failed statement; the inner one, a row that is missing or corrupt.
+async fn read_existing(
+    shard: &Shard,
+    vshard_count: u32,
+    conn: &mut AnyConnection,
+    key: &Key,
+) -> Result<Result<InsertOutcome, IndexError>, IndexError> {
+    let sql = format!("SELECT {ENTRY_COLUMNS} FROM blobs WHERE blob_key = ?");
+    let found = sqlx::query(&sql)
+        .bind(key.as_bytes().as_slice())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(shard.db_err("read existing blob row"))?;
+    let Some(found) = found else {
+        return Ok(Err(shard.corrupt(format!("insert of {key} was skipped but no row exists"))));
+    };
+    Ok(shard.decode_entry(&found, vshard_count).and_then(|existing| {
+        if existing.key == *key {
+            Ok(InsertOutcome::AlreadyPresent(existing))
+        } else {
+            Err(shard.corrupt(format!("lookup of {key} returned the row of {}", existing.key)))
+        }
+    }))
+}
+
+/// Inserts `row` in a transaction of its own (MySQL).
 pub(crate) async fn insert_alone(
     shard: &Shard,
     vshard_count: u32,
@@ -140,71 +319,30 @@ pub(crate) async fn insert_alone(
     shard.finish(tx, result).await
 }
 
-/// Inserts `row` in `tx`: the `blobs` row and, only if it is new, its outbox
-/// rows; if the key is already indexed, returns the existing row.
+/// Inserts `row` in `tx` (MySQL): the `blobs` row and, only if it is new,
+/// its outbox rows; if the key is already indexed, returns the existing row.
 async fn insert_in_tx(
     shard: &Shard,
     vshard_count: u32,
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    conn: &mut AnyConnection,
     row: &InsertRow,
 ) -> Result<InsertOutcome, IndexError> {
-    let entry = &row.entry;
-    let key = &entry.key;
+    let key = &row.entry.key;
     let insert = shard
         .dialect
         .insert_if_absent("blobs", &BLOB_INSERT_COLUMNS, "blob_key", 1);
-    let rows_affected = sqlx::query(&insert)
-        .bind(key.as_bytes().as_slice())
-        .bind(i64::from(vshard_of_key(key, vshard_count)))
-        .bind(i64::from(entry.cell_id))
-        .bind(row.bucket_id)
-        .bind(row.length_bytes)
-        .bind(entry.created_unix_ms)
-        .execute(&mut **tx)
+    let rows_affected = bind_blob_row(sqlx::query(&insert), row, vshard_count)
+        .execute(&mut *conn)
         .await
         .map_err(shard.db_err("insert blob row"))?
         .rows_affected();
     match rows_affected {
         1 => {
-            if !row.outbox_zones.is_empty() {
-                let rows = vec!["(?, ?, ?)"; row.outbox_zones.len()].join(", ");
-                let sql = format!(
-                    "INSERT INTO replication_outbox (blob_key, zone, created_unix_ms) VALUES {rows}"
-                );
-                let mut query = sqlx::query(&sql).persistent(false);
-                for zone in &row.outbox_zones {
-                    query = query
-                        .bind(key.as_bytes().as_slice())
-                        .bind(zone.as_str())
-                        .bind(entry.created_unix_ms);
-                }
-                query
-                    .execute(&mut **tx)
-                    .await
-                    .map_err(shard.db_err("insert outbox rows"))?;
-            }
+            insert_outbox(shard, conn, &[row]).await?;
             Ok(InsertOutcome::Inserted)
         }
-        0 => {
-            // Skipped: read the winner's row in the same transaction.
-            let sql = format!("SELECT {ENTRY_COLUMNS} FROM blobs WHERE blob_key = ?");
-            let found = sqlx::query(&sql)
-                .bind(key.as_bytes().as_slice())
-                .fetch_optional(&mut **tx)
-                .await
-                .map_err(shard.db_err("read existing blob row"))?
-                .ok_or_else(|| {
-                    shard.corrupt(format!("insert of {key} was skipped but no row exists"))
-                })?;
-            let existing = shard.decode_entry(&found, vshard_count)?;
-            if existing.key != *key {
-                return Err(shard.corrupt(format!(
-                    "lookup of {key} returned the row of {}",
-                    existing.key
-                )));
-            }
-            Ok(InsertOutcome::AlreadyPresent(existing))
-        }
+        // Skipped: read the winner's row in the same transaction.
+        0 => read_existing(shard, vshard_count, conn, key).await?,
         n => Err(shard.corrupt(format!("insert of one row of {key} affected {n} rows"))),
     }
 }

@@ -23,8 +23,11 @@
 //! - [`entry`] — [`IndexEntry`], [`InsertOutcome`], [`vshard_of_key`].
 //! - [`error`] — [`IndexError`].
 //! - `index` — [`Index`], routing and the queries.
-//! - `insert` — writing a row; the batcher that commits concurrent inserts
-//!   into one SQLite shard in one transaction.
+//! - `insert` — writing a row; the batcher that writes concurrent inserts
+//!   into one SQLite shard with one statement and one commit.
+//! - `lookup` — the batcher that reads concurrent lookups of one SQLite
+//!   shard with one query.
+//! - `own` — the connection each SQLite batcher keeps out of the pool.
 //! - `shard` — one physical database (pool, PRAGMAs, row decoding).
 //! - `shard_map` — creating and loading the vshard → database map.
 //! - `dialect` — the SQLite / MySQL differences.
@@ -37,6 +40,8 @@ pub mod error;
 mod dialect;
 mod index;
 mod insert;
+mod lookup;
+mod own;
 mod shard;
 mod shard_map;
 
@@ -44,4 +49,5 @@ pub use config::{IndexConfig, ShardConfig, DEFAULT_VSHARD_COUNT};
 pub use entry::{vshard_of_key, IndexEntry, InsertOutcome};
 pub use error::IndexError;
 pub use insert::INSERT_BATCH_MAX_ROWS;
-pub use index::{Index, LOOKUP_BATCH_MAX_KEYS, SHARD_NAME_MAX_BYTES, ZONE_NAME_MAX_BYTES};
+pub use index::{Index, SHARD_NAME_MAX_BYTES, ZONE_NAME_MAX_BYTES};
+pub use lookup::LOOKUP_BATCH_MAX_KEYS;

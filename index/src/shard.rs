@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use pocket_proto::Key;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyPool, Executor, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 use crate::config::IndexConfig;
 use crate::dialect::Dialect;
@@ -40,20 +40,25 @@ pub(crate) struct Shard {
 }
 
 /// A write transaction of one shard (see [`Shard::begin_write`]); holds the
-/// shard's write turn, if it has one, until [`Shard::finish`].
-pub(crate) struct WriteTx {
-    tx: sqlx::Transaction<'static, sqlx::Any>,
-    _turn: Option<tokio::sync::OwnedMutexGuard<()>>,
+/// shard's write turn, if it has one, until [`Shard::finish`]. `'c` is
+/// `'static` for a transaction on a pooled connection, else the borrow of
+/// the connection it runs on ([`Shard::begin_write_on`]).
+pub(crate) struct WriteTx<'c> {
+    tx: sqlx::Transaction<'c, sqlx::Any>,
+    _turn: Option<WriteTurn>,
 }
 
-impl std::ops::Deref for WriteTx {
-    type Target = sqlx::Transaction<'static, sqlx::Any>;
+/// This process's turn to write to a SQLite shard (see `Shard::write_turn`).
+pub(crate) type WriteTurn = tokio::sync::OwnedMutexGuard<()>;
+
+impl<'c> std::ops::Deref for WriteTx<'c> {
+    type Target = sqlx::Transaction<'c, sqlx::Any>;
     fn deref(&self) -> &Self::Target {
         &self.tx
     }
 }
 
-impl std::ops::DerefMut for WriteTx {
+impl std::ops::DerefMut for WriteTx<'_> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.tx
     }
@@ -135,14 +140,33 @@ impl Shard {
         }
     }
 
-    /// Opens a transaction that will write (see [`Dialect::begin_write`]).
-    pub(crate) async fn begin_write(&self) -> Result<WriteTx, IndexError> {
-        let turn = match &self.write_turn {
+    /// Waits for this process's turn to write to the shard (SQLite only;
+    /// `None` for MySQL, which needs none).
+    pub(crate) async fn write_turn(&self) -> Option<WriteTurn> {
+        match &self.write_turn {
             Some(turn) => Some(turn.clone().lock_owned().await),
             None => None,
-        };
+        }
+    }
+
+    /// Opens a transaction that will write (see [`Dialect::begin_write`]).
+    pub(crate) async fn begin_write(&self) -> Result<WriteTx<'static>, IndexError> {
+        let turn = self.write_turn().await;
         let tx = self
             .pool
+            .begin_with(self.dialect.begin_write())
+            .await
+            .map_err(self.db_err("begin transaction"))?;
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// Like [`Shard::begin_write`], on a connection of the caller's own.
+    pub(crate) async fn begin_write_on<'c>(
+        &self,
+        conn: &'c mut AnyConnection,
+    ) -> Result<WriteTx<'c>, IndexError> {
+        let turn = self.write_turn().await;
+        let tx = conn
             .begin_with(self.dialect.begin_write())
             .await
             .map_err(self.db_err("begin transaction"))?;
@@ -155,7 +179,7 @@ impl Shard {
     /// connection, and until then it holds its locks.
     pub(crate) async fn finish<T>(
         &self,
-        tx: WriteTx,
+        tx: WriteTx<'_>,
         result: Result<T, IndexError>,
     ) -> Result<T, IndexError> {
         let tx = tx.tx;

@@ -776,6 +776,126 @@ async fn a_failing_insert_among_concurrent_ones_fails_alone() -> Result<()> {
     Ok(())
 }
 
+/// Concurrent lookups of one shard: on SQLite they share queries (the
+/// lookup batcher). Every caller gets its own key's row or `None`, callers
+/// of one key all get it, and a corrupt row fails only the callers of its key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_lookups_each_get_their_own_answer() -> Result<()> {
+    const PRESENT: u32 = 40;
+    for backend in backends(1).await? {
+        let index = Index::open(&backend.config(1)).await?;
+        let mut present = Vec::new();
+        for n in 0..PRESENT {
+            let e = entry(random_key(), n, u64::from(n));
+            index.insert(&e, &[]).await?;
+            present.push(e);
+        }
+        let bad = present.pop().context("a row to corrupt")?;
+        store_under_wrong_vshard(&backend, &index, &bad.key).await?;
+
+        let mut tasks = tokio::task::JoinSet::new();
+        // Each present key twice, 20 absent keys, the corrupt key three times.
+        let mut asks: Vec<(Key, Option<IndexEntry>)> = Vec::new();
+        for e in present.iter().chain(present.iter()) {
+            asks.push((e.key, Some(e.clone())));
+        }
+        asks.extend((0..20).map(|_| (random_key(), None)));
+        for _ in 0..3 {
+            asks.push((bad.key, None));
+        }
+        for (key, expected) in asks {
+            let index = index.clone();
+            tasks.spawn(async move { (key, expected, index.lookup(&key).await) });
+        }
+        let mut answered = 0;
+        while let Some(joined) = tasks.join_next().await {
+            let (key, expected, result) = joined.context("lookup task panicked")?;
+            if key == bad.key {
+                let err = result.expect_err("the corrupt row's lookup fails");
+                assert!(matches!(err, IndexError::CorruptRow { .. }), "{}: {err}", backend.label);
+            } else {
+                assert_eq!(result?, expected, "{}: lookup of {key}", backend.label);
+            }
+            answered += 1;
+        }
+        assert_eq!(answered, 2 * (PRESENT as usize - 1) + 20 + 3, "{}", backend.label);
+        index.close().await;
+    }
+    Ok(())
+}
+
+/// Inserts without outbox zones (on SQLite: one statement, no explicit
+/// transaction): one winner per key among concurrent writers, the others see
+/// its row, and rows of other keys in the same batches are inserted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_inserts_without_zones_have_one_winner_per_key() -> Result<()> {
+    const KEYS: usize = 8;
+    const WRITERS_PER_KEY: u32 = 6;
+    for backend in backends(1).await? {
+        let index = Index::open(&backend.config(1)).await?;
+        let keys: Vec<Key> = (0..KEYS).map(|_| random_key()).collect();
+        let mut tasks = tokio::task::JoinSet::new();
+        for writer in 0..WRITERS_PER_KEY {
+            for key in &keys {
+                let index = index.clone();
+                let mine = entry(*key, writer, u64::from(writer));
+                tasks.spawn(async move {
+                    let outcome = index.insert(&mine, &[]).await;
+                    (mine, outcome)
+                });
+            }
+        }
+        let mut winners: HashMap<Key, IndexEntry> = HashMap::new();
+        let mut seen_by_losers: Vec<IndexEntry> = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (mine, outcome) = joined.context("insert task panicked")?;
+            match outcome? {
+                InsertOutcome::Inserted => {
+                    let earlier = winners.insert(mine.key, mine);
+                    assert!(earlier.is_none(), "{}: two winners for one key", backend.label);
+                }
+                InsertOutcome::AlreadyPresent(stored) => seen_by_losers.push(stored),
+            }
+        }
+        assert_eq!(winners.len(), KEYS, "{}: one winner per key", backend.label);
+        assert_eq!(seen_by_losers.len(), KEYS * (WRITERS_PER_KEY as usize - 1), "{}", backend.label);
+        for stored in &seen_by_losers {
+            assert_eq!(Some(stored), winners.get(&stored.key), "{}: losers see the winner", backend.label);
+        }
+        for (key, winner) in &winners {
+            assert_eq!(index.lookup(key).await?.as_ref(), Some(winner), "{}", backend.label);
+        }
+        assert_eq!(index.count().await?, KEYS as u64, "{}", backend.label);
+        assert_eq!(index.outbox_len().await?, 0, "{}", backend.label);
+        index.close().await;
+    }
+    Ok(())
+}
+
+/// After `close`, reads and writes fail with an error instead of waiting,
+/// on clones too, and nothing is written.
+#[tokio::test]
+async fn a_closed_index_refuses_reads_and_writes() -> Result<()> {
+    for backend in backends(1).await? {
+        let index = Index::open(&backend.config(1)).await?;
+        let kept = entry(random_key(), 1, 1);
+        index.insert(&kept, &[]).await?;
+        let clone = index.clone();
+        index.close().await;
+        let late = entry(random_key(), 2, 2);
+        let insert = tokio::time::timeout(Duration::from_secs(10), clone.insert(&late, &[])).await;
+        assert!(matches!(insert, Ok(Err(_))), "{}: insert after close: {insert:?}", backend.label);
+        let lookup = tokio::time::timeout(Duration::from_secs(10), clone.lookup(&kept.key)).await;
+        assert!(matches!(lookup, Ok(Err(_))), "{}: lookup after close: {lookup:?}", backend.label);
+
+        let reopened = Index::open(&backend.config(1)).await?;
+        assert_eq!(reopened.lookup(&kept.key).await?, Some(kept.clone()), "{}", backend.label);
+        assert_eq!(reopened.lookup(&late.key).await?, None, "{}: nothing written after close", backend.label);
+        reopened.close().await;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn vshard_of_agrees_with_the_documented_formula() -> Result<()> {
     for backend in backends(1).await? {

@@ -88,8 +88,30 @@ fn default_stream_idle_timeout_ms() -> u64 {
 /// one record header (osd/src/extent.rs), rounded up.
 const EXTENT_OVERHEAD_BYTES: u64 = 4096;
 
-/// A port free on loopback right now.
+/// Lowest port [`free_port`] picks.
+const FIXED_PORT_FLOOR: u16 = 10_000;
+
+/// A port free on loopback right now, below the kernel's ephemeral range
+/// where one can be found. The port is bound only later, by a daemon started
+/// after others; a port of the ephemeral range (what binding port 0 gives)
+/// can meanwhile become the local port of one of their outgoing connections,
+/// and the daemon then fails with "address in use". Ports below the range
+/// are never handed out that way.
 fn free_port() -> anyhow::Result<u16> {
+    use rand::Rng;
+    let ephemeral_start = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_start > FIXED_PORT_FLOOR {
+        let mut rng = rand::rng();
+        for _ in 0..100 {
+            let port = rng.random_range(FIXED_PORT_FLOOR..ephemeral_start);
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("find a free port")?;
     Ok(listener.local_addr()?.port())
 }
@@ -460,5 +482,21 @@ fn die_with_parent(command: &mut Command) {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_ports_come_from_below_the_ephemeral_range() {
+        let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").expect("Linux port range");
+        let start: u16 = range.split_whitespace().next().and_then(|s| s.parse().ok()).expect("range start");
+        for _ in 0..20 {
+            let port = free_port().expect("a free port");
+            assert!((FIXED_PORT_FLOOR..start).contains(&port), "{port} is not in {FIXED_PORT_FLOOR}..{start}");
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("the port is free to bind");
+        }
     }
 }

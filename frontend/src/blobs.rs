@@ -54,14 +54,17 @@ impl Blobs {
         Arc::new(Blobs { index, cell, config, small_blob_turn: rand::random() })
     }
 
+    /// Whether `key` is indexed: a PUT of it stores nothing (dedup). Runs
+    /// while the PUT's body is still arriving.
+    pub async fn is_indexed(&self, key: &Key) -> Result<bool, PutError> {
+        Ok(self.index.lookup(key).await?.is_some())
+    }
+
     /// Stores `data` under `key`, which the caller has already checked is its
-    /// BLAKE3 hash. Returns whether a new index row was written (false: the
-    /// key was already stored, dedup).
-    pub async fn put(&self, key: Key, data: Body) -> Result<bool, PutError> {
-        if self.index.lookup(&key).await?.is_some() {
-            metrics::counter!("pocket_frontend_put_dedup_total").increment(1);
-            return Ok(false);
-        }
+    /// BLAKE3 hash and found not indexed ([`Blobs::is_indexed`]): every
+    /// replica first, then the index row. Returns whether a new index row was
+    /// written (false: a concurrent PUT of the key indexed it first).
+    pub async fn store(&self, key: Key, data: Body) -> Result<bool, PutError> {
         let mut last = String::from("no attempt made");
         let mut tried = Vec::new();
         // A full bucket is the normal end of a bucket, not a failure: it does

@@ -112,25 +112,36 @@ impl pb::blob_store_server::BlobStore for BlobService {
         }
         let _client_share = admission.reserve(header.length_bytes).await?;
         let _permit = self.budget.reserve(header.length_bytes).await?;
-        let mut body = BodyCollector::new(header.length_bytes);
-        let mut hasher = blake3::Hasher::new();
-        while let Some(message) = pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
-            match message.part {
-                Some(pb::put_request::Part::Chunk(chunk)) => {
-                    hasher.update(&chunk);
-                    body.push(chunk)?;
+        let receive = async {
+            let mut body = BodyCollector::new(header.length_bytes);
+            let mut hasher = blake3::Hasher::new();
+            while let Some(message) = pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
+                match message.part {
+                    Some(pb::put_request::Part::Chunk(chunk)) => {
+                        hasher.update(&chunk);
+                        body.push(chunk)?;
+                    }
+                    _ => return Err(Status::invalid_argument("only chunks may follow the header")),
                 }
-                _ => return Err(Status::invalid_argument("only chunks may follow the header")),
             }
-        }
-        let data = body.finish()?;
-        let actual = Key(*hasher.finalize().as_bytes());
+            Ok::<_, Status>((body.finish()?, Key(*hasher.finalize().as_bytes())))
+        };
+        // The dedup lookup runs while the body arrives; its answer counts
+        // only once the body is complete and hashes to the key.
+        let (received, indexed) = tokio::join!(receive, self.blobs.is_indexed(&key));
+        let (data, actual) = received?;
         if actual != key {
             metrics::counter!("pocket_frontend_rejected_total", "reason" => "hash_mismatch").increment(1);
             return Err(Status::invalid_argument(format!("content hashes to {actual}, not to the key {key}")));
         }
         let started = std::time::Instant::now();
-        let created = self.blobs.put(key, data).await.map_err(put_status)?;
+        let created = match indexed.map_err(put_status)? {
+            true => {
+                metrics::counter!("pocket_frontend_put_dedup_total").increment(1);
+                false
+            }
+            false => self.blobs.store(key, data).await.map_err(put_status)?,
+        };
         metrics::histogram!("pocket_frontend_put_store_seconds").record(started.elapsed().as_secs_f64());
         metrics::counter!("pocket_frontend_puts_total").increment(1);
         metrics::counter!("pocket_frontend_put_bytes_total").increment(header.length_bytes);

@@ -83,11 +83,11 @@ impl Index {
         let sqlite = |shard: &Shard| shard.dialect == Dialect::Sqlite;
         let batchers = shards
             .iter()
-            .map(|shard| sqlite(shard).then(|| Batcher::start(shard.clone(), cfg.vshard_count)))
+            .map(|shard| sqlite(shard).then(|| Batcher::start_inserts(shard.clone(), cfg.vshard_count)))
             .collect();
         let lookups = shards
             .iter()
-            .map(|shard| sqlite(shard).then(|| LookupBatcher::start(shard.clone(), cfg.vshard_count)))
+            .map(|shard| sqlite(shard).then(|| LookupBatcher::start_lookups(shard.clone(), cfg.vshard_count)))
             .collect();
         Ok(Index {
             inner: Arc::new(Inner {

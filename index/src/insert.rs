@@ -5,7 +5,7 @@
 //! SQLite admits one writer at a time and each commit is an fsync
 //! (`synchronous = FULL`), so without batching a shard commits at most one
 //! row per fsync however many PUTs wait. The batcher is a task per SQLite
-//! shard, on a connection of its own (see `own`): it takes every insert
+//! shard, on a connection of its own (see `batcher`): it takes every insert
 //! waiting on its queue (up to [`INSERT_BATCH_MAX_ROWS`]) and writes them
 //! with one `INSERT ... ON CONFLICT DO NOTHING RETURNING blob_key`, which
 //! names the rows it inserted; a row it skipped is read back, as the
@@ -21,11 +21,10 @@ use std::collections::HashMap;
 
 use pocket_proto::Key;
 use sqlx::AnyConnection;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::entry::{vshard_of_key, IndexEntry, InsertOutcome};
 use crate::error::IndexError;
-use crate::own::{BatcherTask, OwnConnection};
+use crate::batcher::{self, OwnConnection, Pending, Serve};
 use crate::shard::{Shard, ENTRY_COLUMNS};
 
 /// Most rows one batched statement inserts. Bounds how long the write lock
@@ -57,70 +56,48 @@ pub(crate) struct InsertRow {
     pub(crate) length_bytes: i64,
 }
 
-struct Pending {
-    row: InsertRow,
-    resp: oneshot::Sender<Result<InsertOutcome, IndexError>>,
-}
-
-/// The queue of one SQLite shard's insert batcher.
-#[derive(Debug)]
-pub(crate) struct Batcher {
-    queue: mpsc::Sender<Pending>,
-    task: BatcherTask,
-}
+/// The insert batcher of a SQLite shard.
+pub(crate) type Batcher = batcher::Batcher<InsertBatches>;
 
 impl Batcher {
-    /// Starts the batcher task of `shard` (SQLite) on the current runtime.
-    pub(crate) fn start(shard: Shard, vshard_count: u32) -> Batcher {
-        let (queue, rx) = mpsc::channel(INSERT_QUEUE_CAPACITY);
-        let task = BatcherTask::spawn(move |stop| run(shard, vshard_count, rx, stop));
-        Batcher { queue, task }
+    /// Starts the insert batcher of `shard` (SQLite) on the current runtime.
+    pub(crate) fn start_inserts(shard: Shard, vshard_count: u32) -> Batcher {
+        let server = InsertBatches { shard: shard.clone(), vshard_count };
+        Batcher::start(shard, server, INSERT_BATCH_MAX_ROWS, INSERT_QUEUE_CAPACITY)
     }
 
     /// Inserts `row` in the next batch; returns after that batch committed.
     pub(crate) async fn insert(&self, row: InsertRow) -> Result<InsertOutcome, IndexError> {
-        let (resp, answer) = oneshot::channel();
-        let cancelled = || IndexError::Cancelled { op: "insert" };
-        self.queue
-            .send(Pending { row, resp })
-            .await
-            .map_err(|_| cancelled())?;
-        answer.await.map_err(|_| cancelled())?
-    }
-
-    /// Ends the task: queued inserts are cancelled, its connection closed.
-    pub(crate) async fn stop(&self) {
-        self.task.stop().await;
+        self.call(row).await
     }
 }
 
-async fn run(
+#[derive(Debug)]
+pub(crate) struct InsertBatches {
     shard: Shard,
     vshard_count: u32,
-    mut rx: mpsc::Receiver<Pending>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let mut conn = OwnConnection::new(shard.clone());
-    let mut batch = Vec::with_capacity(INSERT_BATCH_MAX_ROWS);
-    loop {
-        let received = tokio::select! {
-            biased;
-            _ = &mut stop => 0,
-            received = rx.recv_many(&mut batch, INSERT_BATCH_MAX_ROWS) => received,
-        };
-        if received == 0 {
-            break;
-        }
-        metrics::counter!("pocket_index_insert_batches_total").increment(1);
-        metrics::counter!("pocket_index_insert_batch_rows_total").increment(batch.len() as u64);
-        commit_batch(&shard, vshard_count, &mut conn, std::mem::take(&mut batch)).await;
+}
+
+impl Serve for InsertBatches {
+    type Request = InsertRow;
+    type Response = InsertOutcome;
+    const OP: &'static str = "insert";
+    const BATCHES_METRIC: &'static str = "pocket_index_insert_batches_total";
+    const REQUESTS_METRIC: &'static str = "pocket_index_insert_batch_rows_total";
+
+    async fn serve(&self, conn: &mut OwnConnection, batch: Vec<Pending<InsertRow, InsertOutcome>>) {
+        commit_batch(&self.shard, self.vshard_count, conn, batch).await;
     }
-    conn.reset().await;
 }
 
 /// Writes `batch` together, or, if that fails, each row on its own.
-async fn commit_batch(shard: &Shard, vshard_count: u32, conn: &mut OwnConnection, batch: Vec<Pending>) {
-    let rows: Vec<&InsertRow> = batch.iter().map(|pending| &pending.row).collect();
+async fn commit_batch(
+    shard: &Shard,
+    vshard_count: u32,
+    conn: &mut OwnConnection,
+    batch: Vec<Pending<InsertRow, InsertOutcome>>,
+) {
+    let rows: Vec<&InsertRow> = batch.iter().map(|pending| &pending.request).collect();
     let failure = match insert_rows(shard, vshard_count, conn, &rows).await {
         Ok(outcomes) => {
             for (pending, outcome) in batch.into_iter().zip(outcomes) {
@@ -140,7 +117,7 @@ async fn commit_batch(shard: &Shard, vshard_count: u32, conn: &mut OwnConnection
     tracing::warn!(shard = %shard.name, rows = batch.len(), error = %failure,
         "batched index insert failed; retrying its rows one by one");
     for pending in batch {
-        let outcome = insert_rows(shard, vshard_count, conn, &[&pending.row])
+        let outcome = insert_rows(shard, vshard_count, conn, &[&pending.request])
             .await
             .and_then(|outcomes| outcomes.into_iter().next().expect("one row per row"));
         let _ = pending.resp.send(outcome);

@@ -27,7 +27,8 @@
 //!   into one SQLite shard with one statement and one commit.
 //! - `lookup` — the batcher that reads concurrent lookups of one SQLite
 //!   shard with one query.
-//! - `own` — the connection each SQLite batcher keeps out of the pool.
+//! - `batcher` — what both SQLite batchers share: queue, task, and the
+//!   connection each keeps out of the pool.
 //! - `shard` — one physical database (pool, PRAGMAs, row decoding).
 //! - `shard_map` — creating and loading the vshard → database map.
 //! - `dialect` — the SQLite / MySQL differences.
@@ -39,9 +40,9 @@ pub mod error;
 
 mod dialect;
 mod index;
+mod batcher;
 mod insert;
 mod lookup;
-mod own;
 mod shard;
 mod shard_map;
 

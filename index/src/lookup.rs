@@ -1,6 +1,6 @@
 //! The lookup batcher of a SQLite shard: single-key lookups that wait at
 //! the same time share one `SELECT ... WHERE blob_key IN (...)`, on a
-//! connection the batcher keeps for itself (see `own`).
+//! connection the batcher keeps for itself (see `batcher`).
 //!
 //! A lookup through the pool costs two round trips to a SQLite connection's
 //! worker thread (the query, and sqlx's ping when the connection goes back
@@ -13,11 +13,10 @@ use std::collections::{HashMap, HashSet};
 
 use pocket_proto::Key;
 use sqlx::any::AnyRow;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::entry::IndexEntry;
 use crate::error::IndexError;
-use crate::own::{BatcherTask, OwnConnection};
+use crate::batcher::{self, OwnConnection, Pending, Serve};
 use crate::shard::{Shard, ENTRY_COLUMNS};
 
 /// Keys per `IN (...)` query: under SQLite's historical 999-placeholder
@@ -31,71 +30,47 @@ const PREPARED_BATCH_MAX_KEYS: usize = 16;
 /// Lookups that may wait for a shard's batcher; more callers wait to enqueue.
 const LOOKUP_QUEUE_CAPACITY: usize = 1024;
 
-type Answer = oneshot::Sender<Result<Option<IndexEntry>, IndexError>>;
-
-struct Pending {
-    key: Key,
-    resp: Answer,
-}
-
-/// The queue of one SQLite shard's lookup batcher.
-#[derive(Debug)]
-pub(crate) struct LookupBatcher {
-    queue: mpsc::Sender<Pending>,
-    task: BatcherTask,
-}
+/// The lookup batcher of a SQLite shard.
+pub(crate) type LookupBatcher = batcher::Batcher<LookupBatches>;
 
 impl LookupBatcher {
-    /// Starts the batcher task of `shard` on the current runtime.
-    pub(crate) fn start(shard: Shard, vshard_count: u32) -> LookupBatcher {
-        let (queue, rx) = mpsc::channel(LOOKUP_QUEUE_CAPACITY);
-        let task = BatcherTask::spawn(move |stop| run(shard, vshard_count, rx, stop));
-        LookupBatcher { queue, task }
+    /// Starts the lookup batcher of `shard` (SQLite) on the current runtime.
+    pub(crate) fn start_lookups(shard: Shard, vshard_count: u32) -> LookupBatcher {
+        let server = LookupBatches { shard: shard.clone(), vshard_count };
+        LookupBatcher::start(shard, server, LOOKUP_BATCH_MAX_KEYS, LOOKUP_QUEUE_CAPACITY)
     }
 
     /// The row of `key`, if indexed, read in the next batch.
     pub(crate) async fn lookup(&self, key: Key) -> Result<Option<IndexEntry>, IndexError> {
-        let (resp, answer) = oneshot::channel();
-        let cancelled = || IndexError::Cancelled { op: "lookup" };
-        self.queue
-            .send(Pending { key, resp })
-            .await
-            .map_err(|_| cancelled())?;
-        answer.await.map_err(|_| cancelled())?
-    }
-
-    /// Ends the task: queued lookups are cancelled, its connection closed.
-    pub(crate) async fn stop(&self) {
-        self.task.stop().await;
+        self.call(key).await
     }
 }
 
-async fn run(
+#[derive(Debug)]
+pub(crate) struct LookupBatches {
     shard: Shard,
     vshard_count: u32,
-    mut rx: mpsc::Receiver<Pending>,
-    mut stop: oneshot::Receiver<()>,
-) {
-    let mut conn = OwnConnection::new(shard.clone());
-    let mut batch = Vec::with_capacity(LOOKUP_BATCH_MAX_KEYS);
-    loop {
-        let received = tokio::select! {
-            biased;
-            _ = &mut stop => 0,
-            received = rx.recv_many(&mut batch, LOOKUP_BATCH_MAX_KEYS) => received,
-        };
-        if received == 0 {
-            break;
-        }
-        metrics::counter!("pocket_index_lookup_batches_total").increment(1);
-        metrics::counter!("pocket_index_lookup_batch_keys_total").increment(batch.len() as u64);
-        answer_batch(&shard, vshard_count, &mut conn, std::mem::take(&mut batch)).await;
-    }
-    conn.reset().await;
 }
 
-async fn answer_batch(shard: &Shard, vshard_count: u32, conn: &mut OwnConnection, batch: Vec<Pending>) {
-    let mut keys: Vec<Key> = batch.iter().map(|pending| pending.key).collect();
+impl Serve for LookupBatches {
+    type Request = Key;
+    type Response = Option<IndexEntry>;
+    const OP: &'static str = "lookup";
+    const BATCHES_METRIC: &'static str = "pocket_index_lookup_batches_total";
+    const REQUESTS_METRIC: &'static str = "pocket_index_lookup_batch_keys_total";
+
+    async fn serve(&self, conn: &mut OwnConnection, batch: Vec<Pending<Key, Option<IndexEntry>>>) {
+        answer_batch(&self.shard, self.vshard_count, conn, batch).await;
+    }
+}
+
+async fn answer_batch(
+    shard: &Shard,
+    vshard_count: u32,
+    conn: &mut OwnConnection,
+    batch: Vec<Pending<Key, Option<IndexEntry>>>,
+) {
+    let mut keys: Vec<Key> = batch.iter().map(|pending| pending.request).collect();
     keys.sort_unstable();
     keys.dedup();
     let found = match conn.get().await {
@@ -107,7 +82,7 @@ async fn answer_batch(shard: &Shard, vshard_count: u32, conn: &mut OwnConnection
             let by_key: HashMap<Key, IndexEntry> =
                 entries.into_iter().map(|entry| (entry.key, entry)).collect();
             for pending in batch {
-                let _ = pending.resp.send(Ok(by_key.get(&pending.key).cloned()));
+                let _ = pending.resp.send(Ok(by_key.get(&pending.request).cloned()));
             }
             return;
         }
@@ -123,7 +98,7 @@ async fn answer_batch(shard: &Shard, vshard_count: u32, conn: &mut OwnConnection
     }
     for pending in batch {
         let result = match conn.get().await {
-            Ok(connection) => select_entries(shard, vshard_count, connection, &[pending.key])
+            Ok(connection) => select_entries(shard, vshard_count, connection, &[pending.request])
                 .await
                 .map(|entries| entries.into_iter().next()),
             Err(e) => Err(e),

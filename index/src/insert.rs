@@ -25,7 +25,8 @@ use sqlx::AnyConnection;
 use crate::entry::{vshard_of_key, IndexEntry, InsertOutcome};
 use crate::error::IndexError;
 use crate::batcher::{self, OwnConnection, Pending, Serve};
-use crate::shard::{Shard, ENTRY_COLUMNS};
+use crate::lookup::select_entries;
+use crate::shard::Shard;
 
 /// Most rows one batched statement inserts. Bounds how long the write lock
 /// is held and how much one failed batch has to retry row by row.
@@ -267,22 +268,15 @@ async fn read_existing(
     conn: &mut AnyConnection,
     key: &Key,
 ) -> Result<Result<InsertOutcome, IndexError>, IndexError> {
-    let sql = format!("SELECT {ENTRY_COLUMNS} FROM blobs WHERE blob_key = ?");
-    let found = sqlx::query(&sql)
-        .bind(key.as_bytes().as_slice())
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(shard.db_err("read existing blob row"))?;
-    let Some(found) = found else {
-        return Ok(Err(shard.corrupt(format!("insert of {key} was skipped but no row exists"))));
-    };
-    Ok(shard.decode_entry(&found, vshard_count).and_then(|existing| {
-        if existing.key == *key {
-            Ok(InsertOutcome::AlreadyPresent(existing))
-        } else {
-            Err(shard.corrupt(format!("lookup of {key} returned the row of {}", existing.key)))
-        }
-    }))
+    match select_entries(shard, vshard_count, conn, &[*key]).await {
+        Ok(entries) => Ok(entries
+            .into_iter()
+            .next()
+            .map(InsertOutcome::AlreadyPresent)
+            .ok_or_else(|| shard.corrupt(format!("insert of {key} was skipped but no row exists")))),
+        Err(e @ IndexError::Database { .. }) => Err(e),
+        Err(corrupt) => Ok(Err(corrupt)),
+    }
 }
 
 /// Inserts `row` in a transaction of its own (MySQL).

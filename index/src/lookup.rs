@@ -73,11 +73,7 @@ async fn answer_batch(
     let mut keys: Vec<Key> = batch.iter().map(|pending| pending.request).collect();
     keys.sort_unstable();
     keys.dedup();
-    let found = match conn.get().await {
-        Ok(connection) => select_entries(shard, vshard_count, connection, &keys).await,
-        Err(e) => Err(e),
-    };
-    let failure = match found {
+    let failure = match select_on(shard, vshard_count, conn, &keys).await {
         Ok(entries) => {
             let by_key: HashMap<Key, IndexEntry> =
                 entries.into_iter().map(|entry| (entry.key, entry)).collect();
@@ -88,26 +84,33 @@ async fn answer_batch(
         }
         Err(e) => e,
     };
-    if let IndexError::Database { .. } = failure {
-        conn.reset().await;
-    }
     if batch.len() == 1 {
         let pending = batch.into_iter().next().expect("one lookup");
         let _ = pending.resp.send(Err(failure));
         return;
     }
     for pending in batch {
-        let result = match conn.get().await {
-            Ok(connection) => select_entries(shard, vshard_count, connection, &[pending.request])
-                .await
-                .map(|entries| entries.into_iter().next()),
-            Err(e) => Err(e),
-        };
-        if let Err(IndexError::Database { .. }) = &result {
-            conn.reset().await;
-        }
-        let _ = pending.resp.send(result);
+        let result = select_on(shard, vshard_count, conn, &[pending.request]).await;
+        let _ = pending.resp.send(result.map(|entries| entries.into_iter().next()));
     }
+}
+
+/// [`select_entries`] on the batcher's connection, which is replaced after
+/// a database error.
+async fn select_on(
+    shard: &Shard,
+    vshard_count: u32,
+    conn: &mut OwnConnection,
+    keys: &[Key],
+) -> Result<Vec<IndexEntry>, IndexError> {
+    let result = match conn.get().await {
+        Ok(connection) => select_entries(shard, vshard_count, connection, keys).await,
+        Err(e) => Err(e),
+    };
+    if let Err(IndexError::Database { .. }) = &result {
+        conn.reset().await;
+    }
+    result
 }
 
 /// The rows of `keys` (at most [`LOOKUP_BATCH_MAX_KEYS`], no repeats) that

@@ -14,6 +14,7 @@
 //! peer identities), [`pki`] (generating a CA and certificates).
 
 pub mod identity;
+pub mod net;
 pub mod pki;
 pub mod tls;
 
@@ -62,7 +63,8 @@ type SourceCounts = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<st
 ///   once, before TLS (counted in `pocket_connections_refused_total`);
 /// - with Nagle's algorithm off: tonic sets `TCP_NODELAY` only on listeners
 ///   it binds itself, and small responses (an append's ack, a PUT's reply)
-///   would otherwise wait for the peer's delayed ACK (~40 ms each).
+///   would otherwise wait for the peer's delayed ACK (~40 ms each);
+/// - reading through a [`net::READ_AHEAD_BYTES`] buffer ([`net`]).
 pub fn incoming_capped(
     listener: tokio::net::TcpListener,
     caps: ConnectionCaps,
@@ -90,9 +92,10 @@ pub fn incoming_capped(
                 }
                 *count += 1;
             }
-            let capped = CappedStream { stream, source, sources: sources.clone(), _slot: slot };
+            let accepted = stream.set_nodelay(true);
+            let capped = CappedStream { stream: net::read_ahead(stream), source, sources: sources.clone(), _slot: slot };
             metrics::gauge!("pocket_open_connections").increment(1.0);
-            let accepted = capped.stream.set_nodelay(true).map(|()| capped);
+            let accepted = accepted.map(|()| capped);
             return Some((accepted, (listener, slots, sources)));
         }
     })
@@ -109,7 +112,7 @@ fn lock_counts(
 /// its source's) until dropped.
 #[derive(Debug)]
 pub struct CappedStream {
-    stream: tokio::net::TcpStream,
+    stream: net::ReadAhead,
     source: std::net::IpAddr,
     sources: SourceCounts,
     _slot: tokio::sync::OwnedSemaphorePermit,
@@ -132,7 +135,7 @@ impl tonic::transport::server::Connected for CappedStream {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.stream.get_ref().connect_info()
     }
 }
 
@@ -219,7 +222,7 @@ mod tests {
             .expect("the third connection is accepted once a slot is free")
             .expect("stream")
             .expect("accepted");
-        assert!(third.stream.nodelay().expect("nodelay"), "accepted connections have Nagle off");
+        assert!(third.stream.get_ref().nodelay().expect("nodelay"), "accepted connections have Nagle off");
     }
 
     #[tokio::test]

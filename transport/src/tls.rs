@@ -152,11 +152,11 @@ impl Tls {
             .map_err(|e| bad(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
-            .tcp_nodelay(true)
             // Responses (GET chunks) in frames of up to 256 KiB too.
             .max_frame_size(HTTP2_MAX_FRAME_BYTES)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT);
-        Ok(endpoint.connect_lazy())
+        // TCP_NODELAY and read-ahead come from the connector.
+        Ok(endpoint.connect_with_connector_lazy(crate::net::Connector))
     }
 }

@@ -6,7 +6,10 @@
 //! them), then times:
 //! - **encode, library**: `reed-solomon-erasure`'s encode over the same stripes, zero-padded;
 //! - **encode, path**: [`pocket_erasure::StripeEncoder`], which the
-//!   coordinator runs (padding, parity allocation, parity BLAKE3);
+//!   coordinator runs (padding, parity allocation, parity BLAKE3 on the
+//!   encoder's hashing thread), each stripe's parity dropped once returned
+//!   as the coordinator drops it once streamed (the library, single-threaded,
+//!   writes into buffers it reuses);
 //! - **reconstruct, library**: the library rebuilding one lost data shard, stripe by stripe;
 //! - **reconstruct, path**: [`pocket_erasure::read_record_degraded`] for
 //!   every record of that shard, which the frontend runs on a degraded GET
@@ -118,27 +121,38 @@ pub async fn run(options: EcBenchOptions) -> anyhow::Result<EcBenchReport> {
     }
     let encode_library = started.elapsed().as_secs_f64();
 
-    // Path: the coordinator's encoder over the same bytes.
-    let mut encoder = StripeEncoder::new(codec.clone(), shape.data_sizes.clone(), stripe)?;
-    // Where the parity goes, touched before the clock starts: the bench's
-    // own output buffers are not the path's cost.
-    let mut parity: Vec<Vec<u8>> = (0..m).map(|_| vec![1u8; shard_len]).collect();
-    let started = Instant::now();
-    while let Some(s) = encoder.next_stripe() {
-        let pieces: Vec<Bytes> = data
-            .iter()
+    // Path: the coordinator's encoder over the same bytes. The coordinator
+    // streams each stripe's parity on and drops it; so does this loop.
+    let pieces_of = |s: &pocket_erasure::Stripe| -> Vec<Bytes> {
+        data.iter()
             .enumerate()
             .map(|(i, d)| match shape.stored_len(i, s.offset, s.len) {
                 0 => Bytes::new(),
                 stored => d.slice(s.offset as usize..s.offset as usize + stored),
             })
-            .collect();
-        for (out, piece) in parity.iter_mut().zip(encoder.encode_next(&pieces)?) {
-            out[s.offset as usize..s.offset as usize + piece.len()].copy_from_slice(&piece);
+            .collect()
+    };
+    let mut encoder = StripeEncoder::new(codec.clone(), shape.data_sizes.clone(), stripe)?;
+    let started = Instant::now();
+    while let Some(s) = encoder.next_stripe() {
+        let parity = encoder.encode_next(&pieces_of(&s))?;
+        anyhow::ensure!(parity.iter().all(|p| p.len() == s.len), "the encoder returned a short parity piece");
+    }
+    let path_hashes = encoder.finish().ok_or_else(|| anyhow::anyhow!("encoder did not finish"))?;
+    let encode_path = started.elapsed().as_secs_f64();
+
+    // The parity shards again, kept this time, for the reconstruction below.
+    let mut encoder = StripeEncoder::new(codec.clone(), shape.data_sizes.clone(), stripe)?;
+    let mut parity: Vec<Vec<u8>> = vec![Vec::with_capacity(shard_len); m];
+    while let Some(s) = encoder.next_stripe() {
+        for (shard, piece) in parity.iter_mut().zip(encoder.encode_next(&pieces_of(&s))?) {
+            shard.extend_from_slice(&piece);
         }
     }
-    encoder.finish().ok_or_else(|| anyhow::anyhow!("encoder did not finish"))?;
-    let encode_path = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        encoder.finish().as_ref() == Some(&path_hashes),
+        "two encodings of the same data gave different parity"
+    );
 
     // Library: rebuild data shard 0 from the others, stripe by stripe, into
     // buffers allocated once (the library wants owned, equal-length shards).

@@ -202,3 +202,16 @@ proptest! {
         prop_assert_eq!(got, expected);
     }
 }
+
+#[test]
+fn an_encoder_left_before_its_last_stripe_finishes_with_none_and_does_not_hang() {
+    let codec = Arc::new(Codec::new(2, 1).expect("codec"));
+    let data = [Bytes::from(vec![7u8; 3000]), Bytes::from(vec![9u8; 1000])];
+    let mut encoder = StripeEncoder::new(codec, vec![3000, 1000], 1024).expect("encoder");
+    let s = encoder.next_stripe().expect("a first stripe");
+    let pieces: Vec<Bytes> = data.iter().map(|d| d.slice(0..s.len.min(d.len()))).collect();
+    let parity = encoder.encode_next(&pieces).expect("encode");
+    assert_eq!(parity.len(), 1);
+    assert_eq!(parity[0].len(), 1024, "one parity piece as long as the stripe");
+    assert!(encoder.finish().is_none(), "two stripes are still missing");
+}

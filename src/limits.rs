@@ -298,16 +298,23 @@ async fn measure_rpc(dir: &Path, bytes: u64, small_rpcs: u64) -> anyhow::Result<
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?.to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tonic::transport::Server::builder()
-        .max_frame_size(Some(pocket_transport::tls::HTTP2_MAX_FRAME_BYTES))
-        .tls_config(server_tls.server_tls())?
-        .add_service(
-            pb::loopback_server::LoopbackServer::new(Sink)
-                .max_decoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES),
-        )
-        .serve_with_incoming_shutdown(pocket_transport::incoming(listener), async {
+    // The servers' own transport (`pocket_transport::serve`), so the
+    // ceiling is measured on their configuration.
+    let settings = pocket_transport::ServerSettings {
+        caps: pocket_transport::ConnectionCaps::default(),
+        max_concurrent_streams: 64,
+        request_timeout: std::time::Duration::from_secs(120),
+        send_stall_timeout: std::time::Duration::from_secs(10),
+    };
+    let routes = tonic::service::Routes::new(
+        pb::loopback_server::LoopbackServer::new(Sink).max_decoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES),
+    );
+    let server = async move {
+        pocket_transport::serve(listener, &server_tls, settings, routes, async {
             let _ = stopped.await;
-        });
+        })
+        .await
+    };
     let server = tokio::spawn(server);
 
     let channel = client_tls.channel(&addr, &server_id.dns_name())?;

@@ -35,6 +35,11 @@ pub use config::CoordinatorConfig;
 /// Requests one connection may have in flight: a frontend's placement and
 /// location lookups, an OSD's heartbeat. Calls are short; this is a fence.
 const MAX_CONCURRENT_REQUESTS_PER_CONNECTION: usize = 64;
+/// Longest a handler may take: database round trips and, for operator
+/// calls, a status summary; the cell database's own timeouts are shorter.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest a response may wait for its reader (responses here are small).
+const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs the coordinator until `shutdown` resolves.
 pub async fn run(
@@ -54,19 +59,14 @@ pub async fn run(
     let maintenance = tokio::spawn(cell.clone().maintenance_loop(stop_rx.clone()));
     let erasure = tokio::spawn(cell.clone().ec_loop(stop_rx));
     let local_addr = listener.local_addr().context("read coordinator address")?;
-    let incoming = pocket_transport::incoming(listener);
-    let server = tonic::transport::Server::builder()
-        .max_frame_size(Some(pocket_transport::tls::HTTP2_MAX_FRAME_BYTES))
-        // Reap connections whose peer has gone without closing them.
-        .http2_keepalive_interval(Some(pocket_transport::tls::KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(pocket_transport::tls::KEEPALIVE_TIMEOUT))
-        .tls_config(tls.server_tls())
-        .context("configure coordinator TLS")?
-        .timeout(Duration::from_secs(30))
-        .concurrency_limit_per_connection(MAX_CONCURRENT_REQUESTS_PER_CONNECTION)
-        .max_concurrent_streams(Some(MAX_CONCURRENT_REQUESTS_PER_CONNECTION as u32))
-        .add_service(grpc::CoordinatorService::new(cell, audit).into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown);
+    let settings = pocket_transport::ServerSettings {
+        caps: pocket_transport::ConnectionCaps::default(),
+        max_concurrent_streams: MAX_CONCURRENT_REQUESTS_PER_CONNECTION as u32,
+        request_timeout: REQUEST_TIMEOUT,
+        send_stall_timeout: SEND_STALL_TIMEOUT,
+    };
+    let routes = tonic::service::Routes::new(grpc::CoordinatorService::new(cell, audit).into_server());
+    let server = pocket_transport::serve(listener, &tls, settings, routes, shutdown);
     ready.send_replace(true);
     tracing::info!(cell_id = config.cell_id, %local_addr, "coordinator serving");
     let result = server.await.context("serve coordinator gRPC");

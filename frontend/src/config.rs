@@ -54,15 +54,17 @@ pub struct FrontendConfig {
     /// Most keys in one Exists call.
     #[serde(default = "default_max_exists_batch")]
     pub max_exists_batch: usize,
-    /// Longest pause between two messages of a PUT stream, and longest wait
-    /// for a GET client to take the next chunk, before the stream is dropped
-    /// and what it holds is freed.
+    /// Longest pause between two messages of a PUT stream, and longest a
+    /// response (a GET) waits for its reader to take its next 64 KiB piece,
+    /// before the stream is cut (a PUT: DEADLINE_EXCEEDED; a response: reset,
+    /// CANCELLED) and what it holds is freed (ADR 15).
     #[serde(default = "default_stream_idle_timeout_ms")]
     pub stream_idle_timeout_ms: u64,
     /// Upper bound for one request, including the whole upload of a PUT.
     #[serde(default = "default_request_timeout_ms")]
     pub request_timeout_ms: u64,
-    /// Concurrent requests per client connection.
+    /// Concurrent requests (HTTP/2 streams) per client connection; a
+    /// response stream counts until its last byte has left.
     #[serde(default = "default_max_concurrent_requests_per_connection")]
     pub max_concurrent_requests_per_connection: usize,
     /// Client connections open at once, counted from the TCP accept (before

@@ -152,8 +152,8 @@ impl pb::blob_store_server::BlobStore for BlobService {
 
     #[tracing::instrument(name = "get", skip_all, fields(key))]
     async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<GetStream>, Status> {
-        // Held by the response stream until its last chunk: the client's
-        // in-flight cap counts streams that are still sending.
+        // Held by the response stream until its last byte has left: the
+        // client's in-flight cap counts streams that are still sending.
         let admission = self.access.admit(&request, Permission::Get)?;
         let request = request.into_inner();
         let key = Key::from_slice(&request.key)?;
@@ -186,8 +186,8 @@ impl pb::blob_store_server::BlobStore for BlobService {
             blob_length_bytes: if index == 0 { total } else { 0 },
             chunk,
         });
-        let stream =
-            pocket_proto::paced_stream(messages, (permit, client_share, admission), self.stream_idle_timeout, self.request_timeout);
+        // Held until the last byte has left or the stream is reset (ADR 15).
+        let stream = pocket_proto::held_stream(messages, (permit, client_share, admission), self.request_timeout);
         Ok(Response::new(Box::pin(stream)))
     }
 

@@ -41,20 +41,14 @@ pub async fn run(
     let blobs = blobs::Blobs::new(index.clone(), cell, config.clone());
     let service = grpc::BlobService::new(blobs, &config);
     let local_addr = listener.local_addr().context("read frontend address")?;
-    let incoming = pocket_transport::incoming_capped(listener, config.connection_caps());
-    let server = tonic::transport::Server::builder()
-        .max_frame_size(Some(pocket_transport::tls::HTTP2_MAX_FRAME_BYTES))
-        // Reap connections whose peer has gone without closing them.
-        .http2_keepalive_interval(Some(pocket_transport::tls::KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(pocket_transport::tls::KEEPALIVE_TIMEOUT))
-        .tls_config(tls.server_tls())
-        .context("configure frontend TLS")?
-        .concurrency_limit_per_connection(config.max_concurrent_requests_per_connection)
-        // The same cap at the HTTP/2 layer: a peer cannot open more streams.
-        .max_concurrent_streams(u32::try_from(config.max_concurrent_requests_per_connection).ok())
-        .timeout(Duration::from_millis(config.request_timeout_ms))
-        .add_service(service.into_server())
-        .serve_with_incoming_shutdown(incoming, shutdown);
+    let settings = pocket_transport::ServerSettings {
+        caps: config.connection_caps(),
+        max_concurrent_streams: u32::try_from(config.max_concurrent_requests_per_connection).unwrap_or(u32::MAX),
+        request_timeout: Duration::from_millis(config.request_timeout_ms),
+        send_stall_timeout: Duration::from_millis(config.stream_idle_timeout_ms),
+    };
+    let routes = tonic::service::Routes::new(service.into_server());
+    let server = pocket_transport::serve(listener, &tls, settings, routes, shutdown);
     ready.send_replace(true);
     tracing::info!(%local_addr, "frontend serving");
     let result = server.await.context("serve frontend gRPC");

@@ -338,7 +338,7 @@ impl pb::osd_server::Osd for OsdService {
         })?;
         metrics::counter!("pocket_osd_reads_total").increment(1);
         metrics::counter!("pocket_osd_read_bytes_total").increment(data.len() as u64);
-        Ok(Response::new(chunked(data, permit, self.stream_idle_timeout)))
+        Ok(Response::new(chunked(data, permit)))
     }
 
     async fn seal(&self, request: Request<pb::SealRequest>) -> Result<Response<pb::SealResponse>, Status> {
@@ -508,13 +508,13 @@ impl pb::osd_server::Osd for OsdService {
     }
 }
 
-/// Streams `data` in chunks, holding `permit` until the last chunk is taken
-/// or the reader stalls for `idle`.
-fn chunked(data: Bytes, permit: tokio::sync::OwnedSemaphorePermit, idle: std::time::Duration) -> ReadStream {
+/// Streams `data` in chunks, holding `permit` until its last byte has left
+/// or the stream is reset (ADR 15).
+fn chunked(data: Bytes, permit: tokio::sync::OwnedSemaphorePermit) -> ReadStream {
     let total = data.len() as u64;
     let messages = pocket_proto::chunks(&data).enumerate().map(move |(index, chunk)| pb::ReadResponse {
         blob_length_bytes: if index == 0 { total } else { 0 },
         chunk,
     });
-    Box::pin(pocket_proto::paced_stream(messages, permit, idle, MAX_READ_STREAM_DURATION))
+    Box::pin(pocket_proto::held_stream(messages, permit, MAX_READ_STREAM_DURATION))
 }

@@ -138,6 +138,30 @@ mod tests {
         assert_eq!("zz".repeat(32).parse::<Key>(), Err(KeyError::NotHex));
     }
 
+    /// A held stream gives its messages and then ends; asked after its
+    /// deadline it ends with DEADLINE_EXCEEDED, never with OK, and what it
+    /// holds is released only when it is dropped.
+    #[tokio::test]
+    async fn a_held_stream_past_its_deadline_ends_with_a_status_not_ok() {
+        use tokio_stream::StreamExt;
+        let budget = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let permit = budget.clone().try_acquire_owned().expect("permit");
+        let mut whole = held_stream([1, 2, 3].into_iter(), permit, std::time::Duration::from_secs(60));
+        let mut got = Vec::new();
+        while let Some(item) = whole.next().await {
+            got.push(item.expect("within the deadline"));
+        }
+        assert_eq!(got, [1, 2, 3]);
+        assert_eq!(budget.available_permits(), 0, "held until the stream is dropped");
+        drop(whole);
+        assert_eq!(budget.available_permits(), 1);
+
+        let mut late = held_stream([1, 2, 3].into_iter(), (), std::time::Duration::ZERO);
+        let status = late.next().await.expect("an item").expect_err("past the deadline");
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(late.next().await.is_none(), "nothing after the status");
+    }
+
     /// Tiny chunks are coalesced; chunks of 64 KiB and more are kept as the
     /// very buffers that arrived; the bytes and their order never change.
     #[test]
@@ -390,28 +414,53 @@ pub async fn next_message<T>(
     }
 }
 
-/// Serves `messages` as a response stream from a task that waits at most
-/// `idle` for the client to take each one, and at most `total` for all of
-/// them. A client that stops or slows reading loses its stream, and `hold`
-/// (e.g. the byte-budget permit of the buffered blob) is released then.
-pub fn paced_stream<T: Send + 'static>(
-    messages: impl Iterator<Item = T> + Send + 'static,
-    hold: impl Send + 'static,
-    idle: std::time::Duration,
+/// A response stream of `messages` that holds `hold` (e.g. the byte-budget
+/// permits of the bytes it carries) for as long as it lives. pocket's
+/// server (`pocket_transport::server`, ADR 15) drops a response stream
+/// only once its last byte has left the send queue, or when it resets the
+/// stream because the reader took nothing for its stall timeout, so what
+/// `hold` counts stays counted until it is gone.
+///
+/// Asked for a message after `total` has passed, the stream ends with
+/// `DEADLINE_EXCEEDED` instead: a stream that is cut never ends with OK.
+pub fn held_stream<T, I, H>(messages: I, hold: H, total: std::time::Duration) -> HeldStream<I, H>
+where
+    I: Iterator<Item = T> + Unpin,
+    H: Unpin,
+{
+    HeldStream { messages, _hold: hold, deadline: tokio::time::Instant::now() + total, total, done: false }
+}
+
+/// See [`held_stream`].
+pub struct HeldStream<I, H> {
+    messages: I,
+    _hold: H,
+    deadline: tokio::time::Instant,
     total: std::time::Duration,
-) -> tokio_stream::wrappers::ReceiverStream<Result<T, tonic::Status>> {
-    /// Messages buffered ahead of the client: one being sent, one ready.
-    const AHEAD: usize = 2;
-    let (sender, receiver) = tokio::sync::mpsc::channel(AHEAD);
-    let deadline = tokio::time::Instant::now() + total;
-    tokio::spawn(async move {
-        let _hold = hold;
-        for message in messages {
-            let wait = idle.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-            if sender.send_timeout(Ok(message), wait).await.is_err() {
-                return;
-            }
+    done: bool,
+}
+
+impl<T, I, H> tokio_stream::Stream for HeldStream<I, H>
+where
+    I: Iterator<Item = T> + Unpin,
+    H: Unpin,
+{
+    type Item = Result<T, tonic::Status>;
+
+    fn poll_next(self: std::pin::Pin<&mut Self>, _: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return std::task::Poll::Ready(None);
         }
-    });
-    tokio_stream::wrappers::ReceiverStream::new(receiver)
+        if tokio::time::Instant::now() >= this.deadline {
+            this.done = true;
+            return std::task::Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(format!(
+                "the response took longer than {} ms to send; it was cut",
+                this.total.as_millis()
+            )))));
+        }
+        let next = this.messages.next();
+        this.done = next.is_none();
+        std::task::Poll::Ready(next.map(Ok))
+    }
 }

@@ -179,9 +179,10 @@ impl IdentityCache {
 /// `UNAUTHENTICATED` if there is none or it carries no valid identity.
 pub fn peer_identity<T>(request: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
     let certs = request
-        .peer_certs()
+        .extensions()
+        .get::<crate::server::PeerCertificates>()
         .ok_or_else(|| tonic::Status::unauthenticated("a client certificate is required"))?;
-    let leaf = certs.first().ok_or_else(|| tonic::Status::unauthenticated("a client certificate is required"))?;
+    let leaf = certs.0.first().ok_or_else(|| tonic::Status::unauthenticated("a client certificate is required"))?;
     IDENTITIES.identity_of(leaf.as_ref()).map_err(|e| tonic::Status::unauthenticated(e.to_string()))
 }
 

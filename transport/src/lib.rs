@@ -10,15 +10,20 @@
 //!   common name `ROLE:NAME` ([`Identity`]). Services decide what a role may
 //!   do ([`authorize`]); nothing is granted by default.
 //!
-//! Layout: [`tls`] (configs, server and client TLS), [`identity`] (roles and
-//! peer identities), [`pki`] (generating a CA and certificates).
+//! Layout: [`tls`] (configs, server and client TLS), [`server`] (the one
+//! gRPC server of every service: connections, HTTP/2, response streams that
+//! cannot pile up or end OK when cut), [`identity`] (roles and peer
+//! identities), [`pki`] (generating a CA and certificates), [`net`] (the
+//! read-ahead under TLS).
 
 pub mod identity;
 pub mod net;
 pub mod pki;
+pub mod server;
 pub mod tls;
 
 pub use identity::{authorize, peer_identity, role_dns_name, Identity, IdentityCache, Role, RoleGate};
+pub use server::{serve, ServerSettings};
 pub use tls::{Tls, TlsConfig, TlsError};
 
 /// Connections a listener keeps open at once unless its service says
@@ -53,7 +58,7 @@ pub fn incoming(
 
 type SourceCounts = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
 
-/// The connections accepted on `listener`, for tonic's `serve_with_incoming`:
+/// The connections accepted on `listener`, for [`server::serve`]:
 /// - at most `caps.total` open at once, counted from the TCP accept, so
 ///   before any TLS work: at the cap the listener stops accepting (new peers
 ///   wait in the kernel's backlog) until a connection closes. Connections

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use rustls_pki_types::pem::PemObject;
 use serde::{Deserialize, Serialize};
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TonicIdentity, ServerTlsConfig};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity as TonicIdentity};
 
 /// Time allowed for a TLS handshake: a peer that opens a connection and
 /// stalls cannot hold a server task longer than this.
@@ -81,18 +81,19 @@ impl Tls {
         Ok(Tls { inner: Arc::new(material) })
     }
 
-    /// tonic's server TLS: this identity, client certificates required and
-    /// checked against the CA (chain and validity period), bounded handshake.
-    pub fn server_tls(&self) -> ServerTlsConfig {
-        ServerTlsConfig::new()
-            .identity(TonicIdentity::from_pem(&self.inner.cert_pem, &self.inner.key_pem))
-            .client_ca_root(Certificate::from_pem(&self.inner.ca_pem))
-            .timeout(HANDSHAKE_TIMEOUT)
+    /// A rustls server configuration for the HTTP operations endpoint:
+    /// this identity, client certificates required and checked against the
+    /// CA (chain and validity period).
+    pub fn rustls_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        self.server_config(b"http/1.1")
     }
 
-    /// A rustls server configuration with the same rules, for the HTTP
-    /// operations endpoint.
-    pub fn rustls_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    /// The same rules for gRPC ([`crate::server`]): HTTP/2 by ALPN.
+    pub fn grpc_server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+        self.server_config(b"h2")
+    }
+
+    fn server_config(&self, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, TlsError> {
         let roots = self.root_store()?;
         let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
             .build()
@@ -102,7 +103,7 @@ impl Tls {
             .map_err(|_| TlsError::NoPem { path: PathBuf::from("<key>"), what: "PRIVATE KEY" })?;
         let mut config =
             rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(certs, key)?;
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(config))
     }
 
@@ -140,6 +141,13 @@ impl Tls {
     /// role, [`crate::Identity::dns_name`] for one daemon. So a daemon of
     /// another role, or another OSD now on a reused address, is refused.
     pub fn channel(&self, addr: &str, server_name: &str) -> Result<Channel, TlsError> {
+        // TCP_NODELAY and read-ahead come from the connector.
+        Ok(self.endpoint(addr, server_name)?.connect_with_connector_lazy(crate::net::Connector))
+    }
+
+    /// The endpoint [`Tls::channel`] connects to, for a caller (a test) that
+    /// changes a setting first; connect it with [`crate::net::Connector`].
+    pub fn endpoint(&self, addr: &str, server_name: &str) -> Result<Endpoint, TlsError> {
         let tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&self.inner.ca_pem))
             .identity(TonicIdentity::from_pem(&self.inner.cert_pem, &self.inner.key_pem))
@@ -156,7 +164,6 @@ impl Tls {
             .max_frame_size(HTTP2_MAX_FRAME_BYTES)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
             .keep_alive_timeout(KEEPALIVE_TIMEOUT);
-        // TCP_NODELAY and read-ahead come from the connector.
-        Ok(endpoint.connect_with_connector_lazy(crate::net::Connector))
+        Ok(endpoint)
     }
 }

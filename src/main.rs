@@ -1,5 +1,6 @@
 //! `pocket`: one binary for every role (`osd`, `coordinator`, `frontend`),
 //! the local cell (`up`) and the client commands (`put`, `get`, `exists`, `stat`).
+//! A failure prints one line per cause and exits 1.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -62,17 +63,48 @@ enum Command {
     Coordinator(DaemonArgs),
     /// Run a frontend (the public BlobStore service).
     Frontend(DaemonArgs),
-    /// Store a file; prints its key (64 hex characters).
+    /// Store files (or standard input); prints each one's key.
+    ///
+    /// One file, or `-`, prints the bare key (64 hex characters); several,
+    /// or a directory with --recursive, print `KEY  PATH` lines (as b3sum
+    /// and sha256sum do) and a summary on standard error. Files the pocket
+    /// already holds are not sent again. A file that fails is reported and
+    /// the others carry on; the exit status is 1 if any failed.
     Put {
-        file: PathBuf,
+        /// Files to store; `-` reads standard input (held in memory, at
+        /// most 32 MiB).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Store the regular files under each directory given. Symbolic
+        /// links and special files found there are skipped (with a note),
+        /// never followed; a symbolic link given as an argument is followed.
+        #[arg(short, long)]
+        recursive: bool,
+        /// Files hashed, and files uploaded, at once.
+        #[arg(long, default_value_t = pocket::transfer::DEFAULT_PUT_CONCURRENCY,
+              value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=pocket::transfer::MAX_PUT_CONCURRENCY as u64))]
+        concurrency: usize,
+        /// No progress bar, notes or summary (errors are still printed).
+        #[arg(short, long)]
+        quiet: bool,
         #[arg(long, env = "POCKET_CONFIG", default_value = "pocket-data/client.toml")]
         config: PathBuf,
     },
-    /// Fetch a blob to a file (-o) or standard output.
+    /// Fetch a blob to a file (-o) or standard output, checked against its key.
+    ///
+    /// A file is written under a temporary name beside it and renamed into
+    /// place only once complete and checked: on failure nothing is left
+    /// behind. Standard output gets the blob only once it has been checked
+    /// whole.
     Get {
+        /// The blob's key (64 hex characters).
         key: String,
+        /// The file to write (`-`: standard output, as without -o).
         #[arg(short, long)]
         output: Option<PathBuf>,
+        /// No progress bar (errors are still printed).
+        #[arg(short, long)]
+        quiet: bool,
         #[arg(long, env = "POCKET_CONFIG", default_value = "pocket-data/client.toml")]
         config: PathBuf,
     },
@@ -203,7 +235,13 @@ struct DaemonArgs {
     run_file: Option<PathBuf>,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Exit status after an interrupt (SIGINT or SIGTERM), as shells report a
+/// process that SIGINT ended: 128 + 2.
+const EXIT_INTERRUPTED: i32 = 130;
+
+/// Runs the command; on failure prints the error, one line per cause
+/// (`error: ...`, then `  caused by: ...`), and exits 1 (130 if interrupted).
+fn main() {
     // Before the runtime and the daemons allocate (ADR 9).
     let _ = pocket::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
@@ -213,8 +251,22 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Runtime::new().context("start tokio runtime")?;
-    runtime.block_on(dispatch(cli.command))
+    let runtime = match tokio::runtime::Runtime::new().context("start tokio runtime") {
+        Ok(runtime) => runtime,
+        Err(error) => fail(error),
+    };
+    if let Err(error) = runtime.block_on(dispatch(cli.command)) {
+        // Exits with the runtime still up: dropping it would wait for a
+        // blocking read of standard input that an interrupt left behind.
+        fail(error);
+    }
+}
+
+/// Prints `error` one line per cause and exits 1 (130 if interrupted).
+fn fail(error: anyhow::Error) -> ! {
+    eprint!("{}", pocket::transfer::render_error(&error));
+    let interrupted = error.downcast_ref::<pocket::transfer::Interrupted>().is_some();
+    std::process::exit(if interrupted { EXIT_INTERRUPTED } else { 1 })
 }
 
 async fn dispatch(command: Command) -> anyhow::Result<()> {
@@ -259,26 +311,21 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             let (listen, http, tls) = (config.listen.clone(), config.http_listen.clone(), config.tls.clone());
             serve(args, &listen, &http, &tls, |l, ready, stop| pocket_frontend::run(l, config, ready, stop)).await
         }
-        Command::Put { file, config } => {
+        Command::Put { paths, recursive, concurrency, quiet, config } => {
             let client = client(&config)?;
-            let (key, _created) = client.put_file(&file).await.with_context(|| format!("put {}", file.display()))?;
-            println!("{key}");
-            Ok(())
-        }
-        Command::Get { key, output, config } => {
-            let key = parse_key(&key)?;
-            let client = client(&config)?;
-            match output {
-                Some(path) => {
-                    client.get_to_file(&key, &path).await.with_context(|| format!("get {key}"))?;
-                }
-                None => {
-                    let data = client.get(&key).await.with_context(|| format!("get {key}"))?;
-                    use std::io::Write;
-                    std::io::stdout().write_all(&data).context("write to stdout")?;
-                }
+            let options = pocket::transfer::PutOptions { recursive, concurrency, quiet };
+            let summary = pocket::transfer::interruptible(pocket::transfer::put(&client, &paths, &options)).await?;
+            if summary.failed > 0 {
+                // Each failure was printed where it happened.
+                std::process::exit(1);
             }
             Ok(())
+        }
+        Command::Get { key, output, quiet, config } => {
+            let key = parse_key(&key)?;
+            let client = client(&config)?;
+            let get = pocket::transfer::get(&client, &key, output.as_deref(), quiet);
+            pocket::transfer::interruptible(async { get.await.with_context(|| format!("get {key}")) }).await
         }
         Command::Exists { keys, config } => {
             let keys = keys.iter().map(|k| parse_key(k)).collect::<anyhow::Result<Vec<_>>>()?;

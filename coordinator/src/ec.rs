@@ -487,6 +487,9 @@ struct SourceReader {
     size: u64,
     requested_up_to: u64,
     stream: Option<tonic::Streaming<pb::ReadRangeResponse>>,
+    /// Bytes of the current range read not received yet: a range that ends
+    /// short is an error, never bytes shifted into the next range's place.
+    stream_left: u64,
     buffer: BytesMut,
     /// BLAKE3 of every byte handed out.
     hasher: blake3::Hasher,
@@ -501,6 +504,7 @@ impl SourceReader {
             size,
             requested_up_to: 0,
             stream: None,
+            stream_left: 0,
             buffer: BytesMut::new(),
             hasher: blake3::Hasher::new(),
         }
@@ -522,7 +526,20 @@ impl SourceReader {
                 None => None,
             };
             match message {
-                Some(message) => self.buffer.extend_from_slice(&message.chunk),
+                Some(message) => {
+                    let len = message.chunk.len() as u64;
+                    if len > self.stream_left {
+                        return Err(self.error(tonic::Status::out_of_range("a range read returned more than it asked")));
+                    }
+                    self.stream_left -= len;
+                    self.buffer.extend_from_slice(&message.chunk);
+                }
+                None if self.stream.is_some() && self.stream_left > 0 => {
+                    return Err(self.error(tonic::Status::data_loss(format!(
+                        "a range read ended {} bytes short",
+                        self.stream_left
+                    ))));
+                }
                 None => {
                     if self.requested_up_to >= self.size {
                         return Err(self.error(tonic::Status::out_of_range("the extent ended early")));
@@ -536,6 +553,7 @@ impl SourceReader {
                     };
                     let stream = self.client.read_range(request).await.map_err(|status| self.error(status))?.into_inner();
                     self.stream = Some(stream);
+                    self.stream_left = length;
                     self.requested_up_to += length;
                 }
             }

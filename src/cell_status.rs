@@ -5,18 +5,10 @@
 use std::path::Path;
 
 use anyhow::Context;
+use pocket_daemon::operator::OperatorConfig;
 use pocket_proto::pb;
-use pocket_transport::{Role, Tls, TlsConfig};
+use pocket_transport::{Role, Tls};
 use serde::{Deserialize, Serialize};
-
-/// Where an operator finds a coordinator, and with which certificate
-/// (`operator:NAME`). `pocket up` writes one as `DIR/operator.toml`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OperatorConfig {
-    pub coordinator: String,
-    pub tls: TlsConfig,
-}
 
 /// The cell's state as `--json` prints it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

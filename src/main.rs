@@ -1,18 +1,18 @@
 //! `pocket`: one binary for every role (`osd`, `coordinator`, `frontend`),
-//! the local cell (`up`) and the client commands (`put`, `get`, `exists`, `stat`).
+//! the local cell (`up`), the client commands (`put`, `get`, `exists`,
+//! `stat`), the operator's `cell status` and the measurement commands
+//! (`bench`, `limits`, `ec-bench`, `restart-bench`). This file is the flags
+//! and the dispatch: daemons run through `pocket_daemon::serve`, the
+//! measurement commands are `pocket_bench`'s, the rest this crate's library.
 //! A failure prints one line per cause and exits 1.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use pocket::runinfo::{parse_size, RunInfo};
 use pocket_client::{Client, ClientConfig};
+use pocket_daemon::runinfo::parse_size;
 use pocket_proto::Key;
-use serde::de::DeserializeOwned;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 /// Every role of the binary allocates through mimalloc (ADR 7).
 #[global_allocator]
@@ -119,7 +119,7 @@ enum Command {
     /// MiB/s, ops/s and latency percentiles per phase.
     Bench {
         #[arg(long, value_enum, default_value = "all")]
-        mode: pocket::bench::Mode,
+        mode: pocket_bench::bench::Mode,
         /// Operations per phase (ignored with --duration-secs).
         #[arg(long, default_value_t = 256)]
         count: usize,
@@ -163,6 +163,16 @@ enum Command {
         /// The pocket's replication factor (PUT is bounded by write bandwidth / R).
         #[arg(long, default_value_t = 3)]
         replicas: u32,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The background jobs of every daemon of a local pocket and their
+    /// state (busy, idle, throttled, error), from each daemon's /workers.
+    Workers {
+        /// Operator config; the daemons are those with run files in the
+        /// `run/` directory beside it (as `pocket up` writes them).
+        #[arg(long, default_value = "pocket-data/operator.toml")]
+        config: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -243,7 +253,7 @@ const EXIT_INTERRUPTED: i32 = 130;
 /// (`error: ...`, then `  caused by: ...`), and exits 1 (130 if interrupted).
 fn main() {
     // Before the runtime and the daemons allocate (ADR 9).
-    let _ = pocket::memory::disable_transparent_huge_pages();
+    let _ = pocket_daemon::memory::disable_transparent_huge_pages();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -294,22 +304,22 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 ec_data_shards: ec_data,
                 ec_parity_shards: ec_parity,
             };
-            pocket::up::Up::prepare(&dir, settings)?.run(shutdown_signal()).await
+            pocket::up::Up::prepare(&dir, settings)?.run(pocket_daemon::shutdown_signal()).await
         }
         Command::Osd(args) => {
-            let config: pocket_osd::OsdConfig = load_config(&args.config)?;
+            let config: pocket_osd::OsdConfig = pocket_daemon::load_config(&args.config)?;
             let (listen, http, tls) = (config.listen.clone(), config.http_listen.clone(), config.tls.clone());
-            serve(args, &listen, &http, &tls, |l, ready, stop| pocket_osd::run(l, config, ready, stop)).await
+            pocket_daemon::serve(args.run_file, &listen, &http, &tls, |l, ready, stop| pocket_osd::run(l, config, ready, stop)).await
         }
         Command::Coordinator(args) => {
-            let config: pocket_coordinator::CoordinatorConfig = load_config(&args.config)?;
+            let config: pocket_coordinator::CoordinatorConfig = pocket_daemon::load_config(&args.config)?;
             let (listen, http, tls) = (config.listen.clone(), config.http_listen.clone(), config.tls.clone());
-            serve(args, &listen, &http, &tls, |l, ready, stop| pocket_coordinator::run(l, config, ready, stop)).await
+            pocket_daemon::serve(args.run_file, &listen, &http, &tls, |l, ready, stop| pocket_coordinator::run(l, config, ready, stop)).await
         }
         Command::Frontend(args) => {
-            let config: pocket_frontend::FrontendConfig = load_config(&args.config)?;
+            let config: pocket_frontend::FrontendConfig = pocket_daemon::load_config(&args.config)?;
             let (listen, http, tls) = (config.listen.clone(), config.http_listen.clone(), config.tls.clone());
-            serve(args, &listen, &http, &tls, |l, ready, stop| pocket_frontend::run(l, config, ready, stop)).await
+            pocket_daemon::serve(args.run_file, &listen, &http, &tls, |l, ready, stop| pocket_frontend::run(l, config, ready, stop)).await
         }
         Command::Put { paths, recursive, concurrency, quiet, config } => {
             let client = client(&config)?;
@@ -340,7 +350,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             }
         }
         Command::Bench { mode, count, size, concurrency, duration_secs, json, config } => {
-            let options = pocket::bench::BenchOptions {
+            let options = pocket_bench::bench::BenchOptions {
                 mode,
                 count,
                 size_bytes: usize::try_from(size).context("size")?,
@@ -349,84 +359,33 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 progress: !json && std::io::IsTerminal::is_terminal(&std::io::stderr()),
                 seed: rand::random(),
             };
-            let reports = pocket::bench::run(client(&config)?, options).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&reports)?);
-            } else {
-                print!("{}", pocket::bench::table(&reports));
-            }
-            if reports.iter().any(|r| r.errors > 0) {
-                bail!("some operations failed; see the errors column");
-            }
-            Ok(())
+            pocket_bench::bench::command(client(&config)?, options, json).await
         }
         Command::Cell { command: CellCommand::Status { config, json } } => pocket::cell_status::run(&config, json).await,
+        Command::Workers { config, json } => pocket::workers::run(&config, json).await,
         Command::RestartBench { dir, records, record_size, extent_size, json } => {
-            let options = pocket::restart_bench::RestartBenchOptions {
+            let options = pocket_bench::restart_bench::RestartBenchOptions {
                 dir,
                 records,
                 record_bytes: usize::try_from(record_size).context("record size")?,
                 extent_size_bytes: extent_size,
             };
-            let report = pocket::restart_bench::run(options).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", pocket::restart_bench::render(&report));
-            }
-            Ok(())
+            pocket_bench::restart_bench::command(options, json).await
         }
         Command::EcBench { data, parity, extent_size, stripe, record_size, json } => {
-            let options = pocket::ec_bench::EcBenchOptions {
+            let options = pocket_bench::ec_bench::EcBenchOptions {
                 data_shards: data,
                 parity_shards: parity,
                 extent_size_bytes: extent_size,
                 stripe_bytes: usize::try_from(stripe).context("stripe size")?,
                 record_bytes: usize::try_from(record_size).context("record size")?,
             };
-            let report = pocket::ec_bench::run(options).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                print!("{}", pocket::ec_bench::render(&report));
-            }
-            Ok(())
+            pocket_bench::ec_bench::command(options, json).await
         }
         Command::Limits { dir, disk_size, config, count, small_count, replicas, json } => {
-            let options = pocket::limits::LimitsOptions {
-                dir,
-                disk_bytes: disk_size,
-                sync_every_bytes: vec![4 << 20, 64 << 20],
-                hash_bytes: 1 << 30,
-                rpc_bytes: 1 << 30,
-                small_rpcs: 8192,
-            };
-            let limits = pocket::limits::measure(&options).await?;
-            let figures = match config {
-                Some(config) => {
-                    Some(pocket::limits::bench_pocket(client(&config)?, &options.dir, count, small_count, disk_size).await?)
-                }
-                None => None,
-            };
-            let ratios = figures.as_ref().map(|f| pocket::limits::ratios(&limits, f, replicas)).unwrap_or_default();
-            if json {
-                let all = serde_json::json!({ "limits": limits, "pocket": figures, "ratios": ratios });
-                println!("{}", serde_json::to_string_pretty(&all)?);
-            } else {
-                print!("{}", pocket::limits::table(&limits));
-                if let Some(figures) = &figures {
-                    print!("{}", pocket::limits::pattern_table(figures));
-                    print!("\n{}", pocket::bench::table(&figures.bench));
-                    println!("\nphase   pocket MiB/s  bound MiB/s  ratio  bound");
-                    for r in &ratios {
-                        println!("{:<7} {:>12.1} {:>12.1} {:>6.2}  {}", r.what, r.pocket_mib_per_sec, r.bound_mib_per_sec, r.ratio, r.bound);
-                    }
-                    if figures.osd_pattern.is_some() {
-                        println!("(put*: the same PUTs against the disk's best single-file figure, not the OSDs' pattern)");
-                    }
-                }
-            }
-            Ok(())
+            let options = pocket_bench::limits::LimitsOptions::new(dir, disk_size);
+            let pocket = config.map(|config| pocket_bench::limits::PocketBench { config, count, small_count, replicas });
+            pocket_bench::limits::command(&options, pocket, json).await
         }
         Command::Stat { key, config } => {
             let key = parse_key(&key)?;
@@ -444,87 +403,4 @@ fn parse_key(text: &str) -> anyhow::Result<Key> {
 fn client(config: &Path) -> anyhow::Result<Client> {
     let config = ClientConfig::load(config)?;
     Ok(Client::connect(&config)?)
-}
-
-fn load_config<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("read config {}", path.display()))?;
-    // The message and position only: toml's full error quotes the offending
-    // line, which may hold a database password.
-    toml::from_str(&text).map_err(|e| {
-        let at = e.span().map(|span| text[..span.start.min(text.len())].lines().count()).unwrap_or(0);
-        anyhow::anyhow!("parse config {} (line {at}): {}", path.display(), e.message())
-    })
-}
-
-/// Binds the daemon's listeners, serves `/metrics` and `/healthz`, writes the
-/// run file once the daemon is ready, and runs it until SIGTERM or Ctrl-C.
-async fn serve<F, Fut>(
-    args: DaemonArgs,
-    listen: &str,
-    http_listen: &str,
-    tls: &pocket_transport::TlsConfig,
-    run: F,
-) -> anyhow::Result<()>
-where
-    F: FnOnce(TcpListener, watch::Sender<bool>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
-{
-    let metrics = pocket::ops::install_metrics()?;
-    let ops_tls = pocket_transport::Tls::load(tls).context("load TLS material for the ops endpoint")?;
-    let grpc = TcpListener::bind(listen).await.with_context(|| format!("bind gRPC listener {listen}"))?;
-    let http = TcpListener::bind(http_listen).await.with_context(|| format!("bind HTTP listener {http_listen}"))?;
-    let info = RunInfo {
-        grpc: grpc.local_addr()?.to_string(),
-        http: http.local_addr()?.to_string(),
-        pid: std::process::id(),
-    };
-    let (ready_tx, ready_rx) = watch::channel(false);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        stop_tx.send_replace(true);
-    });
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let ops_shutdown = stopped(stop_rx.clone());
-    let ops_ready = ready_rx.clone();
-    let ops = tokio::spawn(async move { pocket::ops::serve(http, &ops_tls, metrics, ops_ready, ops_shutdown).await });
-    if let Some(path) = args.run_file.clone() {
-        let mut ready = ready_rx.clone();
-        tokio::spawn(async move {
-            if ready.wait_for(|ready| *ready).await.is_ok() {
-                if let Err(e) = info.write(&path) {
-                    tracing::error!(error = %e, "could not write run file");
-                }
-            }
-        });
-    }
-    let result = run(grpc, ready_tx, Box::pin(stopped(stop_rx))).await;
-    if let Some(path) = args.run_file {
-        let _ = std::fs::remove_file(path);
-    }
-    // The health endpoint goes last: it reported "not serving" since the
-    // daemon flipped `ready` to false on its way out.
-    ops.abort();
-    if let Err(e) = &result {
-        tracing::error!(error = format!("{e:#}"), "daemon failed");
-        bail!("{e:#}");
-    }
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(signal) => signal,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-    tracing::info!("shutdown requested");
 }

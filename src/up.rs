@@ -24,12 +24,11 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use pocket_daemon::runinfo::RunInfo;
 use pocket_proto::pb;
 use pocket_transport::{pki, Identity, Role};
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
-
-use crate::runinfo::RunInfo;
 
 /// How long a daemon may take from spawn to serving before `up` gives up.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -290,7 +289,7 @@ impl Up {
         }
         let operator_tls = pocket_transport::Tls::load(&pki::tls_config(&self.dir.join("pki"), &up_identity()))?;
         wait_writable(&operator_tls, &coordinator_addr).await?;
-        let operator_config = crate::cell_status::OperatorConfig {
+        let operator_config = pocket_daemon::operator::OperatorConfig {
             coordinator: coordinator_addr.clone(),
             tls: pki::tls_config(&self.dir.join("pki"), &Identity::new(Role::Operator, "admin")),
         };

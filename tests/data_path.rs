@@ -104,7 +104,7 @@ async fn thousand_blobs_round_trip_and_survive_a_full_restart() {
     let (mut calls, mut records) = (0u64, 0u64);
     for osd in 1..=9 {
         let http = pocket.run_info(&format!("osd-{osd}")).http;
-        let metrics = common::https_get(&pocket.tls(Role::Operator, "admin"), &http, "/metrics").await;
+        let metrics = common::metrics(&pocket.tls(Role::Operator, "admin"), &http).await;
         calls += counter(&metrics, "pocket_osd_append_batches_total");
         records += counter(&metrics, "pocket_osd_append_batch_records_total");
     }

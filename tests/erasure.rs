@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::{signal, LocalPocket, UpOptions};
-use pocket::cell_status::{CellReport, OperatorConfig};
+use pocket::cell_status::CellReport;
 use pocket_proto::{pb, Key};
 use pocket_transport::Role;
 use rand::{Rng, SeedableRng};
@@ -146,7 +146,7 @@ fn release(pocket: &LocalPocket, daemon: &str) {
 async fn wait_serving_again(pocket: &LocalPocket, daemon: &str, old_pid: u32) {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        if let Ok(info) = pocket::runinfo::RunInfo::read(&pocket.dir.join("run").join(format!("{daemon}.run"))) {
+        if let Ok(info) = pocket_daemon::runinfo::RunInfo::read(&pocket.dir.join("run").join(format!("{daemon}.run"))) {
             if info.pid != old_pid && common::process_alive(info.pid) {
                 return;
             }
@@ -196,9 +196,46 @@ async fn closed_volumes_are_erasure_coded_and_survive_the_loss_of_any_m_shards()
     assert!(table.contains(&format!("overhead {:.3}x", r.overhead)), "{table}");
     let json: CellReport = serde_json::from_str(&status(true)).expect("status JSON");
     assert_eq!(json.volumes.get("ec/ec"), r.volumes.get("ec/ec"));
-    let metrics = common::https_get(&pocket.tls(Role::Operator, "admin"), &pocket.run_info("coordinator").http, "/metrics").await;
+    let metrics = common::metrics(&pocket.tls(Role::Operator, "admin"), &pocket.run_info("coordinator").http).await;
     assert!(metrics.contains(&format!("pocket_coordinator_volumes{{kind=\"ec\",state=\"ec\"}} {ec_volumes}")), "{metrics}");
     assert!(metrics.contains("pocket_coordinator_storage_overhead_ratio"), "{metrics}");
+
+    // The background jobs of every daemon (ADR 16): `pocket workers` and /workers.
+    let output = std::process::Command::new(common::POCKET)
+        .args(["workers", "--json", "--config"])
+        .arg(pocket.dir.join("operator.toml"))
+        .output()
+        .expect("run pocket workers");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let daemons: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).expect("workers JSON");
+    let workers_of = |daemon: &str| -> Vec<serde_json::Value> {
+        let entry = daemons.iter().find(|d| d["daemon"] == daemon).unwrap_or_else(|| panic!("{daemon} missing: {daemons:?}"));
+        entry["report"]["workers"].as_array().unwrap_or_else(|| panic!("{daemon}: {entry}")).clone()
+    };
+    let coordinator = workers_of("coordinator");
+    for name in ["maintenance", "erasure-coding"] {
+        let worker = coordinator.iter().find(|w| w["name"] == name).unwrap_or_else(|| panic!("no {name}: {coordinator:?}"));
+        assert!(worker["iterations"].as_u64().expect("iterations") > 0, "{worker}");
+        assert_ne!(worker["state"], "error", "{worker}");
+        assert!(worker["last_success_unix_ms"].as_i64().is_some(), "{worker}");
+    }
+    // Erasure coding ran under the coordinator's budget: a slot per build, its source bytes counted.
+    let report = &daemons.iter().find(|d| d["daemon"] == "coordinator").expect("coordinator")["report"];
+    let ec = report["budget"]["granted"].as_array().expect("granted").iter().find(|g| g["class"] == "erasure_coding").cloned().expect("ec class");
+    assert!(ec["ops"].as_u64().expect("ops") >= ec_volumes, "{ec}");
+    assert!(ec["bytes"].as_u64().expect("bytes") > 0, "{ec}");
+    for osd in 1..=9 {
+        let workers = workers_of(&format!("osd-{osd}"));
+        assert!(workers.iter().any(|w| w["name"] == "heartbeat" && w["iterations"].as_u64() > Some(0)), "osd-{osd}: {workers:?}");
+    }
+    assert_eq!(workers_of("frontend"), Vec::<serde_json::Value>::new(), "the frontend runs no background job yet");
+    let table = std::process::Command::new(common::POCKET)
+        .args(["workers", "--config"])
+        .arg(pocket.dir.join("operator.toml"))
+        .output()
+        .expect("run pocket workers");
+    let table = String::from_utf8(table.stdout).expect("utf-8");
+    assert!(table.lines().any(|l| l.starts_with("coordinator") && l.contains("erasure-coding")), "{table}");
 
     // Every stored blob, erasure-coded or still in an open volume, reads back.
     assert_all_readable(&pocket, &stored, "after encoding").await;
@@ -330,7 +367,7 @@ async fn sigkills_during_encoding_lose_nothing_and_leave_no_volume_half_switched
 async fn try_report(pocket: &LocalPocket) -> Option<CellReport> {
     tokio::time::timeout(Duration::from_secs(5), async {
         let text = std::fs::read_to_string(pocket.dir.join("operator.toml")).ok()?;
-        let config: OperatorConfig = toml::from_str(&text).ok()?;
+        let config: pocket_daemon::operator::OperatorConfig = toml::from_str(&text).ok()?;
         pocket::cell_status::fetch(&config).await.ok()
     })
     .await

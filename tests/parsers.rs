@@ -142,7 +142,7 @@ proptest! {
         let _ = text.parse::<Key>();
         let _ = Key::from_slice(text.as_bytes());
         let _ = pocket_transport::Identity::parse(&text);
-        let _ = pocket::runinfo::parse_size(&text);
+        let _ = pocket_daemon::runinfo::parse_size(&text);
     }
 
     #[test]

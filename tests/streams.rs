@@ -247,7 +247,7 @@ async fn a_reader_that_stalls_past_the_idle_timeout_gets_a_non_ok_status() {
     }
 
     // The frontend counted the resets.
-    let metrics = common::https_get(&pocket.tls(Role::Operator, "admin"), &pocket.run_info("frontend").http, "/metrics").await;
+    let metrics = common::metrics(&pocket.tls(Role::Operator, "admin"), &pocket.run_info("frontend").http).await;
     let resets = metrics
         .lines()
         .find(|l| l.starts_with("pocket_response_streams_reset_total") && l.contains("stalled_reader"))

@@ -9,7 +9,7 @@ use pocket_proto::{now_unix_ms, pb, BucketId, OsdId};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 use crate::config::CoordinatorConfig;
 use crate::db::{CellDb, DbError, OsdRow, VolumeKind, VolumeRow, VolumeState};
@@ -65,7 +65,9 @@ struct Inner {
     rng: Mutex<StdRng>,
     tls: pocket_transport::Tls,
     osd_channels: Mutex<HashMap<String, tonic::transport::Channel>>,
-    wake: Notify,
+    wake: Arc<Notify>,
+    /// The coordinator's background budget (ADR 16): erasure coding runs under it.
+    budget: pocket_worker::Budget,
     started: Instant,
     /// Failed erasure-coding attempts per volume being built (since start).
     ec_attempts: Mutex<HashMap<u64, u32>>,
@@ -86,7 +88,8 @@ impl Cell {
                 rng: Mutex::new(rng),
                 tls,
                 osd_channels: Mutex::new(HashMap::new()),
-                wake: Notify::new(),
+                wake: Arc::new(Notify::new()),
+                budget: pocket_worker::Budget::new(pocket_worker::BudgetConfig::default()),
                 started: Instant::now(),
                 ec_attempts: Mutex::new(HashMap::new()),
                 ec_blocked: std::sync::atomic::AtomicBool::new(false),
@@ -231,18 +234,9 @@ impl Cell {
         }
     }
 
-    pub async fn maintenance_loop(self, mut stop: watch::Receiver<bool>) {
-        let tick = Duration::from_millis(self.inner.config.tick_interval_ms);
-        loop {
-            if let Err(e) = self.maintain().await {
-                tracing::warn!(error = %e, "maintenance pass failed; retrying next tick");
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
-                _ = self.inner.wake.notified() => {}
-                _ = stop.changed() => return,
-            }
-        }
+    /// The coordinator's background budget (ADR 16).
+    pub fn budget(&self) -> &pocket_worker::Budget {
+        &self.inner.budget
     }
 
     /// One pass: finish creating volumes, close volumes with dead replicas,
@@ -424,6 +418,43 @@ pub fn choose_osds(
         }
     }
     (chosen.len() == count).then_some(chosen)
+}
+
+/// The maintenance pass as a background job (ADR 16): every tick, and at
+/// once when woken (an OSD registered, a bucket was reported).
+pub struct MaintenanceJob {
+    cell: Cell,
+}
+
+impl MaintenanceJob {
+    pub fn new(cell: Cell) -> MaintenanceJob {
+        MaintenanceJob { cell }
+    }
+
+    fn tick(&self) -> Duration {
+        Duration::from_millis(self.cell.inner.config.tick_interval_ms)
+    }
+}
+
+impl pocket_worker::Job for MaintenanceJob {
+    fn name(&self) -> &'static str {
+        "maintenance"
+    }
+
+    async fn step(&mut self) -> Result<pocket_worker::Step, pocket_worker::JobError> {
+        self.cell.maintain().await.map_err(pocket_worker::JobError::new)?;
+        Ok(pocket_worker::Step::Idle(self.tick()))
+    }
+
+    /// A failed pass (the cell database) is retried after a tick, then
+    /// less often, up to eight ticks apart.
+    fn backoff(&self) -> pocket_worker::Backoff {
+        pocket_worker::Backoff { initial: self.tick(), max: self.tick() * 8 }
+    }
+
+    fn wake(&self) -> Option<Arc<Notify>> {
+        Some(self.cell.inner.wake.clone())
+    }
 }
 
 #[cfg(test)]

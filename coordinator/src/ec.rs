@@ -30,7 +30,7 @@ use bytes::{Bytes, BytesMut};
 use pocket_erasure::{Codec, StripeEncoder};
 use pocket_proto::{pb, ExtentId, OsdId, VolumeId};
 use rand::seq::SliceRandom;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 use crate::cell::{Cell, CellError};
@@ -158,27 +158,6 @@ fn domain_of(alive: &HashMap<OsdId, OsdRow>, osd: OsdId) -> &str {
 }
 
 impl Cell {
-    /// Runs erasure-coding passes until `stop`.
-    pub async fn ec_loop(self, mut stop: watch::Receiver<bool>) {
-        let tick = Duration::from_millis(self.config().erasure.tick_interval_ms);
-        loop {
-            // A pass may be stopped anywhere: every step it takes is recorded
-            // and resumable, and a shard not yet acknowledged is discarded.
-            tokio::select! {
-                result = self.ec_pass() => {
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "erasure-coding pass failed; retrying next tick");
-                    }
-                }
-                _ = stop.changed() => return,
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(tick) => {}
-                _ = stop.changed() => return,
-            }
-        }
-    }
-
     /// One pass: resume volumes being built, retire switched replicas,
     /// delete garbage of abandoned volumes, plan and build new volumes.
     pub async fn ec_pass(&self) -> Result<(), CellError> {
@@ -262,6 +241,8 @@ impl Cell {
     /// Encodes, verifies and switches `volume`; on failure counts an attempt
     /// and abandons the volume after too many. Returns whether it switched.
     async fn build(&self, volume: EcVolume, alive: &HashMap<OsdId, OsdRow>) -> Result<bool, CellError> {
+        // One of the background budget's operations for the whole build.
+        let _slot = self.budget().operation(pocket_worker::Class::ErasureCoding).await;
         let started = Instant::now();
         match self.encode(&volume, alive).await {
             Ok(encoded_bytes) => {
@@ -369,6 +350,9 @@ impl Cell {
         }
         while let Some(stripe) = encoder.next_stripe() {
             let shape = encoder.shape().clone();
+            // The stripe's source bytes, read under the background byte rate.
+            let stripe_bytes = (0..k).map(|i| shape.stored_len(i, stripe.offset, stripe.len) as u64).sum();
+            self.budget().bytes(pocket_worker::Class::ErasureCoding, stripe_bytes).await;
             let pieces = futures::future::try_join_all(
                 sources.iter_mut().enumerate().map(|(i, source)| source.take(shape.stored_len(i, stripe.offset, stripe.len))),
             )
@@ -630,6 +614,42 @@ impl WholeSink {
             Ok(Err(status)) => Err(EncodeError::Osd { osd_id, extent_id, status }),
             Err(e) => Err(EncodeError::Osd { osd_id, extent_id, status: tonic::Status::internal(format!("write task failed: {e}")) }),
         }
+    }
+}
+
+/// Erasure coding as a background job (ADR 16): a pass every tick. A pass
+/// may be stopped anywhere: every step it takes is recorded and resumable,
+/// and a shard not yet acknowledged is discarded.
+pub struct ErasureJob {
+    cell: Cell,
+}
+
+impl ErasureJob {
+    pub fn new(cell: Cell) -> ErasureJob {
+        ErasureJob { cell }
+    }
+
+    fn tick(&self) -> Duration {
+        Duration::from_millis(self.cell.config().erasure.tick_interval_ms)
+    }
+}
+
+impl pocket_worker::Job for ErasureJob {
+    fn name(&self) -> &'static str {
+        "erasure-coding"
+    }
+
+    async fn step(&mut self) -> Result<pocket_worker::Step, pocket_worker::JobError> {
+        self.cell.ec_pass().await.map_err(pocket_worker::JobError::new)?;
+        Ok(pocket_worker::Step::Idle(self.tick()))
+    }
+
+    fn backoff(&self) -> pocket_worker::Backoff {
+        pocket_worker::Backoff { initial: self.tick(), max: self.tick() * 8 }
+    }
+
+    fn cancel_safe(&self) -> bool {
+        true
     }
 }
 

@@ -55,9 +55,11 @@ pub async fn run(
     let tls = pocket_transport::Tls::load(&config.tls).context("load coordinator TLS material")?;
     let audit = audit::AuditLog::open(&config.audit_log).context("open audit log")?;
     let cell = cell::Cell::new(db.clone(), config.clone(), tls.clone());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let maintenance = tokio::spawn(cell.clone().maintenance_loop(stop_rx.clone()));
-    let erasure = tokio::spawn(cell.clone().ec_loop(stop_rx));
+    // Background jobs (ADR 16); stopped in reverse order after serving ends.
+    pocket_worker::Registry::global().set_budget(cell.budget().clone());
+    let mut workers = pocket_worker::Runner::new(pocket_worker::Registry::global().clone());
+    workers.start(cell::MaintenanceJob::new(cell.clone()));
+    workers.start(ec::ErasureJob::new(cell.clone()));
     let local_addr = listener.local_addr().context("read coordinator address")?;
     let settings = pocket_transport::ServerSettings {
         caps: pocket_transport::ConnectionCaps::default(),
@@ -71,9 +73,7 @@ pub async fn run(
     tracing::info!(cell_id = config.cell_id, %local_addr, "coordinator serving");
     let result = server.await.context("serve coordinator gRPC");
     ready.send_replace(false);
-    stop_tx.send_replace(true);
-    let _ = maintenance.await;
-    let _ = erasure.await;
+    workers.stop().await;
     db.close().await;
     tracing::info!("coordinator stopped");
     result

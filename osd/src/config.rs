@@ -1,15 +1,11 @@
-//! The OSD's configuration (TOML) and the identity file that ties a disk to
-//! the OSD that owns it.
+//! The OSD's configuration (TOML).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use crate::store::StoreOptions;
-
-/// Name of the file in each disk directory that records the owning OSD.
-pub const OSD_ID_FILE: &str = "OSD_ID";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -120,30 +116,5 @@ impl OsdConfig {
             direct_io: self.direct_io,
             ..StoreOptions::default()
         }
-    }
-}
-
-/// Records `osd_id` as the owner of `disk` (creating the directory), or
-/// checks that it already is.
-pub fn claim_disk(disk: &Path, osd_id: u64) -> anyhow::Result<()> {
-    std::fs::create_dir_all(disk).with_context(|| format!("create disk directory {}", disk.display()))?;
-    let path = disk.join(OSD_ID_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let owner: u64 = text.trim().parse().with_context(|| format!("parse {}", path.display()))?;
-            if owner != osd_id {
-                bail!("disk {} belongs to OSD {owner}, not {osd_id}", disk.display());
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let tmp = disk.join(format!("{OSD_ID_FILE}.tmp"));
-            std::fs::write(&tmp, format!("{osd_id}\n")).context("write OSD id file")?;
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).context("sync OSD id file")?;
-            std::fs::rename(&tmp, &path).context("install OSD id file")?;
-            std::fs::File::open(disk).and_then(|d| d.sync_all()).context("sync disk directory")?;
-            Ok(())
-        }
-        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
     }
 }

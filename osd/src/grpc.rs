@@ -322,15 +322,16 @@ impl pb::osd_server::Osd for OsdService {
         let key = Key::from_slice(&request.key)?;
         tracing::Span::current().record("extent", request.extent_id);
         tracing::Span::current().record("key", tracing::field::display(&key));
-        // Budget the record's length (from metadata) before reading it; a
-        // corrupt length is capped by the largest record this OSD accepts.
+        // One metadata lookup finds the record; its length (from metadata)
+        // is budgeted before its bytes are read, a corrupt length capped by
+        // the largest record this OSD accepts.
         let store = self.store.clone();
         let (extent_id, lookup_key) = (request.extent_id, key);
-        let length = blocking(move || store.record_len(extent_id, &lookup_key))
+        let record = blocking(move || store.locate(extent_id, &lookup_key))
             .await?
             .ok_or_else(|| Status::not_found(format!("extent {extent_id} holds no record for {key}")))?;
-        let permit = self.budget.reserve(length.min(self.max_blob_size_bytes)).await?;
-        let data = self.store.read(request.extent_id, &key).await.map_err(|e| {
+        let permit = self.budget.reserve(record.data_len().min(self.max_blob_size_bytes)).await?;
+        let data = self.store.read_located(record).await.map_err(|e| {
             if matches!(e, StoreError::Corrupt { .. }) {
                 metrics::counter!("pocket_osd_corrupt_reads_total").increment(1);
             }

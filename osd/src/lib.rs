@@ -11,25 +11,39 @@
 //!   deletion for erasure coding) and frontends (append, read, raw range
 //!   reads for degraded reads).
 //!
-//! Layout: [`extent`] is the on-disk format, [`store`] the disks, group commit
-//! and recovery, [`grpc`] the wire edge, [`config`] the daemon's settings and
-//! [`run`] ties them together with registration and heartbeats.
+//! # Layout
+//! - [`meta`] — the RocksDB schema of a disk's metadata (public for tests
+//!   and tools that inspect or damage a disk).
+//! - [`io`] — how the OSD writes to a disk, for tools that measure a disk
+//!   the way the OSD uses it.
+//! - `store` — [`Store`]: the disks, group commit, recovery, whole extents.
+//! - `grpc` — the wire edge.
+//! - `heartbeat` — registration and heartbeats, a background job.
+//! - `config` — [`OsdConfig`].
+//! - [`run`] ties them together with registration and heartbeats.
+//!
+//! The extent file format is the `pocket-format` crate.
 
-pub mod config;
-pub mod extent;
-pub mod grpc;
+pub mod io;
 pub mod meta;
-pub mod store;
+
+mod config;
+mod grpc;
+mod heartbeat;
+mod store;
 
 use std::future::Future;
 use std::time::Duration;
 
 use anyhow::Context;
-use pocket_proto::pb;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use config::OsdConfig;
+pub use store::{
+    AppendOutcome, DiskInfo, ExtentInfo, LocatedRecord, RangeSource, SealInfo, Store, StoreError, StoreOptions,
+    WholeInfo, WholeKind, WholeWrite, EXTENTS_DIR, META_DIR, PARITY_DIR,
+};
 
 /// Starts the OSD: opens (and recovers) its disks, serves gRPC on `listener`,
 /// registers with the coordinator and heartbeats until `shutdown` resolves.
@@ -46,9 +60,9 @@ pub async fn run(
     let options = config.store_options();
     let osd_id = config.osd_id;
     for disk in &disks {
-        config::claim_disk(disk, osd_id)?;
+        store::claim_disk(disk, osd_id)?;
     }
-    let store = tokio::task::spawn_blocking(move || store::Store::open(&disks, options))
+    let store = tokio::task::spawn_blocking(move || Store::open(&disks, options))
         .await
         .context("join store open")?
         .context("open OSD store")?;
@@ -57,8 +71,14 @@ pub async fn run(
     let advertise = config.advertise_addr.clone().unwrap_or_else(|| local_addr.to_string());
     let tls = pocket_transport::Tls::load(&config.tls).context("load OSD TLS material")?;
     let service = grpc::OsdService::new(store.clone(), &config);
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let heartbeats = tokio::spawn(heartbeat_loop(config.clone(), tls.clone(), advertise, store.clone(), stop_rx));
+    let coordinator = tls
+        .channel(&config.coordinator, &pocket_transport::role_dns_name(pocket_transport::Role::Coordinator))
+        .context("coordinator address")?;
+    // Background jobs (ADR 16).
+    // The OSD's background budget: unused until the scrubber (issue 20).
+    pocket_worker::Registry::global().set_budget(pocket_worker::Budget::new(pocket_worker::BudgetConfig::default()));
+    let mut workers = pocket_worker::Runner::new(pocket_worker::Registry::global().clone());
+    workers.start(heartbeat::HeartbeatJob::new(config.clone(), coordinator, advertise, store.clone()));
 
     let settings = pocket_transport::ServerSettings {
         caps: pocket_transport::ConnectionCaps::default(),
@@ -74,81 +94,8 @@ pub async fn run(
     // Shutdown order: stop accepting (done), stop heartbeats, then let the
     // store's writers drain and sync before the process exits.
     ready.send_replace(false);
-    stop_tx.send_replace(true);
-    let _ = heartbeats.await;
+    workers.stop().await;
     store.shutdown();
     tracing::info!(osd_id, "OSD stopped");
     result
-}
-
-/// Registers with the coordinator (retrying with capped backoff) and then
-/// heartbeats every interval it asks for; registers again when forgotten.
-async fn heartbeat_loop(
-    config: OsdConfig,
-    tls: pocket_transport::Tls,
-    advertise: String,
-    store: store::Store,
-    mut stop: watch::Receiver<bool>,
-) {
-    /// Cap on the delay between registration attempts while the coordinator is away.
-    const MAX_BACKOFF: Duration = Duration::from_secs(5);
-    let channel = match tls.channel(&config.coordinator, &pocket_transport::role_dns_name(pocket_transport::Role::Coordinator)) {
-        Ok(channel) => channel,
-        Err(e) => {
-            tracing::error!(error = %e, "coordinator address is invalid; not registering");
-            return;
-        }
-    };
-    let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
-    let mut backoff = Duration::from_millis(100);
-    let mut registered: Option<Duration> = None;
-    loop {
-        let wait = match registered {
-            None => {
-                let request = pb::RegisterOsdRequest {
-                    osd_id: config.osd_id,
-                    grpc_addr: advertise.clone(),
-                    failure_domain: config.failure_domain(),
-                    capacity_bytes: store.capacity_bytes(),
-                    used_bytes: store.used_bytes(),
-                };
-                match client.register_osd(request).await {
-                    Ok(response) => {
-                        let interval = Duration::from_millis(response.get_ref().heartbeat_interval_ms.clamp(100, 60_000));
-                        tracing::info!(osd_id = config.osd_id, cell_id = response.get_ref().cell_id, "registered with coordinator");
-                        registered = Some(interval);
-                        backoff = Duration::from_millis(100);
-                        interval
-                    }
-                    Err(status) => {
-                        tracing::warn!(osd_id = config.osd_id, %status, "registration failed; retrying");
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
-                        backoff
-                    }
-                }
-            }
-            Some(interval) => {
-                let request = pb::HeartbeatRequest {
-                    osd_id: config.osd_id,
-                    used_bytes: store.used_bytes(),
-                    capacity_bytes: store.capacity_bytes(),
-                };
-                match client.heartbeat(request).await {
-                    Ok(response) if response.get_ref().known => interval,
-                    Ok(_) => {
-                        registered = None;
-                        Duration::ZERO
-                    }
-                    Err(status) => {
-                        tracing::warn!(osd_id = config.osd_id, %status, "heartbeat failed");
-                        interval
-                    }
-                }
-            }
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = stop.changed() => return,
-        }
-    }
 }

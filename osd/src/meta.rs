@@ -1,6 +1,6 @@
 //! The per-disk metadata database (`DISK/meta/`, RocksDB): its key schema,
 //! value encodings and tuning. The extent files are the truth; everything here
-//! can be rebuilt from them (see `store.rs`, recovery), so RocksDB's WAL is not
+//! can be rebuilt from them (see `store/recovery.rs`), so RocksDB's WAL is not
 //! synced on write.
 //!
 //! | key | value |
@@ -159,7 +159,7 @@ impl RecordLocation {
 
     /// First byte after the record.
     pub fn end(&self) -> Option<u64> {
-        self.offset.checked_add(crate::extent::RECORD_HEADER_LEN as u64)?.checked_add(self.data_len)
+        self.offset.checked_add(pocket_format::RECORD_HEADER_LEN as u64)?.checked_add(self.data_len)
     }
 
     pub fn decode(b: &[u8]) -> Option<RecordLocation> {

@@ -10,9 +10,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
-use pocket_osd::extent::{self, EXTENT_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN};
+use pocket_format::{self as extent, EXTENT_HEADER_LEN, RECORD_HEADER_LEN, TRAILER_LEN};
+use pocket_osd::io::DIRECT_IO_ALIGN;
 use pocket_osd::meta::{self, ExtentMeta, ExtentState};
-use pocket_osd::store::{AppendOutcome, ExtentInfo, Store, StoreError, StoreOptions, DIRECT_IO_ALIGN};
+use pocket_osd::{AppendOutcome, ExtentInfo, Store, StoreError, StoreOptions};
 use common::{blob, opts, MIB};
 use pocket_proto::{ExtentId, Key};
 

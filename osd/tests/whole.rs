@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
-use pocket_osd::store::{Store, StoreError, WholeKind, PARITY_DIR};
+use pocket_osd::{Store, StoreError, WholeKind, PARITY_DIR};
 use common::{blob, opts, MIB};
 use pocket_proto::{ExtentId, Key};
 

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pocket::runinfo::RunInfo;
 use pocket_client::{Client, ClientConfig};
+use pocket_daemon::runinfo::RunInfo;
 use pocket_proto::pb;
 use pocket_transport::{pki, Identity, Role, Tls};
 
@@ -171,17 +171,8 @@ pub fn random_blob(rng: &mut impl rand::Rng, max_bytes: usize) -> bytes::Bytes {
     bytes::Bytes::from(data)
 }
 
-/// A GET over mutual TLS (the ops endpoint); the whole HTTP response as text.
-pub async fn https_get(tls: &Tls, addr: &str, path: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let config = tls.rustls_client_config().expect("client config");
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let server_name = rustls_pki_types::ServerName::try_from("127.0.0.1").expect("name");
-    let mut stream = connector.connect(server_name, tcp).await.expect("TLS handshake");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    let _ = stream.read_to_end(&mut response).await;
-    String::from_utf8_lossy(&response).into_owned()
+/// The body of `/metrics` on the ops endpoint at `addr`, read as `tls` (it
+/// must be answered 200).
+pub async fn metrics(tls: &Tls, addr: &str) -> String {
+    pocket_daemon::ops::https_get(tls, addr, "/metrics").await.unwrap_or_else(|e| panic!("read {addr}/metrics: {e:#}"))
 }

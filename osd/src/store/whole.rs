@@ -13,28 +13,32 @@
 //! place and the directory synced: a crash leaves either no extent or a
 //! complete, verified one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
+use pocket_format::{self as format, ExtentHeader, RecordHeader, EXTENT_HEADER_LEN, RECORD_HEADER_LEN};
 use pocket_proto::{ExtentId, Key};
 use rocksdb::{WriteBatch, DB};
 use tracing::{error, info, warn};
 
-use super::{
-    fs_space, io_err, lock, recover_extent, sync_dir, tmp_path, Extent, RecoveryStats, Store, StoreError, Window,
-};
-use crate::extent::{self, ExtentHeader, RecordHeader, EXTENT_HEADER_LEN, RECORD_HEADER_LEN};
+use super::api::Store;
+use super::error::{io_err, StoreError};
+use super::extent::Extent;
+use super::layout::{fs_space, sync_dir, tmp_path, EXTENTS_DIR};
+use super::lock;
+use super::recovery::load_unindexed_extent;
+use super::scan::read_footer;
 use crate::meta::{self, ParityMeta};
 
 /// Directory of parity extents on each disk.
 pub const PARITY_DIR: &str = "parity";
 /// File name suffix of a parity extent.
-pub const PARITY_SUFFIX: &str = ".par";
+const PARITY_SUFFIX: &str = ".par";
 /// Bytes read per I/O when hashing or verifying a whole extent.
 const VERIFY_WINDOW_BYTES: usize = 1024 * 1024;
 /// Free space a disk must keep beyond an incoming whole extent.
@@ -59,14 +63,42 @@ pub struct WholeInfo {
     pub record_count: u64,
 }
 
+/// A parity extent: raw bytes, their length and BLAKE3 kept in RocksDB.
 pub(super) struct ParityExtent {
-    pub(super) disk: usize,
-    pub(super) file: File,
-    pub(super) size_bytes: u64,
-    pub(super) blake3: [u8; 32],
+    disk: usize,
+    file: File,
+    size_bytes: u64,
+    blake3: [u8; 32],
 }
 
-pub fn parity_file_name(id: ExtentId) -> String {
+impl ParityExtent {
+    pub(super) fn size_bytes(&self) -> u64 {
+        self.size_bytes
+    }
+}
+
+/// The store's whole-extent state: the parity extents it serves and the
+/// ids of whole extents being received.
+pub(super) struct WholeExtents {
+    parity: RwLock<HashMap<ExtentId, Arc<ParityExtent>>>,
+    writes: Mutex<HashSet<ExtentId>>,
+}
+
+impl WholeExtents {
+    pub(super) fn new(parity: HashMap<ExtentId, Arc<ParityExtent>>) -> WholeExtents {
+        WholeExtents { parity: RwLock::new(parity), writes: Mutex::new(HashSet::new()) }
+    }
+
+    fn parity(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ExtentId, Arc<ParityExtent>>> {
+        self.parity.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn parity_mut(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<ExtentId, Arc<ParityExtent>>> {
+        self.parity.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn parity_file_name(id: ExtentId) -> String {
     format!("{id:016x}{PARITY_SUFFIX}")
 }
 
@@ -210,13 +242,13 @@ impl Drop for WholeWrite {
                 let _ = fs::remove_file(tmp);
             }
         }
-        lock(&self.store.inner.whole_writes).remove(&self.id);
+        lock(&self.store.whole_extents().writes).remove(&self.id);
     }
 }
 
 impl Store {
     pub(super) fn parity_extent(&self, id: ExtentId) -> Option<Arc<ParityExtent>> {
-        self.inner.parity.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
+        self.whole_extents().parity().get(&id).cloned()
     }
 
     /// Starts receiving extent `id` whole (`size_bytes` of it). Refuses a
@@ -225,7 +257,7 @@ impl Store {
         if kind == WholeKind::Data && size_bytes < EXTENT_HEADER_LEN as u64 {
             return Err(StoreError::InvalidWhole { extent: id, detail: "shorter than an extent header".into() });
         }
-        if !lock(&self.inner.whole_writes).insert(id) {
+        if !lock(&self.whole_extents().writes).insert(id) {
             return Err(StoreError::WriteInProgress(id));
         }
         let mut write = WholeWrite {
@@ -247,14 +279,14 @@ impl Store {
             _ => return Err(StoreError::ContentConflict(id)),
         }
         let disk_index = self.pick_disk();
-        let disk = &self.inner.disks[disk_index];
-        let free = fs_space(&disk.dir).map(|s| s.free_bytes).unwrap_or(0);
+        let disk = self.disk(disk_index);
+        let free = fs_space(disk.dir()).map(|s| s.free_bytes).unwrap_or(0);
         if free < size_bytes.saturating_add(FREE_SPACE_MARGIN_BYTES) {
             return Err(StoreError::NoSpace { needed_bytes: size_bytes, free_bytes: free });
         }
         let path = match kind {
-            WholeKind::Data => disk.dir.join(super::EXTENTS_DIR).join(extent::extent_file_name(id)),
-            WholeKind::Parity => disk.dir.join(PARITY_DIR).join(parity_file_name(id)),
+            WholeKind::Data => disk.dir().join(EXTENTS_DIR).join(format::extent_file_name(id)),
+            WholeKind::Parity => disk.dir().join(PARITY_DIR).join(parity_file_name(id)),
         };
         if path.exists() {
             return Err(StoreError::ExtentFileExists { extent: id, path });
@@ -293,29 +325,28 @@ impl Store {
             e
         };
         file.sync_all().map_err(io_err("sync whole extent")).map_err(cleanup)?;
-        let disk = &self.inner.disks[disk_index];
+        let disk = self.disk(disk_index);
         if write.kind == WholeKind::Data {
-            check_data_extent(id, &file, write.size_bytes, self.inner.opts.max_record_bytes).map_err(cleanup)?;
+            check_data_extent(id, &file, write.size_bytes, self.options().max_record_bytes).map_err(cleanup)?;
         }
         drop(file);
         // From the last check that the id is free to the extent being served,
         // no creation or other whole write of this id can interleave.
-        let _creating = lock(&self.inner.create_lock);
+        let _creating = self.creation_lock();
         if self.extent(id).is_ok() || self.parity_extent(id).is_some() {
             return Err(cleanup(StoreError::ContentConflict(id)));
         }
         match write.kind {
             WholeKind::Data => {
-                let path = disk.dir.join(super::EXTENTS_DIR).join(extent::extent_file_name(id));
+                let path = disk.dir().join(EXTENTS_DIR).join(format::extent_file_name(id));
                 if path.exists() {
                     return Err(cleanup(StoreError::ExtentFileExists { extent: id, path }));
                 }
                 fs::rename(&tmp, &path).map_err(io_err("rename whole extent")).map_err(cleanup)?;
-                sync_dir(&disk.dir.join(super::EXTENTS_DIR))?;
+                sync_dir(&disk.dir().join(EXTENTS_DIR))?;
                 write.finished = true;
                 // Load it exactly as recovery would a file without metadata.
-                let mut stats = RecoveryStats::default();
-                let loaded = recover_extent(disk_index, &disk.db, id, &path, None, Default::default(), &mut stats)
+                let loaded = load_unindexed_extent(disk_index, disk.db(), id, &path)
                     .and_then(|ext| {
                         ext.filter(|ext| ext.snapshot().sealed).ok_or_else(|| StoreError::InvalidWhole {
                             extent: id,
@@ -328,28 +359,28 @@ impl Store {
                         // Never served, named by nothing: remove it, so that a retry starts clean.
                         let mut batch = WriteBatch::default();
                         meta::delete_extent(&mut batch, id);
-                        let _ = disk.db.write(batch);
+                        let _ = disk.db().write(batch);
                         let _ = fs::remove_file(&path);
-                        let _ = sync_dir(&disk.dir.join(super::EXTENTS_DIR));
+                        let _ = sync_dir(&disk.dir().join(EXTENTS_DIR));
                         return Err(e);
                     }
                 };
-                self.inner.extents.write().unwrap_or_else(|p| p.into_inner()).insert(id, Arc::new(ext));
+                self.serve_extent(ext);
             }
             WholeKind::Parity => {
-                let path = disk.dir.join(PARITY_DIR).join(parity_file_name(id));
+                let path = disk.dir().join(PARITY_DIR).join(parity_file_name(id));
                 if path.exists() {
                     return Err(cleanup(StoreError::ExtentFileExists { extent: id, path }));
                 }
                 fs::rename(&tmp, &path).map_err(io_err("rename parity extent")).map_err(cleanup)?;
-                sync_dir(&disk.dir.join(PARITY_DIR))?;
+                sync_dir(&disk.dir().join(PARITY_DIR))?;
                 write.finished = true;
                 let meta = ParityMeta { size_bytes: write.size_bytes, blake3: received };
                 // If this write is lost, recovery rehashes the file.
-                disk.db.put(meta::parity_key(id), meta.encode())?;
+                disk.db().put(meta::parity_key(id), meta.encode())?;
                 let file = File::open(&path).map_err(io_err("open parity extent"))?;
                 let parity = ParityExtent { disk: disk_index, file, size_bytes: write.size_bytes, blake3: received };
-                self.inner.parity.write().unwrap_or_else(|p| p.into_inner()).insert(id, Arc::new(parity));
+                self.whole_extents().parity_mut().insert(id, Arc::new(parity));
             }
         }
         info!(extent = id, kind = ?write.kind, size_bytes = write.size_bytes, "stored whole extent");
@@ -386,7 +417,7 @@ impl Store {
         if !s.sealed {
             return Err(StoreError::NotSealed(id));
         }
-        let record_count = check_data_extent(id, &ext.file, s.size_bytes, self.inner.opts.max_record_bytes)?;
+        let record_count = check_data_extent(id, &ext.file, s.size_bytes, self.options().max_record_bytes)?;
         let blake3 = hash_file(&ext.file, s.size_bytes).map_err(io_err("hash extent"))?;
         Ok(WholeInfo { kind: WholeKind::Data, size_bytes: s.size_bytes, blake3, record_count })
     }
@@ -395,12 +426,12 @@ impl Store {
     /// the file, then a directory sync. Reads already holding the file finish.
     /// Returns whether it existed. Blocking.
     pub fn delete_whole(&self, id: ExtentId) -> Result<bool, StoreError> {
-        let _creating = lock(&self.inner.create_lock);
+        let _creating = self.creation_lock();
         if let Some(parity) = self.parity_extent(id) {
-            let disk = &self.inner.disks[parity.disk];
-            disk.db.delete(meta::parity_key(id))?;
-            self.inner.parity.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
-            let dir = disk.dir.join(PARITY_DIR);
+            let disk = self.disk(parity.disk);
+            disk.db().delete(meta::parity_key(id))?;
+            self.whole_extents().parity_mut().remove(&id);
+            let dir = disk.dir().join(PARITY_DIR);
             remove_if_present(&dir.join(parity_file_name(id)))?;
             sync_dir(&dir)?;
             info!(extent = id, "deleted parity extent");
@@ -410,13 +441,13 @@ impl Store {
         if !ext.snapshot().sealed {
             return Err(StoreError::NotSealed(id));
         }
-        let disk = &self.inner.disks[ext.disk];
+        let disk = self.disk(ext.disk);
         let mut batch = WriteBatch::default();
         meta::delete_extent(&mut batch, id);
-        disk.db.write(batch)?;
-        self.inner.extents.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        let dir = disk.dir.join(super::EXTENTS_DIR);
-        remove_if_present(&dir.join(extent::extent_file_name(id)))?;
+        disk.db().write(batch)?;
+        self.forget_extent(id);
+        let dir = disk.dir().join(EXTENTS_DIR);
+        remove_if_present(&dir.join(format::extent_file_name(id)))?;
         sync_dir(&dir)?;
         info!(extent = id, "deleted extent");
         Ok(true)
@@ -424,7 +455,7 @@ impl Store {
 
     /// Bytes held by parity extents.
     pub fn parity_bytes(&self) -> u64 {
-        self.inner.parity.read().unwrap_or_else(|p| p.into_inner()).values().map(|p| p.size_bytes).sum()
+        self.whole_extents().parity().values().map(|p| p.size_bytes).sum()
     }
 }
 
@@ -449,8 +480,7 @@ fn check_data_extent(id: ExtentId, file: &File, size_bytes: u64, max_record_byte
         Ok(h) => return Err(invalid(format!("header names extent {}", h.extent_id))),
         Err(e) => return Err(invalid(format!("header: {e}"))),
     }
-    let mut window = Window::new(file, size_bytes);
-    let (_, entries) = super::footer_from_end(&mut window)
+    let (_, entries) = read_footer(file, size_bytes)
         .map_err(io_err("read extent footer"))?
         .ok_or_else(|| invalid("no valid footer at the end".into()))?;
     let mut buf = Vec::new();

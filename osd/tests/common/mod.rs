@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use bytes::Bytes;
-use pocket_osd::store::StoreOptions;
+use pocket_osd::StoreOptions;
 use pocket_proto::Key;
 
 pub const MIB: u64 = 1024 * 1024;

@@ -210,6 +210,18 @@ pub async fn run(options: EcBenchOptions) -> anyhow::Result<EcBenchReport> {
     })
 }
 
+/// `pocket ec-bench`: measures and prints the report, as a table or
+/// (`json`) JSON.
+pub async fn command(options: EcBenchOptions, json: bool) -> anyhow::Result<()> {
+    let report = run(options).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
+}
+
 pub fn render(r: &EcBenchReport) -> String {
     format!(
         "RS {}+{}, {} MiB extents, {} KiB stripes, {:.1} MiB of data\n\n\

@@ -167,10 +167,25 @@ enum Op {
     Mixed,
 }
 
-/// Runs the phases of `options.mode` and returns one report per measured phase.
 /// Phase name of the second GET pass of [`Mode::Reread`].
 pub const WARM_GET_PHASE: &str = "get-warm";
 
+/// `pocket bench`: runs the phases and prints their reports, as a table or
+/// (`json`) JSON; fails if any operation failed.
+pub async fn command(client: Client, options: BenchOptions, json: bool) -> anyhow::Result<()> {
+    let reports = run(client, options).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        print!("{}", table(&reports));
+    }
+    if reports.iter().any(|r| r.errors > 0) {
+        bail!("some operations failed; see the errors column");
+    }
+    Ok(())
+}
+
+/// Runs the phases of `options.mode` and returns one report per measured phase.
 pub async fn run(client: Client, options: BenchOptions) -> anyhow::Result<Vec<PhaseReport>> {
     if options.concurrency == 0 || options.count == 0 || options.size_bytes == 0 {
         bail!("count, size and concurrency must be positive");

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bytes::Bytes;
-use pocket_osd::store::{Store, StoreOptions};
+use pocket_osd::{Store, StoreOptions};
 use pocket_proto::Key;
 use serde::Serialize;
 use tokio::sync::Semaphore;
@@ -49,7 +49,7 @@ pub async fn run(options: RestartBenchOptions) -> anyhow::Result<RestartBenchRep
         let store_options = store_options.clone();
         tokio::task::spawn_blocking(move || Store::open(&disks, store_options)).await??
     };
-    let per_record = (options.record_bytes + pocket_osd::extent::RECORD_HEADER_LEN) as u64;
+    let per_record = (options.record_bytes + pocket_format::RECORD_HEADER_LEN) as u64;
     let per_extent = ((options.extent_size_bytes - 64) / per_record).max(1);
     let extents = options.records.div_ceil(per_extent);
     for id in 1..=extents {
@@ -98,6 +98,18 @@ pub async fn run(options: RestartBenchOptions) -> anyhow::Result<RestartBenchRep
         reopen_seconds,
         records_readable_after_reopen: readable,
     })
+}
+
+/// `pocket restart-bench`: measures and prints the report, as a table or
+/// (`json`) JSON.
+pub async fn command(options: RestartBenchOptions, json: bool) -> anyhow::Result<()> {
+    let report = run(options).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(())
 }
 
 pub fn render(r: &RestartBenchReport) -> String {

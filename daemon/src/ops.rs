@@ -1,5 +1,6 @@
 //! The operations endpoint every daemon serves on its HTTP port:
-//! `/metrics` (Prometheus text format) and `/healthz` (200 once serving).
+//! `/metrics` (Prometheus text format), `/healthz` (200 once serving) and
+//! `/workers` (JSON: the daemon's background jobs and budget, ADR 16).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -41,6 +42,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(health))
+        .route("/workers", get(workers))
         .with_state(OpsState { metrics, ready });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls.rustls_server_config()?);
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_OPS_CONNECTIONS));
@@ -86,6 +88,10 @@ pub async fn serve(
 
 async fn render_metrics(State(state): State<OpsState>) -> String {
     state.metrics.render()
+}
+
+async fn workers() -> axum::Json<pocket_worker::WorkersReport> {
+    axum::Json(pocket_worker::Registry::global().report())
 }
 
 async fn health(State(state): State<OpsState>) -> (StatusCode, &'static str) {

@@ -1,0 +1,97 @@
+//! The stored copies of extents (table `extents`, one row per copy: extent
+//! id and OSD): a copy's sealed size, whether a copy is live, forgetting a
+//! deleted copy, and the copies behind the storage totals.
+//!
+//! Invariants: a copy an `extents` row names must never be deleted as
+//! garbage. Rows are added only with their volume: by its creation
+//! ([`CellDb::create_replicated_volume`]) and by the erasure-coded switch
+//! ([`CellDb::switch_to_ec`]), which moves a reused replica's row rather
+//! than adding a second one.
+
+use pocket_proto::{ExtentId, OsdId, VolumeId};
+
+use super::sql::{to_i64, Columns, DbError, SqlContext};
+use super::volumes::{VolumeKind, VolumeState};
+use super::CellDb;
+
+/// One stored extent with the kind and state of its volume (for storage totals).
+#[derive(Debug, Clone)]
+pub struct StoredExtent {
+    pub volume_id: VolumeId,
+    pub kind: VolumeKind,
+    pub state: VolumeState,
+    pub data_count: u32,
+    pub position: u32,
+    pub sealed_size_bytes: u64,
+}
+
+impl CellDb {
+    /// Records a copy's size once its OSD has sealed it.
+    pub async fn record_sealed_size(&self, extent_id: ExtentId, osd_id: OsdId, size_bytes: u64) -> Result<(), DbError> {
+        sqlx::query("UPDATE extents SET sealed_size_bytes = ? WHERE extent_id = ? AND osd_id = ?")
+            .bind(to_i64(size_bytes))
+            .bind(to_i64(extent_id))
+            .bind(to_i64(osd_id))
+            .execute(&self.pool)
+            .await
+            .ctx("record sealed size")?;
+        Ok(())
+    }
+
+    /// Whether an `extents` row names this copy: a copy that is named must
+    /// never be deleted as garbage.
+    pub async fn extent_is_live(&self, extent_id: ExtentId, osd_id: OsdId) -> Result<bool, DbError> {
+        let row = sqlx::query("SELECT COUNT(*) AS n FROM extents WHERE extent_id = ? AND osd_id = ?")
+            .bind(to_i64(extent_id))
+            .bind(to_i64(osd_id))
+            .fetch_one(&self.pool)
+            .await
+            .ctx("check extent row")?;
+        Ok(Columns::of(&row, "extents").u64("n")? > 0)
+    }
+
+    /// Forgets one copy of an extent of `volume_id` once the OSD deleted it.
+    pub async fn delete_extent_row(&self, volume_id: VolumeId, extent_id: ExtentId, osd_id: OsdId) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM extents WHERE volume_id = ? AND extent_id = ? AND osd_id = ?")
+            .bind(to_i64(volume_id))
+            .bind(to_i64(extent_id))
+            .bind(to_i64(osd_id))
+            .execute(&self.pool)
+            .await
+            .ctx("delete extent row")?;
+        Ok(())
+    }
+
+    /// Every stored extent of volumes in `states`, with its volume's kind.
+    pub async fn stored_extents(&self, states: &[VolumeState]) -> Result<Vec<StoredExtent>, DbError> {
+        if states.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = vec!["?"; states.len()].join(", ");
+        let sql = format!(
+            "SELECT e.volume_id, e.position, e.sealed_size_bytes, v.kind, v.state, v.data_count FROM extents e JOIN volumes v ON e.volume_id = v.volume_id WHERE v.state IN ({placeholders})"
+        );
+        let mut query = sqlx::query(&sql);
+        for state in states {
+            query = query.bind(state.as_str());
+        }
+        let rows = query.fetch_all(&self.pool).await.ctx("list stored extents")?;
+        let mut out = Vec::new();
+        for row in &rows {
+            let (extent, volume) = (Columns::of(row, "extents"), Columns::of(row, "volumes"));
+            let state = VolumeState::parse(&volume.string("state")?)?;
+            if !states.contains(&state) {
+                continue;
+            }
+            out.push(StoredExtent {
+                volume_id: extent.u64("volume_id")?,
+                kind: VolumeKind::parse(&volume.string("kind")?)?,
+                state,
+                data_count: volume.u32("data_count")?,
+                position: extent.u32("position")?,
+                sealed_size_bytes: extent.u64("sealed_size_bytes")?,
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,37 +1,19 @@
 //! The cell database on SQLite and on MariaDB: the same assertions on both.
 
 use pocket_coordinator::db::{CellDb, OsdRow, PlannedData, VolumeKind, VolumeState};
+use pocket_sql::testing::{mysql_databases_or_skip, sqlite_file_url, MysqlDatabases};
 
 /// A fresh database per test: a SQLite file, and a MariaDB database created
-/// for the test (dropped afterwards). MariaDB unreachable: skipped with a
-/// message, or a failure when CI=true.
-async fn backends(tmp: &tempfile::TempDir) -> Vec<(String, CellDb, Option<String>)> {
-    let sqlite = format!("sqlite://{}?mode=rwc", tmp.path().join("cell.db").display());
+/// for the test (dropped with the third element). MariaDB unreachable:
+/// skipped with a message, or a failure when CI=true.
+async fn backends(tmp: &tempfile::TempDir) -> Vec<(String, CellDb, Option<MysqlDatabases>)> {
+    let sqlite = sqlite_file_url(&tmp.path().join("cell.db"));
     let mut out = vec![("sqlite".to_string(), CellDb::open(&sqlite, 2).await.expect("open sqlite"), None)];
-    let base = std::env::var("POCKET_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
-    let name = format!("pocket_cell_{:016x}", rand::random::<u64>());
-    match create_mysql_database(&base, &name).await {
-        Ok(url) => out.push(("mariadb".to_string(), CellDb::open(&url, 2).await.expect("open mariadb"), Some(name))),
-        Err(e) if std::env::var("CI").as_deref() == Ok("true") => panic!("MariaDB unreachable at {base} with CI=true: {e}"),
-        Err(e) => eprintln!("SKIPPING MariaDB half: {e}"),
+    if let Some(databases) = mysql_databases_or_skip("the cell database suite", "pocket_cell", 1).await {
+        let db = CellDb::open(&databases.urls()[0], 2).await.expect("open mariadb");
+        out.push(("mariadb".to_string(), db, Some(databases)));
     }
     out
-}
-
-async fn create_mysql_database(base: &str, name: &str) -> Result<String, sqlx::Error> {
-    use sqlx::Connection;
-    let mut conn = sqlx::MySqlConnection::connect(base).await?;
-    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await?;
-    let root = base.rsplit_once('/').map(|(root, _)| root).unwrap_or(base);
-    Ok(format!("{root}/{name}"))
-}
-
-async fn drop_mysql_database(name: &str) {
-    use sqlx::Connection;
-    let base = std::env::var("POCKET_TEST_MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
-    if let Ok(mut conn) = sqlx::MySqlConnection::connect(&base).await {
-        let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}")).execute(&mut conn).await;
-    }
 }
 
 fn osd(id: u64) -> OsdRow {
@@ -48,7 +30,7 @@ fn osd(id: u64) -> OsdRow {
 #[tokio::test]
 async fn volume_lifecycle_is_compare_and_set_on_both_backends() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    for (backend, db, mysql_name) in backends(&tmp).await {
+    for (backend, db, mysql) in backends(&tmp).await {
         for id in 1..=4 {
             db.upsert_osd(&osd(id)).await.expect("register");
         }
@@ -85,9 +67,8 @@ async fn volume_lifecycle_is_compare_and_set_on_both_backends() {
         assert!(counts.contains(&(VolumeKind::Replicated, VolumeState::Closing, 1)), "{backend}: {counts:?}");
         assert!(counts.contains(&(VolumeKind::Replicated, VolumeState::Creating, 1)), "{backend}: {counts:?}");
         db.close().await;
-        if let Some(name) = mysql_name {
-            drop_mysql_database(&name).await;
-        }
+        // The pool is closed: its MariaDB database can go.
+        drop(mysql);
     }
 }
 
@@ -133,7 +114,7 @@ fn plan(sources: &[(u64, Vec<u64>)], targets: [u64; 2]) -> Vec<PlannedData> {
 #[tokio::test]
 async fn erasure_coding_plan_switch_and_abandon_are_atomic_on_both_backends() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    for (backend, db, mysql_name) in backends(&tmp).await {
+    for (backend, db, mysql) in backends(&tmp).await {
         let sources = two_closed_volumes(&db).await;
         // Data of the first volume stays on OSD 1 (a replica); the second is copied to OSD 2.
         let ec = db.plan_ec_volume(&plan(&sources, [1, 2]), &[5]).await.expect("plan").expect("planned");
@@ -166,16 +147,15 @@ async fn erasure_coding_plan_switch_and_abandon_are_atomic_on_both_backends() {
         // Abandon needs `building`: a switched volume cannot be abandoned.
         assert!(!db.abandon_ec(&volume).await.expect("abandon"), "{backend}");
         db.close().await;
-        if let Some(name) = mysql_name {
-            drop_mysql_database(&name).await;
-        }
+        // The pool is closed: its MariaDB database can go.
+        drop(mysql);
     }
 }
 
 #[tokio::test]
 async fn an_abandoned_erasure_coded_volume_returns_its_sources_to_closed() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    for (backend, db, mysql_name) in backends(&tmp).await {
+    for (backend, db, mysql) in backends(&tmp).await {
         let sources = two_closed_volumes(&db).await;
         let ec = db.plan_ec_volume(&plan(&sources, [4, 2]), &[5]).await.expect("plan").expect("planned");
         let volume = db.ec_volume(ec).await.expect("read").expect("ec volume");
@@ -195,9 +175,8 @@ async fn an_abandoned_erasure_coded_volume_returns_its_sources_to_closed() {
         }
         assert!(db.abandoned_layout().await.expect("garbage").is_empty(), "{backend}");
         db.close().await;
-        if let Some(name) = mysql_name {
-            drop_mysql_database(&name).await;
-        }
+        // The pool is closed: its MariaDB database can go.
+        drop(mysql);
     }
 }
 
@@ -205,4 +184,19 @@ async fn an_abandoned_erasure_coded_volume_returns_its_sources_to_closed() {
 async fn unknown_scheme_is_refused() {
     let error = CellDb::open("postgres://localhost/x", 1).await.err().expect("must fail");
     assert!(error.to_string().contains("unsupported cell database URL"), "{error}");
+}
+
+#[tokio::test]
+async fn a_mariadb_url_opens_the_cell_database() {
+    let Some(databases) = mysql_databases_or_skip("the cell database suite", "pocket_cell", 1).await else {
+        return;
+    };
+    let url = databases.urls()[0].replacen("mysql:", "mariadb:", 1);
+    assert!(url.starts_with("mariadb:"), "{url}");
+    let db = CellDb::open(&url, 2).await.expect("open through a mariadb: URL");
+    db.upsert_osd(&osd(1)).await.expect("register");
+    let osds = db.list_osds().await.expect("list");
+    assert_eq!(osds.len(), 1);
+    assert_eq!(osds[0].grpc_addr, osd(1).grpc_addr);
+    db.close().await;
 }

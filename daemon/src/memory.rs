@@ -3,11 +3,12 @@
 /// Turns transparent huge pages off for this process (`PR_SET_THP_DISABLE`).
 ///
 /// mimalloc (ADR 7) asks for huge pages on the memory it maps, so the first
-/// touch of every new 2 MiB region had the kernel zero all of it: under
-/// 4 MiB PUTs that zeroing (`clear_page_erms`) was 6.8 % of the machine,
+/// touch of every new 2 MiB region had the kernel zero all of it
+/// (`clear_page_erms`): a measurable share of the machine under large PUTs,
 /// most of it in the OSDs, whose buffers come and go with every blob. With
-/// 4 KiB pages only what is touched is zeroed (ADR 9). Returns whether the
-/// kernel took the setting; pocket runs the same either way.
+/// 4 KiB pages only what is touched is zeroed (ADR 9 has the figures).
+/// Returns whether the kernel took the setting; pocket runs the same either
+/// way.
 pub fn disable_transparent_huge_pages() -> bool {
     #[allow(unsafe_code)]
     // SAFETY: prctl(2) with PR_SET_THP_DISABLE takes integer arguments only

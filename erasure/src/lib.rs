@@ -33,7 +33,7 @@ pub const MAX_SHARDS: usize = 32;
 /// memory of a reconstruction to `(k + 1) ×` this, whatever the record size.
 pub const RECONSTRUCT_STEP_BYTES: usize = 1024 * 1024;
 
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error, Clone, PartialEq)]
 pub enum ErasureError {
     #[error("invalid erasure code {data}+{parity}: need 1 ≤ data, 1 ≤ parity, data + parity ≤ {MAX_SHARDS}")]
     InvalidCode { data: usize, parity: usize },
@@ -43,8 +43,38 @@ pub enum ErasureError {
     TooFewShards { needed: usize, available: usize },
     #[error("shard {0} does not exist in this volume")]
     NoSuchShard(usize),
-    #[error("coding library: {0}")]
-    Library(String),
+    /// The coding library refused a call this crate made: shards of the
+    /// wrong number or length reached it, a bug of the caller's checks.
+    #[error("coding library refused to {op}: {source}")]
+    Library {
+        op: CodecOp,
+        #[source]
+        source: reed_solomon_erasure::Error,
+    },
+}
+
+/// What [`Codec`] asked the coding library to do ([`ErasureError::Library`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecOp {
+    Create,
+    Encode,
+    ReconstructData,
+}
+
+impl std::fmt::Display for CodecOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CodecOp::Create => "create the code",
+            CodecOp::Encode => "encode parity",
+            CodecOp::ReconstructData => "reconstruct data shards",
+        })
+    }
+}
+
+impl CodecOp {
+    fn refused(self) -> impl FnOnce(reed_solomon_erasure::Error) -> ErasureError {
+        move |source| ErasureError::Library { op: self, source }
+    }
 }
 
 /// An RS(k, m) code over GF(2^8).
@@ -59,7 +89,7 @@ impl Codec {
         if data == 0 || parity == 0 || data + parity > MAX_SHARDS {
             return Err(ErasureError::InvalidCode { data, parity });
         }
-        let rs = ReedSolomon::new(data, parity).map_err(|e| ErasureError::Library(format!("{e:?}")))?;
+        let rs = ReedSolomon::new(data, parity).map_err(CodecOp::Create.refused())?;
         Ok(Codec { rs, data, parity })
     }
 
@@ -77,13 +107,13 @@ impl Codec {
 
     /// The library's encode: `data` (k slices) and `parity` (m buffers) all of one length.
     pub fn encode(&self, data: &[&[u8]], parity: &mut [Vec<u8>]) -> Result<(), ErasureError> {
-        self.rs.encode_sep(data, parity).map_err(|e| ErasureError::Library(format!("{e:?}")))
+        self.rs.encode_sep(data, parity).map_err(CodecOp::Encode.refused())
     }
 
     /// The library's reconstruction of missing data shards in place; the
     /// present ones must all have one length.
     pub fn reconstruct_data(&self, shards: &mut [Option<Vec<u8>>]) -> Result<(), ErasureError> {
-        self.rs.reconstruct_data(shards).map_err(|e| ErasureError::Library(format!("{e:?}")))
+        self.rs.reconstruct_data(shards).map_err(CodecOp::ReconstructData.refused())
     }
 }
 

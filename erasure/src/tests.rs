@@ -118,6 +118,24 @@ fn invalid_codes_and_wrong_lengths_are_refused() {
     assert_eq!(err, ErasureError::WrongLength { shard: 1, expected: 4, got: 8 });
 }
 
+#[test]
+fn a_call_the_library_refuses_names_the_operation_and_the_reason() {
+    let codec = Codec::new(2, 1).expect("codec");
+    let mut parity = vec![vec![0u8; 8]];
+    let err = codec.encode(&[&[0u8; 8], &[0u8; 4]], &mut parity).expect_err("data shards of two lengths");
+    assert_eq!(
+        err,
+        ErasureError::Library { op: CodecOp::Encode, source: reed_solomon_erasure::Error::IncorrectShardSize }
+    );
+    assert!(err.to_string().starts_with("coding library refused to encode parity: "), "{err}");
+    let mut shards = vec![Some(vec![0u8; 8]), None, None];
+    let err = codec.reconstruct_data(&mut shards).expect_err("one shard of a 2+1 code");
+    assert_eq!(
+        err,
+        ErasureError::Library { op: CodecOp::ReconstructData, source: reed_solomon_erasure::Error::TooFewShardsPresent }
+    );
+}
+
 #[tokio::test]
 async fn every_record_of_a_lost_extent_is_read_back_from_any_k_survivors() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(2);

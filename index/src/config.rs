@@ -29,7 +29,7 @@ pub struct IndexConfig {
     #[serde(default = "default_vshard_count")]
     pub vshard_count: u32,
     /// Connection pool size per physical database; `None` picks a default for
-    /// the backend (see `Dialect::default_max_connections`).
+    /// the backend (see `dialect::default_max_connections`).
     #[serde(default = "default_max_connections_per_shard")]
     pub max_connections_per_shard: Option<u32>,
     /// Timeout for establishing or acquiring a database connection.

@@ -5,10 +5,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use pocket_proto::Key;
+use pocket_sql::Dialect;
 use tokio::task::JoinSet;
 
 use crate::config::{IndexConfig, MAX_VSHARD_COUNT};
-use crate::dialect::Dialect;
+use crate::dialect;
 use crate::entry::{vshard_of_key, IndexEntry, InsertOutcome};
 use crate::error::IndexError;
 use crate::insert::{insert_alone, Batcher, InsertRow};
@@ -53,8 +54,7 @@ impl Index {
     /// directory (creating it on the index's first open).
     pub async fn open(cfg: &IndexConfig) -> Result<Index, IndexError> {
         let targets = validate(cfg)?;
-        // Idempotent: sqlx guards it with its own `Once`.
-        sqlx::any::install_default_drivers();
+        pocket_sql::install_drivers();
 
         let mut shards = Vec::with_capacity(targets.len());
         for (name, dialect, url) in &targets {
@@ -280,7 +280,7 @@ fn validate(cfg: &IndexConfig) -> Result<Vec<(String, Dialect, String)>, IndexEr
                 name: shard.name.clone(),
             });
         }
-        let (dialect, url) = Dialect::from_url(&shard.name, &shard.url)?;
+        let (dialect, url) = dialect::parse_url(&shard.name, &shard.url)?;
         targets.push((shard.name.clone(), dialect, url));
     }
     Ok(targets)

@@ -31,7 +31,8 @@
 //!   connection each keeps out of the pool.
 //! - `shard` — one physical database (pool, PRAGMAs, row decoding).
 //! - `shard_map` — creating and loading the vshard → database map.
-//! - `dialect` — the SQLite / MySQL differences.
+//! - `dialect` — pool sizes and migrations per dialect (the dialect, its
+//!   URLs and the statements that differ are `pocket-sql`'s).
 //! - `migrations/{sqlite,mysql}/` — the schema, one directory per dialect.
 
 pub mod config;

@@ -4,11 +4,12 @@
 use std::time::Duration;
 
 use pocket_proto::Key;
+use pocket_sql::Dialect;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};
 
 use crate::config::IndexConfig;
-use crate::dialect::Dialect;
+use crate::dialect;
 use crate::entry::{vshard_of_key, IndexEntry};
 use crate::error::IndexError;
 
@@ -65,7 +66,7 @@ impl std::ops::DerefMut for WriteTx<'_> {
 }
 
 impl Shard {
-    /// Connects to `url` (already normalised by [`Dialect::from_url`]) and
+    /// Connects to `url` (already normalised by `dialect::parse_url`) and
     /// brings its schema up to date.
     pub(crate) async fn connect(
         cfg: &IndexConfig,
@@ -75,7 +76,7 @@ impl Shard {
     ) -> Result<Shard, IndexError> {
         let max_connections = cfg
             .max_connections_per_shard
-            .unwrap_or_else(|| dialect.default_max_connections());
+            .unwrap_or_else(|| dialect::default_max_connections(dialect));
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_millis(cfg.connect_timeout_ms))
@@ -108,7 +109,7 @@ impl Shard {
                 op: "connect",
                 source,
             })?;
-        if let Err(source) = dialect.migrator().run(&pool).await {
+        if let Err(source) = dialect::migrator(dialect).run(&pool).await {
             pool.close().await;
             return Err(IndexError::Migrate {
                 shard: name.to_owned(),

@@ -2,12 +2,11 @@
 //! large pieces.
 //!
 //! rustls asks its transport for at most 4 KiB more than it already holds
-//! (its buffer stays under one TLS record, about 16 KiB), so an OSD took 5.9
-//! `recvfrom` calls per 64 KiB record it received, and a 4 MiB PUT and GET
-//! cost 747 of them across the frontend and the OSDs. Under rustls each
-//! socket now reads through a [`READ_AHEAD_BYTES`] buffer: one call takes
-//! whatever the kernel holds, and rustls's small reads are served from
-//! memory (ADR 14; 1.6 calls per 64 KiB record, 202 per 4 MiB PUT and GET).
+//! (its buffer stays under one TLS record, about 16 KiB), so a socket read
+//! by rustls alone costs several `recvfrom` calls per record it carries.
+//! Under rustls each socket reads through a [`READ_AHEAD_BYTES`] buffer
+//! instead: one call takes whatever the kernel holds, and rustls's small
+//! reads are served from memory. The calls saved are counted in ADR 14.
 
 use std::future::Future;
 use std::io;

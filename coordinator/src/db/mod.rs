@@ -10,8 +10,9 @@
 //! `volumes` (volumes and buckets, and the compare-and-set of a volume's
 //! state), `extents` (the stored copies of extents), `ec_layout`
 //! (erasure-coded volumes and their shards);
-//! `sql` holds what they share (the error type, the dialect, opening and
-//! migrating, decoding columns). Every type callers use is re-exported here.
+//! `sql` holds what they share (the error type, opening and migrating,
+//! decoding columns; the dialect of a URL is `pocket-sql`'s). Every type
+//! callers use is re-exported here.
 
 mod ec_layout;
 mod extents;
@@ -24,7 +25,7 @@ use sqlx::AnyPool;
 pub use ec_layout::{EcVolume, LayoutRow, PlannedData};
 pub use extents::StoredExtent;
 pub use osds::OsdRow;
-pub use sql::{DbError, Dialect, RowProblem};
+pub use sql::{DbError, RowProblem};
 pub use volumes::{ExtentRow, VolumeKind, VolumeRow, VolumeState};
 
 #[derive(Clone)]

@@ -1,6 +1,7 @@
-//! What every table of the cell database shares: the error type, the SQL
-//! dialect of a URL, opening the pool and running the migrations, binding
-//! ids and decoding columns.
+//! What every table of the cell database shares: the error type, opening the
+//! pool and running the migrations, binding ids and decoding columns. The
+//! dialect of a URL (and `mariadb:` spelled `mysql:` for sqlx) is
+//! `pocket-sql`'s, as for the index.
 //!
 //! Invariants: the dialects differ only in their migration files, so every
 //! query is written once, with `?` placeholders, and runs on both. A value
@@ -9,9 +10,9 @@
 //! [`DbError::CorruptRow`] naming its table and column, never a panic or a
 //! silently wrapped number.
 
-use std::sync::Once;
 use std::time::Duration;
 
+use pocket_sql::Dialect;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
@@ -20,8 +21,9 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
-    #[error("unsupported cell database URL {url:?}: expected sqlite: or mysql:")]
-    UnknownScheme { url: String },
+    /// Names the URL's scheme only: the rest may carry a password.
+    #[error("unsupported cell database URL: {0}")]
+    UnknownScheme(#[from] pocket_sql::UnknownScheme),
     #[error("cell database: {context}: {source}")]
     Sql {
         context: &'static str,
@@ -67,30 +69,11 @@ impl<T> SqlContext<T> for Result<T, sqlx::Error> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Dialect {
-    Sqlite,
-    Mysql,
-}
-
-impl Dialect {
-    pub fn of_url(url: &str) -> Result<Dialect, DbError> {
-        if url.starts_with("sqlite:") {
-            Ok(Dialect::Sqlite)
-        } else if url.starts_with("mysql:") || url.starts_with("mariadb:") {
-            Ok(Dialect::Mysql)
-        } else {
-            Err(DbError::UnknownScheme { url: url.split('@').next_back().unwrap_or_default().to_string() })
-        }
-    }
-}
-
 /// Connects a pool of at most `max_connections` to `url` and brings the
 /// schema up to date.
 pub(super) async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, DbError> {
-    static DRIVERS: Once = Once::new();
-    DRIVERS.call_once(sqlx::any::install_default_drivers);
-    let dialect = Dialect::of_url(url)?;
+    let (dialect, url) = Dialect::from_url(url)?;
+    pocket_sql::install_drivers();
     let pool = AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -105,7 +88,7 @@ pub(super) async fn connect(url: &str, max_connections: u32) -> Result<AnyPool, 
                 Ok(())
             })
         })
-        .connect(url)
+        .connect(&url)
         .await
         .ctx("connect")?;
     match dialect {
@@ -175,13 +158,10 @@ impl<'r> Columns<'r> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn dialect_of_url_names_no_credentials() {
-        assert_eq!(Dialect::of_url("sqlite://cell.db?mode=rwc").expect("sqlite"), Dialect::Sqlite);
-        assert_eq!(Dialect::of_url("mysql://root@h/db").expect("mysql"), Dialect::Mysql);
-        assert_eq!(Dialect::of_url("mariadb://root@h/db").expect("mariadb"), Dialect::Mysql);
-        let err = Dialect::of_url("postgres://user:secret@h/db").expect_err("postgres");
-        assert!(matches!(&err, DbError::UnknownScheme { url } if url == "h/db"), "{err}");
+    #[tokio::test]
+    async fn unknown_scheme_names_no_credentials() {
+        let err = connect("postgres://user:secret@h/db", 1).await.expect_err("postgres is refused");
+        assert!(matches!(&err, DbError::UnknownScheme(e) if e.scheme == "postgres"), "{err}");
         assert!(!err.to_string().contains("secret"), "{err}");
     }
 

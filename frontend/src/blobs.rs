@@ -310,3 +310,21 @@ impl pocket_erasure::ShardReader for ShardRanges<'_> {
         self.cell.read_range(replica, offset, len).await.map_err(|e| e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_extent_and_a_failed_replica_are_reported_and_a_busy_one_is_not() {
+        let detail = String::from("d");
+        let full = WriteFailure::Full { osd_id: 1, detail: detail.clone() };
+        let busy = WriteFailure::Busy { osd_id: 2, detail: detail.clone() };
+        let failed = WriteFailure::ReplicaFailed { osd_id: 3, detail };
+        assert_eq!(full.problem(), Some(BucketProblem::Full));
+        assert_eq!(busy.problem(), None);
+        assert_eq!(failed.problem(), Some(BucketProblem::ReplicaFailed));
+        assert_eq!((full.osd_id(), busy.osd_id(), failed.osd_id()), (1, 2, 3));
+        assert_eq!(failed.detail(), "d");
+    }
+}

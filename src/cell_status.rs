@@ -6,8 +6,7 @@ use std::path::Path;
 
 use anyhow::Context;
 use pocket_daemon::operator::OperatorConfig;
-use pocket_proto::pb;
-use pocket_transport::{Role, Tls};
+use pocket_transport::Tls;
 use serde::{Deserialize, Serialize};
 
 /// The cell's state as `--json` prints it.
@@ -31,11 +30,8 @@ pub struct CellReport {
 
 pub async fn fetch(config: &OperatorConfig) -> anyhow::Result<CellReport> {
     let tls = Tls::load(&config.tls).context("load operator TLS material")?;
-    let channel = tls.channel(&config.coordinator, &pocket_transport::role_dns_name(Role::Coordinator))?;
-    let mut client = pb::coordinator_client::CoordinatorClient::new(channel);
-    let mut request = tonic::Request::new(pb::CellStatusRequest {});
-    request.set_timeout(std::time::Duration::from_secs(30));
-    let status = client.cell_status(request).await.context("CellStatus")?.into_inner();
+    let client = pocket_rpc_client::CoordinatorClient::connect(&tls, &config.coordinator)?;
+    let status = client.rpc_status().await.context("CellStatus")?;
     let overhead = if status.sealed_logical_bytes == 0 {
         0.0
     } else {
@@ -45,7 +41,7 @@ pub async fn fetch(config: &OperatorConfig) -> anyhow::Result<CellReport> {
         cell_id: status.cell_id,
         data_shards: status.data_shards,
         parity_shards: status.parity_shards,
-        volumes: status.volumes_by_state.into_iter().collect(),
+        volumes: status.volumes_by_state,
         sealed_logical_bytes: status.sealed_logical_bytes,
         sealed_stored_bytes: status.sealed_stored_bytes,
         overhead,

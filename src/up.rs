@@ -25,7 +25,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use pocket_daemon::runinfo::RunInfo;
-use pocket_proto::pb;
 use pocket_transport::{pki, Identity, Role};
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
@@ -426,12 +425,11 @@ const CLIENT_GRANTS: &str = "[[clients]]\nname = \"local\"\npermissions = [\"put
 
 /// Waits until the coordinator offers at least one writable bucket.
 async fn wait_writable(tls: &pocket_transport::Tls, coordinator_addr: &str) -> anyhow::Result<()> {
-    let name = pocket_transport::role_dns_name(Role::Coordinator);
-    let mut client = pb::coordinator_client::CoordinatorClient::new(tls.channel(coordinator_addr, &name)?);
+    let client = pocket_rpc_client::CoordinatorClient::connect(tls, coordinator_addr)?;
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        if let Ok(response) = client.writable_buckets(pb::WritableBucketsRequest {}).await {
-            if !response.get_ref().buckets.is_empty() {
+        if let Ok((_, buckets)) = client.rpc_writable_buckets().await {
+            if !buckets.is_empty() {
                 return Ok(());
             }
         }

@@ -5,7 +5,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pocket_proto::{now_unix_ms, pb, BucketId, OsdId};
+use pocket_proto::{now_unix_ms, BucketId, OsdId};
+use pocket_rpc_client::{OsdClient, OsdClients, OsdError};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -13,19 +14,6 @@ use tokio::sync::Notify;
 
 use crate::config::CoordinatorConfig;
 use crate::db::{CellDb, DbError, OsdRow, VolumeKind, VolumeRow, VolumeState};
-
-/// Deadline of one lifecycle call (CreateExtent, Seal) to an OSD: a stalled
-/// OSD must not hold up the maintenance of the rest of the cell.
-const OSD_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Most cached OSD channels (one per address ever seen) before the cache is cleared.
-const MAX_CACHED_CHANNELS: usize = 4_096;
-
-fn with_deadline<T>(message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.set_timeout(OSD_CALL_TIMEOUT);
-    request
-}
 
 /// A replica (or shard) of a volume with the address of the OSD that holds it.
 #[derive(Debug, Clone)]
@@ -63,8 +51,8 @@ struct Inner {
     db: CellDb,
     config: CoordinatorConfig,
     rng: Mutex<StdRng>,
-    tls: pocket_transport::Tls,
-    osd_channels: Mutex<HashMap<String, tonic::transport::Channel>>,
+    /// The outbound calls to OSDs (lifecycle, and erasure coding's).
+    osds: OsdClients,
     wake: Arc<Notify>,
     /// The coordinator's background budget (ADR 16): erasure coding runs under it.
     budget: pocket_worker::Budget,
@@ -86,8 +74,7 @@ impl Cell {
                 db,
                 config,
                 rng: Mutex::new(rng),
-                tls,
-                osd_channels: Mutex::new(HashMap::new()),
+                osds: OsdClients::new(tls),
                 wake: Arc::new(Notify::new()),
                 budget: pocket_worker::Budget::new(pocket_worker::BudgetConfig::default()),
                 started: Instant::now(),
@@ -210,21 +197,9 @@ impl Cell {
         Ok(())
     }
 
-    /// A client of OSD `osd_id` at `addr`; TLS refuses any other server.
-    pub(crate) fn osd_client(&self, osd_id: OsdId, addr: &str) -> Option<pb::osd_client::OsdClient<tonic::transport::Channel>> {
-        let cache_key = format!("{osd_id}@{addr}");
-        let mut channels = self.inner.osd_channels.lock().expect("osd channel map lock poisoned");
-        if let Some(channel) = channels.get(&cache_key) {
-            return Some(pb::osd_client::OsdClient::new(channel.clone()));
-        }
-        if channels.len() >= MAX_CACHED_CHANNELS {
-            // OSD addresses change on restarts; forget stale ones.
-            channels.clear();
-        }
-        let name = pocket_transport::Identity::new(pocket_transport::Role::Osd, &format!("osd-{osd_id}")).dns_name();
-        let channel = self.inner.tls.channel(addr, &name).ok()?;
-        channels.insert(cache_key, channel.clone());
-        Some(pb::osd_client::OsdClient::new(channel))
+    /// The client of OSD `osd_id` at `addr`; TLS refuses any other server.
+    pub(crate) fn osd_client(&self, osd_id: OsdId, addr: &str) -> Result<OsdClient, OsdError> {
+        self.inner.osds.osd(osd_id, addr)
     }
 
     fn open_buckets_target(&self, alive_count: usize) -> usize {
@@ -301,15 +276,10 @@ impl Cell {
         for extent in &volume.extents {
             let created = match alive.get(&extent.osd_id) {
                 Some(osd) => match self.osd_client(osd.osd_id, &osd.grpc_addr) {
-                    Some(mut client) => client
-                        .create_extent(with_deadline(pb::CreateExtentRequest {
-                            extent_id: extent.extent_id,
-                            max_size_bytes: volume.extent_size_bytes,
-                            osd_id: extent.osd_id,
-                        }))
-                        .await
-                        .map_err(|status| status.to_string()),
-                    None => Err("invalid OSD address".to_string()),
+                    Ok(client) => {
+                        client.rpc_create(extent.extent_id, volume.extent_size_bytes).await.map_err(|error| error.to_string())
+                    }
+                    Err(error) => Err(error.to_string()),
                 },
                 None => Err("OSD is dead".to_string()),
             };
@@ -332,16 +302,16 @@ impl Cell {
                 all_sealed = false;
                 continue;
             };
-            let Some(mut client) = self.osd_client(osd.osd_id, &osd.grpc_addr) else {
+            let Ok(client) = self.osd_client(osd.osd_id, &osd.grpc_addr) else {
                 all_sealed = false;
                 continue;
             };
-            match client.seal(with_deadline(pb::SealRequest { extent_id: extent.extent_id, osd_id: extent.osd_id })).await {
-                Ok(response) => {
-                    self.inner.db.record_sealed_size(extent.extent_id, extent.osd_id, response.get_ref().size_bytes).await?;
+            match client.rpc_seal(extent.extent_id).await {
+                Ok(size_bytes) => {
+                    self.inner.db.record_sealed_size(extent.extent_id, extent.osd_id, size_bytes).await?;
                 }
-                Err(status) => {
-                    tracing::warn!(volume_id = volume.volume_id, osd_id = extent.osd_id, %status, "seal failed; will retry");
+                Err(error) => {
+                    tracing::warn!(volume_id = volume.volume_id, osd_id = extent.osd_id, %error, "seal failed; will retry");
                     all_sealed = false;
                 }
             }

@@ -26,38 +26,33 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
 use pocket_erasure::{Codec, StripeEncoder};
-use pocket_proto::{pb, ExtentId, OsdId, VolumeId};
+use pocket_proto::{ExtentId, OsdId, VolumeId};
+use pocket_rpc_client::{ExtentKind, ExtentReader, ExtentWriter, OsdClient, OsdError, VerifiedExtent};
 use rand::seq::SliceRandom;
-use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use crate::cell::{Cell, CellError};
 use crate::db::{EcVolume, OsdRow, PlannedData, VolumeKind, VolumeRow, VolumeState};
-
-/// Bytes asked of a source OSD per ReadRange call: long reads are split so
-/// that none comes near the OSD's per-request time limit.
-const READ_SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
-/// Messages buffered towards each target OSD.
-const SINK_QUEUE_MESSAGES: usize = 4;
-/// Deadline of a whole-extent verification (reads and hashes the extent).
-const VERIFY_TIMEOUT: Duration = Duration::from_secs(300);
-
-type OsdClient = pb::osd_client::OsdClient<Channel>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
     #[error("OSD {0} is not alive")]
     OsdDead(OsdId),
-    #[error("OSD {osd_id}, extent {extent_id}: {status}")]
-    Osd { osd_id: OsdId, extent_id: ExtentId, status: tonic::Status },
+    #[error("extent {extent_id}: {error}")]
+    Osd { extent_id: ExtentId, error: OsdError },
     #[error("OSD {osd_id}, extent {extent_id}: {detail}")]
     Mismatch { osd_id: OsdId, extent_id: ExtentId, detail: String },
     #[error(transparent)]
     Erasure(#[from] pocket_erasure::ErasureError),
     #[error("layout of volume {0} is malformed")]
     BadLayout(VolumeId),
+}
+
+impl EncodeError {
+    /// A failed call about `extent_id`.
+    fn osd(extent_id: ExtentId) -> impl FnOnce(OsdError) -> EncodeError {
+        move |error| EncodeError::Osd { extent_id, error }
+    }
 }
 
 /// A replica of a closed volume that could become a data shard.
@@ -277,20 +272,11 @@ impl Cell {
 
     fn client_of(&self, alive: &HashMap<OsdId, OsdRow>, osd_id: OsdId) -> Result<OsdClient, EncodeError> {
         let osd = alive.get(&osd_id).ok_or(EncodeError::OsdDead(osd_id))?;
-        self.osd_client(osd_id, &osd.grpc_addr)
-            .map(|c| c.max_decoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES))
-            .ok_or(EncodeError::OsdDead(osd_id))
+        self.osd_client(osd_id, &osd.grpc_addr).map_err(|_| EncodeError::OsdDead(osd_id))
     }
 
-    async fn verify(&self, alive: &HashMap<OsdId, OsdRow>, osd_id: OsdId, extent_id: ExtentId) -> Result<pb::VerifyExtentResponse, EncodeError> {
-        let mut client = self.client_of(alive, osd_id)?;
-        let mut request = tonic::Request::new(pb::VerifyExtentRequest { extent_id, osd_id });
-        request.set_timeout(VERIFY_TIMEOUT);
-        client
-            .verify_extent(request)
-            .await
-            .map(tonic::Response::into_inner)
-            .map_err(|status| EncodeError::Osd { osd_id, extent_id, status })
+    async fn verify(&self, alive: &HashMap<OsdId, OsdRow>, osd_id: OsdId, extent_id: ExtentId) -> Result<VerifiedExtent, EncodeError> {
+        self.client_of(alive, osd_id)?.rpc_verify(extent_id).await.map_err(EncodeError::osd(extent_id))
     }
 
     /// Step 2 of the module docs. Returns the bytes of data encoded.
@@ -312,12 +298,7 @@ impl Cell {
                     detail: format!("holds {} bytes, the plan says {}", info.size_bytes, row.size_bytes),
                 });
             }
-            let hash: [u8; 32] = info.blake3.as_ref().try_into().map_err(|_| EncodeError::Mismatch {
-                osd_id: source,
-                extent_id: row.extent_id,
-                detail: "verify returned no BLAKE3".into(),
-            })?;
-            Ok::<_, EncodeError>((source, hash))
+            Ok::<_, EncodeError>((source, info.blake3))
         }))
         .await
         .into_iter()
@@ -331,22 +312,24 @@ impl Cell {
         let shard_len = encoder.shape().shard_len();
         let mut sources = Vec::with_capacity(k);
         for (row, (source, _)) in data_rows.iter().zip(&verified) {
-            sources.push(SourceReader::new(self.client_of(alive, *source)?, *source, row.extent_id, row.size_bytes));
+            sources.push(self.client_of(alive, *source)?.extent_reader(row.extent_id, row.size_bytes));
         }
         // Data shards whose target is not their source are copied.
-        let mut data_sinks: Vec<Option<WholeSink>> = Vec::with_capacity(k);
+        let mut data_sinks: Vec<Option<ExtentWriter>> = Vec::with_capacity(k);
         for (row, (source, _)) in data_rows.iter().zip(&verified) {
             data_sinks.push(if row.osd_id == *source {
                 None
             } else {
                 let client = self.client_of(alive, row.osd_id)?;
-                Some(WholeSink::open(client, row.osd_id, row.extent_id, pb::ExtentKind::Data, row.size_bytes).await?)
+                let writer = client.rpc_write_extent(row.extent_id, ExtentKind::Data, row.size_bytes).await;
+                Some(writer.map_err(EncodeError::osd(row.extent_id))?)
             });
         }
         let mut parity_sinks = Vec::with_capacity(m);
         for row in parity_rows {
             let client = self.client_of(alive, row.osd_id)?;
-            parity_sinks.push(WholeSink::open(client, row.osd_id, row.extent_id, pb::ExtentKind::Parity, shard_len).await?);
+            let writer = client.rpc_write_extent(row.extent_id, ExtentKind::Parity, shard_len).await;
+            parity_sinks.push(writer.map_err(EncodeError::osd(row.extent_id))?);
         }
         while let Some(stripe) = encoder.next_stripe() {
             let shape = encoder.shape().clone();
@@ -354,17 +337,17 @@ impl Cell {
             let stripe_bytes = (0..k).map(|i| shape.stored_len(i, stripe.offset, stripe.len) as u64).sum();
             self.budget().bytes(pocket_worker::Class::ErasureCoding, stripe_bytes).await;
             let pieces = futures::future::try_join_all(
-                sources.iter_mut().enumerate().map(|(i, source)| source.take(shape.stored_len(i, stripe.offset, stripe.len))),
+                sources.iter_mut().enumerate().map(|(i, source)| take(source, shape.stored_len(i, stripe.offset, stripe.len))),
             )
             .await?;
             let parity = tokio::task::block_in_place(|| encoder.encode_next(&pieces))?;
             for (sink, piece) in data_sinks.iter_mut().zip(&pieces) {
                 if let Some(sink) = sink {
-                    sink.send(piece).await?;
+                    sink.send(piece).await.map_err(EncodeError::osd(sink.extent_id()))?;
                 }
             }
             for (sink, piece) in parity_sinks.iter_mut().zip(&parity) {
-                sink.send(piece).await?;
+                sink.send(piece).await.map_err(EncodeError::osd(sink.extent_id()))?;
             }
         }
         let parity_hashes = encoder.finish().ok_or(EncodeError::BadLayout(volume.volume_id))?;
@@ -376,7 +359,7 @@ impl Cell {
             if source.streamed_hash() != *hash {
                 return Err(EncodeError::Mismatch {
                     osd_id: *osd_id,
-                    extent_id: source.extent_id,
+                    extent_id: source.extent_id(),
                     detail: "streamed other bytes than it verified".into(),
                 });
             }
@@ -385,12 +368,12 @@ impl Cell {
         let mut finishing = Vec::new();
         for ((sink, row), (_, hash)) in data_sinks.into_iter().zip(data_rows).zip(&verified) {
             if let Some(sink) = sink {
-                finishing.push(sink.finish(*hash));
+                finishing.push(finish(sink, *hash));
                 expected.push((row.osd_id, row.extent_id, row.size_bytes, *hash));
             }
         }
         for ((sink, row), hash) in parity_sinks.into_iter().zip(parity_rows).zip(&parity_hashes) {
-            finishing.push(sink.finish(*hash));
+            finishing.push(finish(sink, *hash));
             expected.push((row.osd_id, row.extent_id, shard_len, *hash));
         }
         // All at once: each target syncs and checks its shard while the others do.
@@ -400,7 +383,7 @@ impl Cell {
         // Read back from disk by each target before the switch.
         let checks = futures::future::join_all(expected.iter().map(|&(osd_id, extent_id, size, hash)| async move {
             let info = self.verify(alive, osd_id, extent_id).await?;
-            if info.size_bytes != size || info.blake3.as_ref() != hash {
+            if info.size_bytes != size || info.blake3 != hash {
                 return Err(EncodeError::Mismatch { osd_id, extent_id, detail: "reads back other bytes than were written".into() });
             }
             Ok(())
@@ -455,166 +438,21 @@ impl Cell {
     }
 
     async fn delete_on_osd(&self, alive: &HashMap<OsdId, OsdRow>, osd_id: OsdId, extent_id: ExtentId) -> Result<(), EncodeError> {
-        let mut client = self.client_of(alive, osd_id)?;
-        let mut request = tonic::Request::new(pb::DeleteExtentRequest { extent_id, osd_id });
-        request.set_timeout(Duration::from_secs(30));
-        client.delete_extent(request).await.map_err(|status| EncodeError::Osd { osd_id, extent_id, status })?;
+        self.client_of(alive, osd_id)?.rpc_delete(extent_id).await.map_err(EncodeError::osd(extent_id))?;
         Ok(())
     }
 }
 
-/// The bytes of one sealed extent, read in order from its OSD.
-struct SourceReader {
-    client: OsdClient,
-    osd_id: OsdId,
-    extent_id: ExtentId,
-    size: u64,
-    requested_up_to: u64,
-    stream: Option<tonic::Streaming<pb::ReadRangeResponse>>,
-    /// Bytes of the current range read not received yet: a range that ends
-    /// short is an error, never bytes shifted into the next range's place.
-    stream_left: u64,
-    buffer: BytesMut,
-    /// BLAKE3 of every byte handed out.
-    hasher: blake3::Hasher,
+/// The next `len` bytes of a source extent.
+async fn take(source: &mut ExtentReader, len: usize) -> Result<bytes::Bytes, EncodeError> {
+    let extent_id = source.extent_id();
+    source.take(len).await.map_err(EncodeError::osd(extent_id))
 }
 
-impl SourceReader {
-    fn new(client: OsdClient, osd_id: OsdId, extent_id: ExtentId, size: u64) -> SourceReader {
-        SourceReader {
-            client,
-            osd_id,
-            extent_id,
-            size,
-            requested_up_to: 0,
-            stream: None,
-            stream_left: 0,
-            buffer: BytesMut::new(),
-            hasher: blake3::Hasher::new(),
-        }
-    }
-
-    fn streamed_hash(&self) -> [u8; 32] {
-        *self.hasher.finalize().as_bytes()
-    }
-
-    fn error(&self, status: tonic::Status) -> EncodeError {
-        EncodeError::Osd { osd_id: self.osd_id, extent_id: self.extent_id, status }
-    }
-
-    /// The next `len` bytes of the extent.
-    async fn take(&mut self, len: usize) -> Result<Bytes, EncodeError> {
-        while self.buffer.len() < len {
-            let message = match self.stream.as_mut() {
-                Some(stream) => stream.message().await.map_err(|status| self.error(status))?,
-                None => None,
-            };
-            match message {
-                Some(message) => {
-                    let len = message.chunk.len() as u64;
-                    if len > self.stream_left {
-                        return Err(self.error(tonic::Status::out_of_range("a range read returned more than it asked")));
-                    }
-                    self.stream_left -= len;
-                    self.buffer.extend_from_slice(&message.chunk);
-                }
-                None if self.stream.is_some() && self.stream_left > 0 => {
-                    return Err(self.error(tonic::Status::data_loss(format!(
-                        "a range read ended {} bytes short",
-                        self.stream_left
-                    ))));
-                }
-                None => {
-                    if self.requested_up_to >= self.size {
-                        return Err(self.error(tonic::Status::out_of_range("the extent ended early")));
-                    }
-                    let length = (self.size - self.requested_up_to).min(READ_SEGMENT_BYTES);
-                    let request = pb::ReadRangeRequest {
-                        extent_id: self.extent_id,
-                        offset: self.requested_up_to,
-                        length,
-                        osd_id: self.osd_id,
-                    };
-                    let stream = self.client.read_range(request).await.map_err(|status| self.error(status))?.into_inner();
-                    self.stream = Some(stream);
-                    self.stream_left = length;
-                    self.requested_up_to += length;
-                }
-            }
-        }
-        let bytes = self.buffer.split_to(len).freeze();
-        self.hasher.update(&bytes);
-        Ok(bytes)
-    }
-}
-
-/// A whole-extent write to one OSD, fed stripe by stripe.
-struct WholeSink {
-    osd_id: OsdId,
-    extent_id: ExtentId,
-    tx: mpsc::Sender<pb::WriteExtentRequest>,
-    call: tokio::task::JoinHandle<Result<pb::WriteExtentResponse, tonic::Status>>,
-}
-
-impl WholeSink {
-    async fn open(
-        mut client: OsdClient,
-        osd_id: OsdId,
-        extent_id: ExtentId,
-        kind: pb::ExtentKind,
-        size_bytes: u64,
-    ) -> Result<WholeSink, EncodeError> {
-        let (tx, rx) = mpsc::channel(SINK_QUEUE_MESSAGES);
-        let header = pb::WriteExtentRequest {
-            part: Some(pb::write_extent_request::Part::Header(pb::WriteExtentHeader {
-                extent_id,
-                kind: kind as i32,
-                size_bytes,
-                osd_id,
-            })),
-        };
-        tx.send(header).await.map_err(|_| EncodeError::OsdDead(osd_id))?;
-        let call = tokio::spawn(async move {
-            client.write_extent(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map(tonic::Response::into_inner)
-        });
-        Ok(WholeSink { osd_id, extent_id, tx, call })
-    }
-
-    async fn send(&mut self, bytes: &Bytes) -> Result<(), EncodeError> {
-        for chunk in pocket_proto::chunks(bytes) {
-            let message = pb::WriteExtentRequest { part: Some(pb::write_extent_request::Part::Chunk(chunk)) };
-            if self.tx.send(message).await.is_err() {
-                // The call ended early: its status says why.
-                return Err(self.failure().await);
-            }
-        }
-        Ok(())
-    }
-
-    async fn failure(&mut self) -> EncodeError {
-        let status = match (&mut self.call).await {
-            Ok(Err(status)) => status,
-            Ok(Ok(_)) => tonic::Status::internal("the OSD answered before the extent was complete"),
-            Err(e) => tonic::Status::internal(format!("write task failed: {e}")),
-        };
-        EncodeError::Osd { osd_id: self.osd_id, extent_id: self.extent_id, status }
-    }
-
-    async fn finish(mut self, blake3: [u8; 32]) -> Result<bool, EncodeError> {
-        let last = pb::WriteExtentRequest {
-            part: Some(pb::write_extent_request::Part::Blake3(Bytes::copy_from_slice(&blake3))),
-        };
-        if self.tx.send(last).await.is_err() {
-            return Err(self.failure().await);
-        }
-        let (osd_id, extent_id) = (self.osd_id, self.extent_id);
-        drop(self.tx);
-        match self.call.await {
-            Ok(Ok(response)) => Ok(response.already_present),
-            Ok(Err(status)) => Err(EncodeError::Osd { osd_id, extent_id, status }),
-            Err(e) => Err(EncodeError::Osd { osd_id, extent_id, status: tonic::Status::internal(format!("write task failed: {e}")) }),
-        }
-    }
+/// Ends a shard's write with the BLAKE3 of its bytes; whether the OSD held it already.
+async fn finish(sink: ExtentWriter, blake3: [u8; 32]) -> Result<bool, EncodeError> {
+    let extent_id = sink.extent_id();
+    sink.finish(blake3).await.map_err(EncodeError::osd(extent_id))
 }
 
 /// Erasure coding as a background job (ADR 16): a pass every tick. A pass

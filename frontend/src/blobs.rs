@@ -6,11 +6,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use pocket_index::{Index, IndexEntry, IndexError, InsertOutcome};
-use pocket_proto::{now_unix_ms, pb, Body, Key};
+use pocket_proto::{now_unix_ms, Body, Key, OsdId};
+use pocket_rpc_client::{Bucket, BucketProblem, EcShape, OsdError, Replica};
 use rand::seq::{IndexedRandom, SliceRandom};
 
 use crate::batch::is_batched;
-use crate::cell::{Bucket, CellError, CellView, EcShape, Replica, ReplicaError};
+use crate::cell::{CellError, CellView};
 use crate::config::FrontendConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,45 @@ pub enum GetError {
 const PUT_PLACEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Pause before asking again when no writable bucket is left untried.
 const NO_BUCKET_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Why a PUT's appends to a bucket failed, and what that means for the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WriteFailure {
+    /// The bucket's extent is full: the normal end of a bucket, not a
+    /// failure. Reported, so that the coordinator closes its volume.
+    Full { osd_id: OsdId, detail: String },
+    /// A replica is busy: try another bucket; this one stays open.
+    Busy { osd_id: OsdId, detail: String },
+    /// A replica failed: reported, so that the coordinator closes its volume.
+    ReplicaFailed { osd_id: OsdId, detail: String },
+}
+
+impl WriteFailure {
+    /// What the coordinator is told, if anything.
+    fn problem(&self) -> Option<BucketProblem> {
+        match self {
+            WriteFailure::Full { .. } => Some(BucketProblem::Full),
+            WriteFailure::Busy { .. } => None,
+            WriteFailure::ReplicaFailed { .. } => Some(BucketProblem::ReplicaFailed),
+        }
+    }
+
+    fn osd_id(&self) -> OsdId {
+        match self {
+            WriteFailure::Full { osd_id, .. } | WriteFailure::Busy { osd_id, .. } | WriteFailure::ReplicaFailed { osd_id, .. } => {
+                *osd_id
+            }
+        }
+    }
+
+    fn detail(&self) -> &str {
+        match self {
+            WriteFailure::Full { detail, .. } | WriteFailure::Busy { detail, .. } | WriteFailure::ReplicaFailed { detail, .. } => {
+                detail
+            }
+        }
+    }
+}
 
 pub struct Blobs {
     pub index: Index,
@@ -97,24 +137,25 @@ impl Blobs {
                         InsertOutcome::AlreadyPresent(_) => Ok(false),
                     };
                 }
-                Err((problem, osd_id, detail)) => {
+                Err(failure) => {
                     metrics::counter!("pocket_frontend_put_retries_total").increment(1);
-                    match problem {
-                        Some(pb::BucketProblem::Full) => {
+                    let detail = failure.detail().to_string();
+                    match &failure {
+                        WriteFailure::Full { .. } => {
                             tracing::debug!(bucket_id = bucket.bucket_id, attempt, "bucket full; trying another");
                         }
-                        Some(_) => {
+                        WriteFailure::ReplicaFailed { .. } => {
                             attempt += 1;
                             tracing::warn!(bucket_id = bucket.bucket_id, attempt, %detail, "replica failed a PUT; trying another bucket");
                         }
-                        None => {
+                        WriteFailure::Busy { .. } => {
                             attempt += 1;
                             tracing::debug!(bucket_id = bucket.bucket_id, attempt, %detail, "replica busy; trying another bucket");
                         }
                     }
-                    if let Some(problem) = problem {
+                    if let Some(problem) = failure.problem() {
                         self.cell.drop_writable(bucket.bucket_id).await;
-                        self.cell.report(bucket.bucket_id, problem, osd_id, detail.clone()).await;
+                        self.cell.report(bucket.bucket_id, problem, failure.osd_id(), detail.clone()).await;
                     }
                     last = detail;
                 }
@@ -145,7 +186,7 @@ impl Blobs {
         bucket: &Bucket,
         key: Key,
         data: &Body,
-    ) -> Result<(), (Option<pb::BucketProblem>, u64, String)> {
+    ) -> Result<(), WriteFailure> {
         let writes = bucket.replicas.iter().map(|replica| {
             let data = data.clone();
             async move { (replica.osd_id, self.cell.append(replica, key, data).await) }
@@ -154,12 +195,12 @@ impl Blobs {
         for (osd_id, result) in results {
             match result {
                 Ok(()) => {}
-                Err(ReplicaError::Full) => {
+                Err(OsdError::Full { .. }) => {
                     let detail = format!("extent of bucket {} is full", bucket.bucket_id);
-                    return Err((Some(pb::BucketProblem::Full), osd_id, detail));
+                    return Err(WriteFailure::Full { osd_id, detail });
                 }
-                Err(e @ ReplicaError::Busy { .. }) => return Err((None, osd_id, e.to_string())),
-                Err(e) => return Err((Some(pb::BucketProblem::ReplicaFailed), osd_id, e.to_string())),
+                Err(e @ OsdError::Busy { .. }) => return Err(WriteFailure::Busy { osd_id, detail: e.to_string() }),
+                Err(e) => return Err(WriteFailure::ReplicaFailed { osd_id, detail: e.to_string() }),
             }
         }
         Ok(())
@@ -267,5 +308,23 @@ impl pocket_erasure::ShardReader for ShardRanges<'_> {
     async fn read(&self, shard: usize, offset: u64, len: usize) -> Result<Bytes, String> {
         let replica = self.shards.get(shard).ok_or("no such shard")?;
         self.cell.read_range(replica, offset, len).await.map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_extent_and_a_failed_replica_are_reported_and_a_busy_one_is_not() {
+        let detail = String::from("d");
+        let full = WriteFailure::Full { osd_id: 1, detail: detail.clone() };
+        let busy = WriteFailure::Busy { osd_id: 2, detail: detail.clone() };
+        let failed = WriteFailure::ReplicaFailed { osd_id: 3, detail };
+        assert_eq!(full.problem(), Some(BucketProblem::Full));
+        assert_eq!(busy.problem(), None);
+        assert_eq!(failed.problem(), Some(BucketProblem::ReplicaFailed));
+        assert_eq!((full.osd_id(), busy.osd_id(), failed.osd_id()), (1, 2, 3));
+        assert_eq!(failed.detail(), "d");
     }
 }

@@ -1,17 +1,15 @@
 //! The frontend's view of its cell: the writable buckets and bucket
-//! locations, cached from the coordinator, and the outbound calls to OSDs.
-//! The outbound edge: the only module here that builds OSD and coordinator
-//! wire messages.
+//! locations, cached from the coordinator, and the appends (batched or
+//! not, ADR 12) and reads of its replicas. The calls themselves are
+//! `pocket-rpc-client`'s.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pocket_proto::framed::{self, Frames};
-use pocket_proto::{pb, Body, BodyCollector, BucketId, CellId, ExtentId, Key, OsdId, EXTENT_FULL_PREFIX};
-use tonic::transport::Channel;
-use tonic::Code;
+use pocket_proto::{Body, BucketId, CellId, ExtentId, Key, OsdId};
+use pocket_rpc_client::{Bucket, BucketProblem, CoordinatorClient, CoordinatorError, OsdClient, OsdClients, OsdError, Replica};
 
 use crate::batch::{is_batched, Batcher};
 
@@ -20,14 +18,6 @@ const WRITABLE_TTL: Duration = Duration::from_secs(1);
 /// How long a bucket's location is trusted. Locations change only when a
 /// volume is re-encoded, and a failed read refreshes it anyway.
 const LOCATION_TTL: Duration = Duration::from_secs(30);
-/// Most cached OSD channels (one per address ever seen) before the cache is
-/// cleared: far above a cell's OSD count, so only restarts on new ports fill it.
-const MAX_CACHED_CHANNELS: usize = 4_096;
-/// Deadline of a call to the coordinator on the request path.
-const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Deadline of one raw range read from an OSD during a degraded read (at
-/// most 1 MiB per call).
-const RANGE_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// `Osd.AppendBatch` calls in flight to one replica at once (ADR 12). One
 /// gave 680 and 703 64 KiB PUTs/s where two gave 662 and 680 (C = 8, two
 /// interleaved pairs): a second call halves the batches more than it fills
@@ -36,52 +26,10 @@ const BATCH_CALLS_IN_FLIGHT_PER_REPLICA: usize = 1;
 /// Most cached bucket locations; the cache is cleared when it grows past this.
 const MAX_CACHED_LOCATIONS: usize = 100_000;
 
-#[derive(Debug, Clone)]
-pub struct Replica {
-    pub osd_id: OsdId,
-    pub grpc_addr: String,
-    pub extent_id: ExtentId,
-    /// Erasure-coded volumes: shard position and length.
-    pub position: u32,
-    pub size_bytes: u64,
-}
-
-/// The erasure code of the volume holding a bucket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EcShape {
-    pub data_shards: u32,
-    pub parity_shards: u32,
-    /// The bucket's own data shard.
-    pub position: u32,
-}
-
-#[derive(Debug, Clone)]
-pub struct Bucket {
-    pub bucket_id: BucketId,
-    /// Replicated: the replicas of the bucket's extent. Erasure-coded: every shard of the volume.
-    pub replicas: Vec<Replica>,
-    /// Set when the bucket lives in an erasure-coded volume.
-    pub ec: Option<EcShape>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ReplicaError {
-    #[error("extent is full")]
-    Full,
-    /// The OSD is busy (its in-flight byte budget is spent): try elsewhere,
-    /// but the replica is healthy and its volume must stay open.
-    #[error("OSD {osd_id} is busy: {status}")]
-    Busy { osd_id: OsdId, status: tonic::Status },
-    #[error("OSD {osd_id} at {addr}: {status}")]
-    Failed { osd_id: OsdId, addr: String, status: tonic::Status },
-    #[error("OSD {osd_id} returned {got} bytes, expected {expected}")]
-    WrongLength { osd_id: OsdId, got: u64, expected: u64 },
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum CellError {
-    #[error("coordinator unavailable: {0}")]
-    Coordinator(tonic::Status),
+    #[error(transparent)]
+    Coordinator(CoordinatorError),
     #[error("no writable bucket in the cell")]
     NoWritableBucket,
     #[error("bucket {0} is unknown to the coordinator")]
@@ -89,13 +37,12 @@ pub enum CellError {
 }
 
 pub struct CellView {
-    coordinator: pb::coordinator_client::CoordinatorClient<Channel>,
+    coordinator: CoordinatorClient,
     writable: tokio::sync::Mutex<Option<(Instant, CellId, Vec<Bucket>)>>,
     locations: Mutex<HashMap<BucketId, (Instant, Bucket)>>,
-    channels: Mutex<HashMap<String, Channel>>,
-    tls: pocket_transport::Tls,
+    osds: OsdClients,
     /// Small appends waiting for a call to their replica (ADR 12).
-    batches: Batcher<AppendDestination, (Key, Body), ReplicaError>,
+    batches: Batcher<AppendDestination, (Key, Body), OsdError>,
     /// Records at most this large are batched; 0: none is.
     batch_record_max_bytes: u64,
 }
@@ -103,90 +50,13 @@ pub struct CellView {
 /// Where a batched append goes: one OSD (at one address) and one extent.
 type AppendDestination = (OsdId, String, ExtentId);
 
-/// The header of a record appended to `replica`.
-fn append_header(replica: &Replica, key: &Key, data: &Body) -> pb::AppendRequest {
-    pb::AppendRequest {
-        part: Some(pb::append_request::Part::Header(pb::AppendHeader {
-            extent_id: replica.extent_id,
-            key: Bytes::copy_from_slice(key.as_bytes()),
-            length_bytes: data.len_bytes(),
-            osd_id: replica.osd_id,
-        })),
-    }
-}
-
-/// What an OSD's refusal of an append means to a PUT.
-fn replica_error(replica: &Replica, status: tonic::Status) -> ReplicaError {
-    match status.code() {
-        Code::ResourceExhausted if status.message().starts_with(EXTENT_FULL_PREFIX) => ReplicaError::Full,
-        Code::ResourceExhausted => ReplicaError::Busy { osd_id: replica.osd_id, status },
-        _ => ReplicaError::Failed { osd_id: replica.osd_id, addr: replica.grpc_addr.clone(), status },
-    }
-}
-
-/// One `Osd.AppendBatch` call carrying `records`; one outcome per record.
-async fn append_batch(mut channel: Channel, replica: Replica, records: Vec<(Key, Body)>) -> Vec<Result<(), ReplicaError>> {
-    let mut frames = Frames::new();
-    let mut framing = Ok(());
-    for (key, data) in &records {
-        framing = frames.record(&append_header(&replica, key, data), data.chunks().iter().cloned());
-        if framing.is_err() {
-            break;
-        }
-    }
-    let response = match framing {
-        Ok(()) => framed::client_streaming::<_, pb::AppendBatchResponse>(&mut channel, framed::OSD_APPEND_BATCH_PATH, frames).await,
-        Err(status) => Err(status),
-    };
-    match response {
-        Ok(response) if response.results.len() == records.len() => response
-            .results
-            .into_iter()
-            .map(|result| match Code::from_i32(result.code) {
-                Code::Ok => Ok(()),
-                code => Err(replica_error(&replica, tonic::Status::new(code, result.message))),
-            })
-            .collect(),
-        Ok(response) => {
-            let message = format!("answered {} results for {} records", response.results.len(), records.len());
-            records.iter().map(|_| Err(replica_error(&replica, tonic::Status::internal(message.clone())))).collect()
-        }
-        Err(status) => records.iter().map(|_| Err(replica_error(&replica, status.clone()))).collect(),
-    }
-}
-
-fn bucket_of(placement: pb::BucketPlacement) -> Bucket {
-    let ec = (placement.data_shards > 0).then_some(EcShape {
-        data_shards: placement.data_shards,
-        parity_shards: placement.parity_shards,
-        position: placement.bucket_position,
-    });
-    Bucket {
-        bucket_id: placement.bucket_id,
-        replicas: placement
-            .replicas
-            .into_iter()
-            .map(|r| Replica {
-                osd_id: r.osd_id,
-                grpc_addr: r.grpc_addr,
-                extent_id: r.extent_id,
-                position: r.position,
-                size_bytes: r.size_bytes,
-            })
-            .collect(),
-        ec,
-    }
-}
-
 impl CellView {
-    pub fn new(coordinator_addr: &str, tls: pocket_transport::Tls, batch_record_max_bytes: u64) -> anyhow::Result<CellView> {
-        let channel = tls.channel(coordinator_addr, &pocket_transport::role_dns_name(pocket_transport::Role::Coordinator))?;
+    pub fn new(coordinator_addr: &str, tls: pocket_transport::Tls, batch_record_max_bytes: u64) -> Result<CellView, CoordinatorError> {
         Ok(CellView {
-            coordinator: pb::coordinator_client::CoordinatorClient::new(channel),
+            coordinator: CoordinatorClient::connect(&tls, coordinator_addr)?,
             writable: tokio::sync::Mutex::new(None),
             locations: Mutex::new(HashMap::new()),
-            channels: Mutex::new(HashMap::new()),
-            tls,
+            osds: OsdClients::new(tls),
             batches: Batcher::new(BATCH_CALLS_IN_FLIGHT_PER_REPLICA),
             batch_record_max_bytes,
         })
@@ -202,21 +72,18 @@ impl CellView {
         }
         // One refresh at a time (the lock), each bounded by a deadline; if the
         // coordinator does not answer, the last list is better than none.
-        let mut request = tonic::Request::new(pb::WritableBucketsRequest {});
-        request.set_timeout(COORDINATOR_CALL_TIMEOUT);
-        let response = match self.coordinator.clone().writable_buckets(request).await {
-            Ok(response) => response.into_inner(),
-            Err(status) => {
+        let (cell_id, buckets) = match self.coordinator.rpc_writable_buckets().await {
+            Ok(answer) => answer,
+            Err(error) => {
                 if let Some((_, cell_id, buckets)) = cached.as_ref().filter(|(_, _, b)| !b.is_empty()) {
-                    tracing::warn!(%status, "coordinator did not list writable buckets; using the last list");
+                    tracing::warn!(%error, "coordinator did not list writable buckets; using the last list");
                     return Ok((*cell_id, buckets.clone()));
                 }
-                return Err(CellError::Coordinator(status));
+                return Err(CellError::Coordinator(error));
             }
         };
-        let buckets: Vec<Bucket> = response.buckets.into_iter().map(bucket_of).collect();
-        *cached = Some((Instant::now(), response.cell_id, buckets.clone()));
-        Ok((response.cell_id, buckets))
+        *cached = Some((Instant::now(), cell_id, buckets.clone()));
+        Ok((cell_id, buckets))
     }
 
     /// Forgets a bucket that failed, so that the next PUT does not pick it.
@@ -226,10 +93,9 @@ impl CellView {
         }
     }
 
-    pub async fn report(&self, bucket_id: BucketId, problem: pb::BucketProblem, osd_id: OsdId, detail: String) {
-        let request = pb::ReportBucketRequest { bucket_id, problem: problem as i32, osd_id, detail };
-        if let Err(status) = self.coordinator.clone().report_bucket(request).await {
-            tracing::warn!(bucket_id, %status, "could not report bucket problem to coordinator");
+    pub async fn report(&self, bucket_id: BucketId, problem: BucketProblem, osd_id: OsdId, detail: String) {
+        if let Err(error) = self.coordinator.rpc_report(bucket_id, problem, osd_id, detail).await {
+            tracing::warn!(bucket_id, %error, "could not report bucket problem to coordinator");
         }
     }
 
@@ -242,19 +108,10 @@ impl CellView {
                 }
             }
         }
-        let mut request = tonic::Request::new(pb::LocateBucketRequest { bucket_id });
-        request.set_timeout(COORDINATOR_CALL_TIMEOUT);
-        let response = self
-            .coordinator
-            .clone()
-            .locate_bucket(request)
-            .await
-            .map_err(|status| match status.code() {
-                Code::NotFound => CellError::UnknownBucket(bucket_id),
-                _ => CellError::Coordinator(status),
-            })?
-            .into_inner();
-        let bucket = bucket_of(response.placement.ok_or(CellError::UnknownBucket(bucket_id))?);
+        let bucket = self.coordinator.rpc_locate(bucket_id).await.map_err(|error| match error {
+            CoordinatorError::UnknownBucket(bucket_id) => CellError::UnknownBucket(bucket_id),
+            error => CellError::Coordinator(error),
+        })?;
         let mut locations = self.locations.lock().expect("location cache lock poisoned");
         if locations.len() >= MAX_CACHED_LOCATIONS {
             locations.clear();
@@ -263,123 +120,47 @@ impl CellView {
         Ok(bucket)
     }
 
-    fn osd(&self, replica: &Replica) -> Result<pb::osd_client::OsdClient<Channel>, ReplicaError> {
-        Ok(pb::osd_client::OsdClient::new(self.osd_channel(replica)?)
-            .max_decoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES)
-            .max_encoding_message_size(pocket_proto::MAX_MESSAGE_SIZE_BYTES))
-    }
-
-    fn osd_channel(&self, replica: &Replica) -> Result<Channel, ReplicaError> {
-        let mut channels = self.channels.lock().expect("channel map lock poisoned");
-        let cache_key = format!("{}@{}", replica.osd_id, replica.grpc_addr);
-        let channel = match channels.get(&cache_key) {
-            Some(channel) => channel.clone(),
-            None => {
-                if channels.len() >= MAX_CACHED_CHANNELS {
-                    // OSD addresses change on restarts; forget stale ones.
-                    channels.clear();
-                }
-                let name =
-                    pocket_transport::Identity::new(pocket_transport::Role::Osd, &format!("osd-{}", replica.osd_id)).dns_name();
-                let channel = self.tls.channel(&replica.grpc_addr, &name).map_err(|e| ReplicaError::Failed {
-                    osd_id: replica.osd_id,
-                    addr: replica.grpc_addr.clone(),
-                    status: tonic::Status::internal(e.to_string()),
-                })?;
-                channels.insert(cache_key, channel.clone());
-                channel
-            }
-        };
-        Ok(channel)
+    fn osd(&self, replica: &Replica) -> Result<OsdClient, OsdError> {
+        self.osds.osd(replica.osd_id, &replica.grpc_addr)
     }
 
     /// Appends `data` under `key` to one replica; Ok once the OSD made it durable.
-    pub async fn append(&self, replica: &Replica, key: Key, data: Body) -> Result<(), ReplicaError> {
+    pub async fn append(&self, replica: &Replica, key: Key, data: Body) -> Result<(), OsdError> {
         if is_batched(data.len_bytes(), self.batch_record_max_bytes) {
             return self.append_batched(replica, key, data).await;
         }
-        let mut channel = self.osd_channel(replica)?;
-        // The chunks the client sent, forwarded as they are: not copied by
-        // pocket, nor by an encoder (ADR 10).
-        let call = async {
-            let frames = Frames::header_and_chunks(&append_header(replica, &key, &data), data.chunks().iter().cloned())?;
-            framed::client_streaming::<_, pb::AppendResponse>(&mut channel, framed::OSD_APPEND_PATH, frames).await
-        };
-        call.await.map(|_| ()).map_err(|status| replica_error(replica, status))
+        self.osd(replica)?.rpc_append(replica.extent_id, &key, &data).await
     }
 
     /// Appends a small record in the next `Osd.AppendBatch` call to its
     /// replica, with whatever other records wait for that replica (ADR 12).
-    async fn append_batched(&self, replica: &Replica, key: Key, data: Body) -> Result<(), ReplicaError> {
-        let channel = self.osd_channel(replica)?;
+    async fn append_batched(&self, replica: &Replica, key: Key, data: Body) -> Result<(), OsdError> {
+        let osd = self.osd(replica)?;
         let destination = (replica.osd_id, replica.grpc_addr.clone(), replica.extent_id);
         let bytes = data.len_bytes();
-        let replica = replica.clone();
-        let lost = replica.clone();
-        let send = move |records: Vec<(Key, Body)>| append_batch(channel.clone(), replica.clone(), records);
-        let gone = move || replica_error(&lost, tonic::Status::unavailable("the batched append was lost (frontend shutting down)"));
+        let extent_id = replica.extent_id;
+        let send = move |records: Vec<(Key, Body)>| {
+            let osd = osd.clone();
+            async move { osd.rpc_append_batch(extent_id, &records).await }
+        };
+        let (osd_id, addr) = (replica.osd_id, replica.grpc_addr.clone());
+        let gone = move || OsdError::Unavailable {
+            osd_id,
+            addr,
+            message: "the batched append was lost (frontend shutting down)".to_string(),
+        };
         self.batches.submit(destination, (key, data), bytes, send, gone).await
     }
 
     /// Reads raw bytes `[offset, offset + len)` of a sealed or parity extent
     /// (degraded reads). Checked only by what is built from them.
-    pub async fn read_range(&self, replica: &Replica, offset: u64, len: usize) -> Result<Bytes, ReplicaError> {
-        let failed = |status: tonic::Status| ReplicaError::Failed {
-            osd_id: replica.osd_id,
-            addr: replica.grpc_addr.clone(),
-            status,
-        };
-        let mut client = self.osd(replica)?;
-        let mut request = tonic::Request::new(pb::ReadRangeRequest {
-            extent_id: replica.extent_id,
-            offset,
-            length: len as u64,
-            osd_id: replica.osd_id,
-        });
-        request.set_timeout(RANGE_READ_TIMEOUT);
-        let mut stream = client.read_range(request).await.map_err(failed)?.into_inner();
-        let mut body = BodyCollector::new(len as u64);
-        while let Some(message) = stream.message().await.map_err(failed)? {
-            body.push(message.chunk).map_err(failed)?;
-        }
-        let received = body.received_bytes();
-        body.finish()
-            .map(Body::contiguous)
-            .map_err(|_| ReplicaError::WrongLength { osd_id: replica.osd_id, got: received, expected: len as u64 })
+    pub async fn read_range(&self, replica: &Replica, offset: u64, len: usize) -> Result<Bytes, OsdError> {
+        self.osd(replica)?.rpc_read_range(replica.extent_id, offset, len).await
     }
 
     /// Reads the record of `key` from one replica; `expected_bytes` bounds
     /// the memory it may take. The caller verifies the bytes against the key.
-    pub async fn read(&self, replica: &Replica, key: &Key, expected_bytes: u64) -> Result<Body, ReplicaError> {
-        let failed = |status: tonic::Status| ReplicaError::Failed {
-            osd_id: replica.osd_id,
-            addr: replica.grpc_addr.clone(),
-            status,
-        };
-        let mut client = self.osd(replica)?;
-        let mut stream = client
-            .read(pb::ReadRequest {
-                extent_id: replica.extent_id,
-                key: Bytes::copy_from_slice(key.as_bytes()),
-                osd_id: replica.osd_id,
-            })
-            .await
-            .map_err(failed)?
-            .into_inner();
-        let mut body = BodyCollector::new(expected_bytes);
-        let mut first = true;
-        while let Some(message) = stream.message().await.map_err(failed)? {
-            if first && message.blob_length_bytes != expected_bytes {
-                return Err(ReplicaError::WrongLength {
-                    osd_id: replica.osd_id,
-                    got: message.blob_length_bytes,
-                    expected: expected_bytes,
-                });
-            }
-            first = false;
-            body.push(message.chunk).map_err(failed)?;
-        }
-        let received = body.received_bytes();
-        body.finish().map_err(|_| ReplicaError::WrongLength { osd_id: replica.osd_id, got: received, expected: expected_bytes })
+    pub async fn read(&self, replica: &Replica, key: &Key, expected_bytes: u64) -> Result<Body, OsdError> {
+        self.osd(replica)?.rpc_read(replica.extent_id, key, expected_bytes).await
     }
 }

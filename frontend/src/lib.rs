@@ -7,7 +7,8 @@
 //! - No byte leaves a GET before the whole blob was checked against its key.
 //! - Bad input is refused at the edge ([`grpc`]) before anything is written.
 //!
-//! Layout: [`config`], [`cell`] (coordinator cache and outbound OSD calls),
+//! Layout: [`config`], [`cell`] (coordinator cache; appends and reads of
+//! replicas through `pocket-rpc-client`),
 //! [`batch`] (small appends to one replica share a call),
 //! [`blobs`] (PUT/GET logic), [`grpc`] (the public edge).
 

@@ -4,9 +4,8 @@
 
 use std::time::Duration;
 
-use pocket_proto::pb;
+use pocket_rpc_client::{CoordinatorClient, Registration};
 use pocket_worker::{Backoff, Job, JobError, Step};
-use tonic::transport::Channel;
 
 use crate::config::OsdConfig;
 use crate::store::Store;
@@ -20,52 +19,47 @@ pub struct HeartbeatJob {
     config: OsdConfig,
     advertise: String,
     store: Store,
-    client: pb::coordinator_client::CoordinatorClient<Channel>,
+    coordinator: CoordinatorClient,
     /// The coordinator's heartbeat interval, once registered.
     registered: Option<Duration>,
 }
 
 impl HeartbeatJob {
-    pub fn new(config: OsdConfig, channel: Channel, advertise: String, store: Store) -> HeartbeatJob {
-        let client = pb::coordinator_client::CoordinatorClient::new(channel);
-        HeartbeatJob { config, advertise, store, client, registered: None }
+    pub fn new(config: OsdConfig, coordinator: CoordinatorClient, advertise: String, store: Store) -> HeartbeatJob {
+        HeartbeatJob { config, advertise, store, coordinator, registered: None }
     }
 
     async fn register(&mut self) -> Result<Step, JobError> {
-        let request = pb::RegisterOsdRequest {
+        let registration = Registration {
             osd_id: self.config.osd_id,
             grpc_addr: self.advertise.clone(),
             failure_domain: self.config.failure_domain(),
             capacity_bytes: self.store.capacity_bytes(),
             used_bytes: self.store.used_bytes(),
         };
-        let response = self
-            .client
-            .register_osd(request)
+        let registered = self
+            .coordinator
+            .rpc_register(registration)
             .await
-            .map_err(|status| JobError::new(format!("registration failed: {status}")))?;
-        let interval = Duration::from_millis(response.get_ref().heartbeat_interval_ms.clamp(100, 60_000));
-        tracing::info!(osd_id = self.config.osd_id, cell_id = response.get_ref().cell_id, "registered with coordinator");
+            .map_err(|error| JobError::new(format!("registration failed: {error}")))?;
+        let interval = Duration::from_millis(registered.heartbeat_interval_ms.clamp(100, 60_000));
+        tracing::info!(osd_id = self.config.osd_id, cell_id = registered.cell_id, "registered with coordinator");
         self.registered = Some(interval);
         Ok(Step::Idle(interval))
     }
 
     async fn beat(&mut self, interval: Duration) -> Result<Step, JobError> {
-        let request = pb::HeartbeatRequest {
-            osd_id: self.config.osd_id,
-            used_bytes: self.store.used_bytes(),
-            capacity_bytes: self.store.capacity_bytes(),
-        };
-        match self.client.heartbeat(request).await {
-            Ok(response) if response.get_ref().known => Ok(Step::Idle(interval)),
-            Ok(_) => {
+        let beat = self.coordinator.rpc_heartbeat(self.config.osd_id, self.store.used_bytes(), self.store.capacity_bytes());
+        match beat.await {
+            Ok(true) => Ok(Step::Idle(interval)),
+            Ok(false) => {
                 // Forgotten (e.g. a new cell database): register again now.
                 self.registered = None;
                 Ok(Step::Busy)
             }
             // The beat goes on at its interval, failed or not: backing off
             // would let the coordinator declare this OSD down.
-            Err(status) => Err(JobError::retry_after(format!("heartbeat failed: {status}"), interval)),
+            Err(error) => Err(JobError::retry_after(format!("heartbeat failed: {error}"), interval)),
         }
     }
 }

@@ -71,9 +71,7 @@ pub async fn run(
     let advertise = config.advertise_addr.clone().unwrap_or_else(|| local_addr.to_string());
     let tls = pocket_transport::Tls::load(&config.tls).context("load OSD TLS material")?;
     let service = grpc::OsdService::new(store.clone(), &config);
-    let coordinator = tls
-        .channel(&config.coordinator, &pocket_transport::role_dns_name(pocket_transport::Role::Coordinator))
-        .context("coordinator address")?;
+    let coordinator = pocket_rpc_client::CoordinatorClient::connect(&tls, &config.coordinator).context("coordinator address")?;
     // Background jobs (ADR 16).
     // The OSD's background budget: unused until the scrubber (issue 20).
     pocket_worker::Registry::global().set_budget(pocket_worker::Budget::new(pocket_worker::BudgetConfig::default()));

@@ -130,7 +130,8 @@ pub const IDENTITY_CACHE_MAX_CERTS: usize = 1024;
 
 /// Identities of certificates already parsed, keyed by their whole DER: the
 /// identity is a function of those bytes alone, and parsing X.509 on every
-/// request cost an OSD 5.6 % of its CPU under 64 KiB appends. TLS still
+/// request was a visible share of an OSD's CPU under 64 KiB appends
+/// (`docs/benchmarks.md`, "Where the time goes"). TLS still
 /// verifies every connection's certificate; this only skips re-parsing it.
 static IDENTITIES: LazyLock<IdentityCache> = LazyLock::new(|| IdentityCache::new(IDENTITY_CACHE_MAX_CERTS));
 

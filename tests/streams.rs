@@ -260,3 +260,88 @@ async fn a_reader_that_stalls_past_the_idle_timeout_gets_a_non_ok_status() {
     assert!(count >= 2.0, "{resets}");
     pocket.stop().await;
 }
+
+/// A BlobStore that answers every GET wrongly, as a server (or a proxy) that
+/// cuts streams and still says OK would: `EMPTY` with no message at all,
+/// `SHORT` with fewer bytes than the length it announces.
+struct CuttingServer;
+
+const EMPTY: [u8; 32] = [1; 32];
+const SHORT: [u8; 32] = [2; 32];
+
+#[tonic::async_trait]
+impl pb::blob_store_server::BlobStore for CuttingServer {
+    async fn put(
+        &self,
+        _: tonic::Request<tonic::Streaming<pb::PutRequest>>,
+    ) -> Result<tonic::Response<pb::PutResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("reads only"))
+    }
+
+    type GetStream = futures::stream::Iter<std::vec::IntoIter<Result<pb::GetResponse, tonic::Status>>>;
+
+    async fn get(&self, request: tonic::Request<pb::GetRequest>) -> Result<tonic::Response<Self::GetStream>, tonic::Status> {
+        let messages = if request.get_ref().key.as_ref() == EMPTY {
+            Vec::new()
+        } else {
+            vec![Ok(pb::GetResponse { blob_length_bytes: 100, chunk: Bytes::from_static(&[7; 10]) })]
+        };
+        Ok(tonic::Response::new(futures::stream::iter(messages)))
+    }
+
+    async fn exists(&self, _: tonic::Request<pb::ExistsRequest>) -> Result<tonic::Response<pb::ExistsResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("reads only"))
+    }
+
+    async fn stat(&self, _: tonic::Request<pb::StatRequest>) -> Result<tonic::Response<pb::StatResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("reads only"))
+    }
+}
+
+/// The Rust client never takes a cut stream that ends OK for a blob: not an
+/// empty stream (no length announced), not one shorter than it announced;
+/// and a download to a file leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_refuses_streams_that_end_ok_but_cut() {
+    use pocket_transport::{pki, Identity};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let pki_dir = tmp.path().join("pki");
+    let (server_id, client_id) = (Identity::new(Role::Frontend, "cutting"), Identity::new(Role::Client, "local"));
+    pki::ensure_local(&pki_dir, &[server_id.clone(), client_id.clone()]).expect("pki");
+    let server_tls = pocket_transport::Tls::load(&pki::tls_config(&pki_dir, &server_id)).expect("server tls");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let settings = pocket_transport::ServerSettings {
+        caps: pocket_transport::ConnectionCaps::default(),
+        max_concurrent_streams: 16,
+        request_timeout: Duration::from_secs(10),
+        send_stall_timeout: Duration::from_secs(10),
+    };
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let routes = tonic::service::Routes::new(pb::blob_store_server::BlobStoreServer::new(CuttingServer));
+        pocket_transport::serve(listener, &server_tls, settings, routes, async {
+            let _ = stopped.await;
+        })
+        .await
+    });
+    let config = pocket_client::ClientConfig { frontend: addr, tls: pki::tls_config(&pki_dir, &client_id) };
+    let client = pocket_client::Client::connect(&config).expect("client");
+
+    for (key, what) in [(Key(EMPTY), "an empty stream"), (Key(SHORT), "a stream short of its announced length")] {
+        let mut out = Vec::new();
+        let error = client.get_range_into(&key, 0, 0, &mut out).await.expect_err(what);
+        match (key.0, &error) {
+            (EMPTY, pocket_client::ClientError::EmptyResponse) => {}
+            (SHORT, pocket_client::ClientError::Truncated { got: 10, expected: 100 }) => {}
+            _ => panic!("{what}: {error:?}"),
+        }
+        client.get(&key).await.expect_err(what);
+        let target = tmp.path().join("out.bin");
+        client.get_to_file(&key, &target).await.expect_err(what);
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).expect("list").filter_map(|e| e.ok()).map(|e| e.file_name()).collect();
+        assert_eq!(left, [std::ffi::OsString::from("pki")], "{what} left files behind");
+    }
+    let _ = stop.send(());
+    server.await.expect("server task").expect("server");
+}

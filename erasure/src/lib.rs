@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use pocket_format::{IndexEntry, RecordHeader, Trailer, INDEX_ENTRY_LEN, RECORD_HEADER_LEN, TRAILER_LEN};
-use pocket_proto::Key;
+use pocket_types::Key;
 use reed_solomon_erasure::galois_8::ReedSolomon;
 
 /// Largest total of data and parity shards a volume may have (GF(2^8) allows

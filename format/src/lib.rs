@@ -17,7 +17,7 @@
 //! panicking: these functions also read whatever a torn write or a flipped
 //! bit left on disk.
 
-use pocket_proto::{ExtentId, Key, KEY_LEN};
+use pocket_types::{ExtentId, Key, KEY_LEN};
 
 /// Version of the extent file format. Stored in every extent header; an
 /// extent with another version is refused rather than guessed at.

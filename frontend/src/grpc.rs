@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::Stream;
 use pocket_index::IndexError;
-use pocket_proto::{pb, BodyCollector, ByteBudget, Key, MAX_MESSAGE_SIZE_BYTES};
+use pocket_proto::{key_from_wire, pb, BodyCollector, ByteBudget, Key, MAX_MESSAGE_SIZE_BYTES};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::blobs::{Blobs, GetError, PutError};
@@ -100,7 +100,7 @@ impl pb::blob_store_server::BlobStore for BlobService {
             Some(_) => return Err(Status::invalid_argument("the first message of a PUT must be its header")),
             None => return Err(Status::invalid_argument("empty PUT stream")),
         };
-        let key = Key::from_slice(&header.key)?;
+        let key = key_from_wire(&header.key)?;
         tracing::Span::current().record("key", tracing::field::display(&key));
         tracing::Span::current().record("bytes", header.length_bytes);
         if header.length_bytes > self.max_blob_size_bytes {
@@ -156,7 +156,7 @@ impl pb::blob_store_server::BlobStore for BlobService {
         // client's in-flight cap counts streams that are still sending.
         let admission = self.access.admit(&request, Permission::Get)?;
         let request = request.into_inner();
-        let key = Key::from_slice(&request.key)?;
+        let key = key_from_wire(&request.key)?;
         tracing::Span::current().record("key", tracing::field::display(&key));
         let entry = self.blobs.stat(&key).await.map_err(get_status)?;
         if request.offset > entry.length_bytes {
@@ -201,14 +201,14 @@ impl pb::blob_store_server::BlobStore for BlobService {
                 self.max_exists_batch
             )));
         }
-        let keys = request.keys.iter().map(|k| Key::from_slice(k)).collect::<Result<Vec<_>, _>>()?;
+        let keys = request.keys.iter().map(|k| key_from_wire(k)).collect::<Result<Vec<_>, _>>()?;
         let found = self.blobs.index.lookup_many(&keys).await.map_err(index_status)?;
         Ok(Response::new(pb::ExistsResponse { exists: found.iter().map(Option::is_some).collect() }))
     }
 
     async fn stat(&self, request: Request<pb::StatRequest>) -> Result<Response<pb::StatResponse>, Status> {
         let _admission = self.access.admit(&request, Permission::Get)?;
-        let key = Key::from_slice(&request.into_inner().key)?;
+        let key = key_from_wire(&request.into_inner().key)?;
         let entry = self.blobs.stat(&key).await.map_err(get_status)?;
         Ok(Response::new(pb::StatResponse {
             key: Bytes::copy_from_slice(key.as_bytes()),

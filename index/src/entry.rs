@@ -1,6 +1,6 @@
 //! What the index stores per key, and which virtual shard a key lives in.
 
-use pocket_proto::{BucketId, CellId, Key};
+use pocket_types::{BucketId, CellId, Key};
 
 /// One row of the index: where the bytes of `key` live.
 #[derive(Debug, Clone, PartialEq, Eq)]

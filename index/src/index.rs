@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use pocket_proto::Key;
+use pocket_types::Key;
 use pocket_sql::Dialect;
 use tokio::task::JoinSet;
 

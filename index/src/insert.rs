@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 
-use pocket_proto::Key;
+use pocket_types::Key;
 use sqlx::AnyConnection;
 
 use crate::entry::{vshard_of_key, IndexEntry, InsertOutcome};

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use pocket_proto::Key;
+use pocket_types::Key;
 use sqlx::any::AnyRow;
 
 use crate::entry::IndexEntry;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use pocket_proto::Key;
+use pocket_types::Key;
 use pocket_sql::Dialect;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Connection, Executor, Row};

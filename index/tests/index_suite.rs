@@ -11,7 +11,7 @@ use anyhow::{bail, ensure, Context, Result};
 use pocket_index::{
     Index, IndexConfig, IndexEntry, IndexError, InsertOutcome, ShardConfig, LOOKUP_BATCH_MAX_KEYS,
 };
-use pocket_proto::Key;
+use pocket_types::Key;
 use pocket_sql::testing::{mysql_databases_or_skip, sqlite_file_url, MysqlDatabases};
 use sqlx::Connection;
 

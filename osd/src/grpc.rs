@@ -7,8 +7,8 @@ use std::pin::Pin;
 use bytes::Bytes;
 use futures::Stream;
 use pocket_proto::{
-    pb, Body, BodyCollector, ByteBudget, Key, APPEND_BATCH_MAX_BYTES, APPEND_BATCH_MAX_RECORDS, EXTENT_FULL_PREFIX,
-    MAX_MESSAGE_SIZE_BYTES,
+    key_from_wire, pb, Body, BodyCollector, ByteBudget, Key, APPEND_BATCH_MAX_BYTES, APPEND_BATCH_MAX_RECORDS,
+    EXTENT_FULL_PREFIX, MAX_MESSAGE_SIZE_BYTES,
 };
 use tonic::{Request, Response, Status, Streaming};
 
@@ -65,7 +65,7 @@ impl OsdService {
     /// Checks a record's header and reserves its bytes in the budget.
     async fn start_record(&self, header: pb::AppendHeader) -> Result<IncomingRecord, Status> {
         self.check_addressee(header.osd_id)?;
-        let key = Key::from_slice(&header.key)?;
+        let key = key_from_wire(&header.key)?;
         if header.length_bytes > self.max_blob_size_bytes {
             return Err(Status::invalid_argument(format!(
                 "record of {} bytes exceeds the maximum of {}",
@@ -319,7 +319,7 @@ impl pb::osd_server::Osd for OsdService {
         authorize(&request, &[Role::Frontend, Role::Coordinator, Role::Osd])?;
         let request = request.into_inner();
         self.check_addressee(request.osd_id)?;
-        let key = Key::from_slice(&request.key)?;
+        let key = key_from_wire(&request.key)?;
         tracing::Span::current().record("extent", request.extent_id);
         tracing::Span::current().record("key", tracing::field::display(&key));
         // One metadata lookup finds the record; its length (from metadata)
@@ -357,7 +357,7 @@ impl pb::osd_server::Osd for OsdService {
         if request.keys.len() > MAX_HAS_BATCH {
             return Err(Status::invalid_argument(format!("at most {MAX_HAS_BATCH} keys per call")));
         }
-        let keys = request.keys.iter().map(|k| Key::from_slice(k)).collect::<Result<Vec<_>, _>>()?;
+        let keys = request.keys.iter().map(|k| key_from_wire(k)).collect::<Result<Vec<_>, _>>()?;
         let store = self.store.clone();
         let present = blocking(move || {
             keys.iter().map(|key| store.has(request.extent_id, key)).collect::<Result<Vec<bool>, StoreError>>()

@@ -1,13 +1,13 @@
-//! The wire schema of pocket (`proto/pocket.proto`, compiled by tonic) and the
-//! small types every crate shares: [`Key`], ids, size limits and the mapping of
-//! a malformed key to a gRPC status.
+//! The wire schema of pocket (`proto/pocket.proto`, compiled by tonic), size
+//! limits, and the mapping of a malformed key to a gRPC status
+//! ([`key_from_wire`]). [`Key`] and the id aliases live in `pocket-types`
+//! and are re-exported here, so `pocket_proto::Key` names the same type.
 //!
 //! Invariant: domain logic never touches prost types; only this crate and
 //! the wire edges of each service do. Domain code works with [`Key`] and
 //! plain integers.
 
-use std::fmt;
-use std::str::FromStr;
+pub use pocket_types::{now_unix_ms, BucketId, CellId, ExtentId, Key, KeyError, OsdId, VolumeId, KEY_LEN};
 
 pub mod framed;
 
@@ -37,87 +37,10 @@ pub const APPEND_BATCH_MAX_BYTES: u64 = 4 * 1024 * 1024;
 /// is full (status RESOURCE_EXHAUSTED); frontends then close that volume.
 pub const EXTENT_FULL_PREFIX: &str = "extent full";
 
-/// Length of a key: BLAKE3-256.
-pub const KEY_LEN: usize = 32;
-
-/// A blob's key: the BLAKE3-256 hash of its bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(pub [u8; KEY_LEN]);
-
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum KeyError {
-    #[error("key must be {KEY_LEN} bytes, got {0}")]
-    WrongLength(usize),
-    #[error("key must be 64 hex characters")]
-    NotHex,
-}
-
-impl Key {
-    /// The key of `data`.
-    pub fn of(data: &[u8]) -> Key {
-        Key(*blake3::hash(data).as_bytes())
-    }
-
-    pub fn from_slice(bytes: &[u8]) -> Result<Key, KeyError> {
-        let array: [u8; KEY_LEN] = bytes.try_into().map_err(|_| KeyError::WrongLength(bytes.len()))?;
-        Ok(Key(array))
-    }
-
-    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
-        &self.0
-    }
-
-    pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
-    }
-}
-
-impl FromStr for Key {
-    type Err = KeyError;
-    fn from_str(s: &str) -> Result<Key, KeyError> {
-        if s.len() != 2 * KEY_LEN {
-            return Err(KeyError::NotHex);
-        }
-        let bytes = hex::decode(s).map_err(|_| KeyError::NotHex)?;
-        Key::from_slice(&bytes)
-    }
-}
-
-impl fmt::Display for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-impl fmt::Debug for Key {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Key({})", &self.to_hex()[..16])
-    }
-}
-
-impl From<KeyError> for tonic::Status {
-    fn from(e: KeyError) -> tonic::Status {
-        tonic::Status::invalid_argument(e.to_string())
-    }
-}
-
-/// Id of a cell inside a zone.
-pub type CellId = u32;
-/// Id of a bucket: the unit the index points at. Never changes identity.
-pub type BucketId = u64;
-/// Id of a volume: the extents that hold one bucket (replicated) or k buckets (erasure-coded).
-pub type VolumeId = u64;
-/// Id of an extent, unique in its cell. All replicas of a replicated volume share it.
-pub type ExtentId = u64;
-/// Id of an OSD, unique in its cell.
-pub type OsdId = u64;
-
-/// Milliseconds since the Unix epoch, for created/heartbeat timestamps.
-pub fn now_unix_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+/// The key in a request's `key` bytes, or `INVALID_ARGUMENT` naming what is
+/// wrong with it: every wire edge parses keys through this.
+pub fn key_from_wire(bytes: &[u8]) -> Result<Key, tonic::Status> {
+    Key::from_slice(bytes).map_err(|e| tonic::Status::invalid_argument(e.to_string()))
 }
 
 #[cfg(test)]
@@ -125,17 +48,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn key_round_trips_through_hex() {
+    fn a_malformed_key_on_the_wire_is_invalid_argument() {
         let key = Key::of(b"pocket");
-        let parsed: Key = key.to_hex().parse().expect("valid hex");
-        assert_eq!(parsed, key);
-    }
-
-    #[test]
-    fn key_rejects_wrong_length() {
-        assert_eq!(Key::from_slice(&[0u8; 31]), Err(KeyError::WrongLength(31)));
-        assert_eq!("abc".parse::<Key>(), Err(KeyError::NotHex));
-        assert_eq!("zz".repeat(32).parse::<Key>(), Err(KeyError::NotHex));
+        assert_eq!(key_from_wire(key.as_bytes()).expect("32 bytes"), key);
+        let status = key_from_wire(&[0u8; 31]).expect_err("31 bytes");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "key must be 32 bytes, got 31");
     }
 
     /// A held stream gives its messages and then ends; asked after its

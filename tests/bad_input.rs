@@ -4,19 +4,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::{LocalPocket, UpOptions};
+use common::{put_chunk, put_header, LocalPocket, UpOptions};
 use pocket_proto::{pb, Key};
 use tonic::Code;
-
-fn header(key: &[u8], length_bytes: u64) -> pb::PutRequest {
-    pb::PutRequest {
-        part: Some(pb::put_request::Part::Header(pb::PutHeader { key: Bytes::copy_from_slice(key), length_bytes })),
-    }
-}
-
-fn chunk(data: &[u8]) -> pb::PutRequest {
-    pb::PutRequest { part: Some(pb::put_request::Part::Chunk(Bytes::copy_from_slice(data))) }
-}
 
 async fn raw_put(
     client: &mut pb::blob_store_client::BlobStoreClient<tonic::transport::Channel>,
@@ -35,7 +25,7 @@ async fn bad_input_is_refused_and_changes_nothing() {
     let key = Key::of(data);
 
     // A key that is not 32 bytes, on every call that takes one.
-    let status = raw_put(&mut raw, vec![header(&[1; 31], 3), chunk(b"abc")]).await.expect_err("short key");
+    let status = raw_put(&mut raw, vec![put_header(&[1; 31], 3), put_chunk(b"abc")]).await.expect_err("short key");
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     let status = raw.stat(pb::StatRequest { key: Bytes::from_static(&[1; 33]) }).await.expect_err("long key");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -48,26 +38,26 @@ async fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(status.code(), Code::InvalidArgument);
 
     // Content whose hash is not the key.
-    let status = raw_put(&mut raw, vec![header(key.as_bytes(), 5), chunk(b"other")]).await.expect_err("mismatch");
+    let status = raw_put(&mut raw, vec![put_header(key.as_bytes(), 5), put_chunk(b"other")]).await.expect_err("mismatch");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("hashes to"), "{}", status.message());
 
     // A blob over the maximum (default 32 MiB), refused from its header.
-    let status = raw_put(&mut raw, vec![header(key.as_bytes(), (32 << 20) + 1)]).await.expect_err("oversized");
+    let status = raw_put(&mut raw, vec![put_header(key.as_bytes(), (32 << 20) + 1)]).await.expect_err("oversized");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("exceeds"), "{}", status.message());
 
     // A stream that ends early, and one that carries more than announced.
-    let status = raw_put(&mut raw, vec![header(key.as_bytes(), data.len() as u64), chunk(&data[..10])])
+    let status = raw_put(&mut raw, vec![put_header(key.as_bytes(), data.len() as u64), put_chunk(&data[..10])])
         .await
         .expect_err("truncated");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(status.message().contains("ended after 10"), "{}", status.message());
-    let status = raw_put(&mut raw, vec![header(key.as_bytes(), 4), chunk(data)]).await.expect_err("overlong");
+    let status = raw_put(&mut raw, vec![put_header(key.as_bytes(), 4), put_chunk(data)]).await.expect_err("overlong");
     assert_eq!(status.code(), Code::InvalidArgument);
 
     // No header, or an empty stream.
-    let status = raw_put(&mut raw, vec![chunk(data)]).await.expect_err("no header");
+    let status = raw_put(&mut raw, vec![put_chunk(data)]).await.expect_err("no header");
     assert_eq!(status.code(), Code::InvalidArgument);
     let status = raw_put(&mut raw, vec![]).await.expect_err("empty");
     assert_eq!(status.code(), Code::InvalidArgument);

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use common::{LocalPocket, UpOptions};
+use common::{counter, LocalPocket, UpOptions};
 use pocket_proto::Key;
 use pocket_transport::Role;
 
@@ -97,14 +97,6 @@ async fn wait_until_catching_sigint(pid: u32) {
         assert!(std::time::Instant::now() < deadline, "pocket never handled SIGINT");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-/// The value of an unlabelled counter in a Prometheus text page (0 if absent).
-fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0, |value| value.trim().parse().unwrap_or_else(|e| panic!("{name} = {value:?}: {e}")))
 }
 
 /// PUTs the frontend has completed so far.

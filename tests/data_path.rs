@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{random_blob, LocalPocket, UpOptions};
+use common::{assert_all_readable, counter, random_blob, LocalPocket, UpOptions};
 use pocket_proto::{pb, Key};
 use pocket_transport::Role;
 use rand::SeedableRng;
@@ -36,31 +36,6 @@ async fn put_all(client: &pocket_client::Client, blobs: &[Bytes]) -> Vec<Key> {
     keys
 }
 
-/// The value of an unlabelled counter in a Prometheus text page (0 if absent).
-fn counter(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .map_or(0, |value| value.trim().parse().unwrap_or_else(|e| panic!("{name} = {value:?}: {e}")))
-}
-
-async fn assert_all_readable(client: &pocket_client::Client, keys: &[Key], blobs: &[Bytes]) {
-    let limit = Arc::new(Semaphore::new(CONCURRENCY));
-    let mut tasks = Vec::new();
-    for (key, data) in keys.iter().zip(blobs) {
-        let permit = limit.clone().acquire_owned().await.expect("semaphore open");
-        let (client, key, data) = (client.clone(), *key, data.clone());
-        tasks.push(tokio::spawn(async move {
-            let _permit = permit;
-            let got = client.get(&key).await.unwrap_or_else(|e| panic!("get {key}: {e}"));
-            assert!(got == data, "blob {key} differs after read-back");
-        }));
-    }
-    for task in tasks {
-        task.await.expect("get task");
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn thousand_blobs_round_trip_and_survive_a_full_restart() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -76,7 +51,8 @@ async fn thousand_blobs_round_trip_and_survive_a_full_restart() {
     for (key, data) in keys.iter().zip(&blobs) {
         assert_eq!(*key, Key::of(data));
     }
-    assert_all_readable(&pocket.client, &keys, &blobs).await;
+    let stored: Vec<(Key, Bytes)> = keys.iter().copied().zip(blobs.iter().cloned()).collect();
+    assert_all_readable(&pocket.client, &stored, CONCURRENCY, "after the PUTs").await;
 
     // Exists and Stat agree with what was stored.
     let absent = Key::of(b"never stored");
@@ -117,7 +93,7 @@ async fn thousand_blobs_round_trip_and_survive_a_full_restart() {
     // Every process stopped and started again on the same directory.
     pocket.stop().await;
     let pocket = LocalPocket::start(&dir, UpOptions::default()).await;
-    assert_all_readable(&pocket.client, &keys, &blobs).await;
+    assert_all_readable(&pocket.client, &stored, CONCURRENCY, "after a full restart").await;
     pocket.stop().await;
 }
 
@@ -165,8 +141,7 @@ async fn osd_killed_during_puts_loses_no_acknowledged_record() {
     assert!(acked.len() > before_kill, "no PUT was acknowledged after the kill ({failures} failures)");
 
     // Every acknowledged key reads back through the frontend...
-    let (keys, blobs): (Vec<Key>, Vec<Bytes>) = acked.iter().cloned().unzip();
-    assert_all_readable(&pocket.client, &keys, &blobs).await;
+    assert_all_readable(&pocket.client, &acked, CONCURRENCY, "after the OSD kill").await;
 
     // ...and the restarted OSD itself still holds every acknowledged record
     // of the buckets it is a replica of.

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{signal, LocalPocket, UpOptions};
+use common::{assert_all_readable, signal, LocalPocket, UpOptions};
 use pocket::cell_status::CellReport;
 use pocket_proto::{pb, Key};
 use pocket_transport::Role;
@@ -91,13 +91,6 @@ async fn fill_until_sealed(pocket: &LocalPocket, target: u64, stored: &mut Vec<(
             let (key, _) = pocket.client.put(data.clone()).await.expect("put");
             stored.push((key, data));
         }
-    }
-}
-
-async fn assert_all_readable(pocket: &LocalPocket, stored: &[(Key, Bytes)], context: &str) {
-    for (key, data) in stored {
-        let got = pocket.client.get(key).await.unwrap_or_else(|e| panic!("{context}: get {key}: {e}"));
-        assert!(got == *data, "{context}: blob {key} differs");
     }
 }
 
@@ -238,7 +231,7 @@ async fn closed_volumes_are_erasure_coded_and_survive_the_loss_of_any_m_shards()
     assert!(table.lines().any(|l| l.starts_with("coordinator") && l.contains("erasure-coding")), "{table}");
 
     // Every stored blob, erasure-coded or still in an open volume, reads back.
-    assert_all_readable(&pocket, &stored, "after encoding").await;
+    assert_all_readable(&pocket.client, &stored, 1, "after encoding").await;
 
     // The old replicas are gone from every OSD; each shard is where the layout says.
     let mut by_volume: HashMap<u64, (Shards, Vec<(Key, Bytes)>)> = HashMap::new();
@@ -296,14 +289,14 @@ async fn closed_volumes_are_erasure_coded_and_survive_the_loss_of_any_m_shards()
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        assert_all_readable(&pocket, blobs, what).await;
+        assert_all_readable(&pocket.client, blobs, 1, what).await;
         eprintln!("{what} ({osds:?}) lost: {} blobs read back", blobs.len());
         for (daemon, pid) in &pids {
             release(&pocket, daemon);
             wait_serving_again(&pocket, daemon, *pid).await;
         }
     }
-    assert_all_readable(&pocket, &stored, "after the OSDs came back").await;
+    assert_all_readable(&pocket.client, &stored, 1, "after the OSDs came back").await;
     pocket.stop().await;
 }
 
@@ -359,7 +352,7 @@ async fn sigkills_during_encoding_lose_nothing_and_leave_no_volume_half_switched
         );
     }
     assert!(count(&r, "ec/ec") >= 2, "{:?}", r.volumes);
-    assert_all_readable(&pocket, &stored, "after the kills").await;
+    assert_all_readable(&pocket.client, &stored, 1, "after the kills").await;
     pocket.stop().await;
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
-use common::{LocalPocket, UpOptions};
+use common::{put_chunk, put_header, LocalPocket, UpOptions};
 use pocket_proto::{pb, Key};
 use pocket_transport::pki::Ca;
 use pocket_transport::{role_dns_name, Identity, Role, Tls, TlsConfig};
@@ -19,16 +19,6 @@ use tonic::Code;
 const RATE_LIMIT_PER_SEC: u32 = 100;
 /// Stream idle timeout of the pocket under test.
 const IDLE_TIMEOUT_MS: u64 = 1_000;
-
-fn header(key: &Key, length_bytes: u64) -> pb::PutRequest {
-    pb::PutRequest {
-        part: Some(pb::put_request::Part::Header(pb::PutHeader { key: Bytes::copy_from_slice(key.as_bytes()), length_bytes })),
-    }
-}
-
-fn chunk(data: &[u8]) -> pb::PutRequest {
-    pb::PutRequest { part: Some(pb::put_request::Part::Chunk(Bytes::copy_from_slice(data))) }
-}
 
 /// Writes `cert`/`key` PEMs beside the pocket's real CA and loads them.
 fn foreign_tls(dir: &std::path::Path, name: &str, pki_dir: &std::path::Path, cert: &str, key: &str) -> Tls {
@@ -169,7 +159,7 @@ async fn security_bad_input_suite() {
     let mut reader = pocket.blob_store_as("reader");
     let data = b"the reader may not store this";
     let status = reader
-        .put(futures::stream::iter(vec![header(&Key::of(data), data.len() as u64), chunk(data)]))
+        .put(futures::stream::iter(vec![put_header(Key::of(data).as_bytes(), data.len() as u64), put_chunk(data)]))
         .await
         .expect_err("reader put");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
@@ -184,8 +174,8 @@ async fn security_bad_input_suite() {
     let stalled_data = vec![9u8; 3 << 20];
     let stalled_key = Key::of(&stalled_data);
     let (sender, receiver) = tokio::sync::mpsc::channel(4);
-    sender.send(header(&stalled_key, stalled_data.len() as u64)).await.expect("send");
-    sender.send(chunk(&stalled_data[..1 << 20])).await.expect("send");
+    sender.send(put_header(stalled_key.as_bytes(), stalled_data.len() as u64)).await.expect("send");
+    sender.send(put_chunk(&stalled_data[..1 << 20])).await.expect("send");
     let started = std::time::Instant::now();
     let status = pocket
         .blob_store_as("local")

@@ -4,11 +4,13 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use pocket_client::{Client, ClientConfig};
 use pocket_daemon::runinfo::RunInfo;
-use pocket_proto::pb;
+use pocket_proto::{pb, Key};
 use pocket_transport::{pki, Identity, Role, Tls};
 
 pub const POCKET: &str = env!("CARGO_BIN_EXE_pocket");
@@ -175,4 +177,45 @@ pub fn random_blob(rng: &mut impl rand::Rng, max_bytes: usize) -> bytes::Bytes {
 /// must be answered 200).
 pub async fn metrics(tls: &Tls, addr: &str) -> String {
     pocket_daemon::ops::https_get(tls, addr, "/metrics").await.unwrap_or_else(|e| panic!("read {addr}/metrics: {e:#}"))
+}
+
+/// The value of an unlabelled counter in a Prometheus text page (0 if absent).
+pub fn counter(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0, |value| value.trim().parse().unwrap_or_else(|e| panic!("{name} = {value:?}: {e}")))
+}
+
+/// Every `(key, blob)` of `stored` reads back byte-identical through
+/// `client`, with at most `in_flight` GETs at once (1: one after another).
+/// A failure names `context`.
+pub async fn assert_all_readable(client: &Client, stored: &[(Key, Bytes)], in_flight: usize, context: &str) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(in_flight));
+    let mut tasks = Vec::new();
+    for (key, data) in stored {
+        let permit = limit.clone().acquire_owned().await.expect("semaphore open");
+        let (client, key, data, context) = (client.clone(), *key, data.clone(), context.to_string());
+        tasks.push(tokio::spawn(async move {
+            let _permit = permit;
+            let got = client.get(&key).await.unwrap_or_else(|e| panic!("{context}: get {key}: {e}"));
+            assert!(got == data, "{context}: blob {key} differs");
+        }));
+    }
+    for task in tasks {
+        task.await.expect("get task");
+    }
+}
+
+/// The header message of a hand-built `BlobStore.Put` stream; `key` is raw
+/// bytes, so that a test can send one of the wrong length.
+pub fn put_header(key: &[u8], length_bytes: u64) -> pb::PutRequest {
+    pb::PutRequest {
+        part: Some(pb::put_request::Part::Header(pb::PutHeader { key: Bytes::copy_from_slice(key), length_bytes })),
+    }
+}
+
+/// A data message of a hand-built `BlobStore.Put` stream.
+pub fn put_chunk(data: &[u8]) -> pb::PutRequest {
+    pb::PutRequest { part: Some(pb::put_request::Part::Chunk(Bytes::copy_from_slice(data))) }
 }

@@ -1,6 +1,5 @@
 //! The coordinator's configuration (TOML).
 
-use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -129,29 +128,46 @@ fn default_max_db_connections() -> u32 {
     4
 }
 
+/// A rule of [`CoordinatorConfig::validate`] the configuration breaks.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("coordinator config: replication_factor must be between 1 and 16")]
+    ReplicationFactor,
+    #[error("coordinator config: extent_size_bytes must be at least 1 MiB")]
+    ExtentSize,
+    #[error(
+        "coordinator config: erasure data_shards and parity_shards must be at least 1 and together at most {}",
+        pocket_erasure::MAX_SHARDS
+    )]
+    ErasureShards,
+    #[error("coordinator config: erasure stripe_bytes must be between 4 KiB and 64 MiB")]
+    ErasureStripeBytes,
+    #[error("coordinator config: erasure max_attempts must be at least 1")]
+    ErasureMaxAttempts,
+    #[error("coordinator config: osd_dead_after_ms must be at least two heartbeat intervals")]
+    OsdDeadAfter,
+}
+
 impl CoordinatorConfig {
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=16).contains(&self.replication_factor) {
-            bail!("coordinator config: replication_factor must be between 1 and 16");
+            return Err(ConfigError::ReplicationFactor);
         }
         if self.extent_size_bytes < 1024 * 1024 {
-            bail!("coordinator config: extent_size_bytes must be at least 1 MiB");
+            return Err(ConfigError::ExtentSize);
         }
         let ec = &self.erasure;
         if ec.data_shards == 0 || ec.parity_shards == 0 || (ec.data_shards + ec.parity_shards) as usize > pocket_erasure::MAX_SHARDS {
-            bail!(
-                "coordinator config: erasure data_shards and parity_shards must be at least 1 and together at most {}",
-                pocket_erasure::MAX_SHARDS
-            );
+            return Err(ConfigError::ErasureShards);
         }
         if !(4096..=64 * 1024 * 1024).contains(&ec.stripe_bytes) {
-            bail!("coordinator config: erasure stripe_bytes must be between 4 KiB and 64 MiB");
+            return Err(ConfigError::ErasureStripeBytes);
         }
         if ec.max_attempts == 0 {
-            bail!("coordinator config: erasure max_attempts must be at least 1");
+            return Err(ConfigError::ErasureMaxAttempts);
         }
         if self.osd_dead_after_ms < 2 * self.heartbeat_interval_ms {
-            bail!("coordinator config: osd_dead_after_ms must be at least two heartbeat intervals");
+            return Err(ConfigError::OsdDeadAfter);
         }
         Ok(())
     }

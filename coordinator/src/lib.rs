@@ -26,11 +26,10 @@ pub mod grpc;
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::CoordinatorConfig;
+pub use config::{ConfigError, CoordinatorConfig};
 
 /// Requests one connection may have in flight: a frontend's placement and
 /// location lookups, an OSD's heartbeat. Calls are short; this is a fence.
@@ -41,26 +40,44 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest a response may wait for its reader (responses here are small).
 const SEND_STALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why [`run`] stopped with an error. Each variant's message is the step
+/// that failed; the cause is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("open cell database")]
+    OpenDb(#[source] db::DbError),
+    #[error("load coordinator TLS material")]
+    LoadTls(#[source] pocket_transport::TlsError),
+    #[error("open audit log")]
+    OpenAuditLog(#[source] std::io::Error),
+    #[error("read coordinator address")]
+    ListenAddr(#[source] std::io::Error),
+    #[error("serve coordinator gRPC")]
+    Serve(#[source] pocket_transport::TlsError),
+}
+
 /// Runs the coordinator until `shutdown` resolves.
 pub async fn run(
     listener: TcpListener,
     config: CoordinatorConfig,
     ready: watch::Sender<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     config.validate()?;
     let db = db::CellDb::open(&config.database_url, config.max_db_connections)
         .await
-        .context("open cell database")?;
-    let tls = pocket_transport::Tls::load(&config.tls).context("load coordinator TLS material")?;
-    let audit = audit::AuditLog::open(&config.audit_log).context("open audit log")?;
+        .map_err(RunError::OpenDb)?;
+    let tls = pocket_transport::Tls::load(&config.tls).map_err(RunError::LoadTls)?;
+    let audit = audit::AuditLog::open(&config.audit_log).map_err(RunError::OpenAuditLog)?;
     let cell = cell::Cell::new(db.clone(), config.clone(), tls.clone());
     // Background jobs (ADR 16); stopped in reverse order after serving ends.
     pocket_worker::Registry::global().set_budget(cell.budget().clone());
     let mut workers = pocket_worker::Runner::new(pocket_worker::Registry::global().clone());
     workers.start(cell::MaintenanceJob::new(cell.clone()));
     workers.start(ec::ErasureJob::new(cell.clone()));
-    let local_addr = listener.local_addr().context("read coordinator address")?;
+    let local_addr = listener.local_addr().map_err(RunError::ListenAddr)?;
     let settings = pocket_transport::ServerSettings {
         caps: pocket_transport::ConnectionCaps::default(),
         max_concurrent_streams: MAX_CONCURRENT_REQUESTS_PER_CONNECTION as u32,
@@ -71,7 +88,7 @@ pub async fn run(
     let server = pocket_transport::serve(listener, &tls, settings, routes, shutdown);
     ready.send_replace(true);
     tracing::info!(cell_id = config.cell_id, %local_addr, "coordinator serving");
-    let result = server.await.context("serve coordinator gRPC");
+    let result = server.await.map_err(RunError::Serve);
     ready.send_replace(false);
     workers.stop().await;
     db.close().await;

@@ -25,7 +25,7 @@ pub fn load_config<T: DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
 /// Binds the daemon's listeners, serves `/metrics` and `/healthz`, writes the
 /// run file (if `run_file` is given) once the daemon is ready, and runs it
 /// until SIGTERM or Ctrl-C.
-pub async fn serve<F, Fut>(
+pub async fn serve<F, Fut, E>(
     run_file: Option<PathBuf>,
     listen: &str,
     http_listen: &str,
@@ -34,7 +34,8 @@ pub async fn serve<F, Fut>(
 ) -> anyhow::Result<()>
 where
     F: FnOnce(TcpListener, watch::Sender<bool>, std::pin::Pin<Box<dyn Future<Output = ()> + Send>>) -> Fut,
-    Fut: Future<Output = anyhow::Result<()>>,
+    Fut: Future<Output = Result<(), E>>,
+    E: Into<anyhow::Error>,
 {
     let metrics = crate::ops::install_metrics()?;
     let ops_tls = pocket_transport::Tls::load(tls).context("load TLS material for the ops endpoint")?;
@@ -67,7 +68,7 @@ where
             }
         });
     }
-    let result = run(grpc, ready_tx, Box::pin(stopped(stop_rx))).await;
+    let result = run(grpc, ready_tx, Box::pin(stopped(stop_rx))).await.map_err(Into::into);
     if let Some(path) = run_file {
         let _ = std::fs::remove_file(path);
     }

@@ -1,6 +1,5 @@
 //! The frontend's configuration (TOML).
 
-use anyhow::bail;
 use pocket_index::IndexConfig;
 use serde::{Deserialize, Serialize};
 
@@ -152,6 +151,37 @@ fn default_max_connections() -> usize {
     pocket_transport::MAX_CONNECTIONS_PER_LISTENER
 }
 
+/// A rule of [`FrontendConfig::validate`] the configuration breaks.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("frontend config: max_blob_size_bytes must be between 1 and 1 GiB")]
+    MaxBlobSize,
+    #[error("frontend config: max_inflight_bytes must be at least max_blob_size_bytes")]
+    InflightBelowMaxBlob,
+    #[error("frontend config: stream_idle_timeout_ms must be between 100 ms and 1 h")]
+    StreamIdleTimeout,
+    #[error("frontend config: request_timeout_ms must be between 1 s and 1 h")]
+    RequestTimeout,
+    #[error("frontend config: max_exists_batch must be between 1 and 100000")]
+    MaxExistsBatch,
+    #[error("frontend config: max_concurrent_requests_per_connection must be between 1 and 10000")]
+    MaxConcurrentRequestsPerConnection,
+    #[error("frontend config: max_connections must be between 1 and 100000")]
+    MaxConnections,
+    #[error("frontend config: max_connections_per_source must be between 1 and max_connections")]
+    MaxConnectionsPerSource,
+    #[error("frontend config: max_inflight_bytes_per_client must be between max_blob_size_bytes and max_inflight_bytes")]
+    InflightPerClient,
+    #[error("frontend config: rate_limit_per_sec and rate_limit_burst must be positive")]
+    RateLimit,
+    #[error("frontend config: max_concurrent_requests_per_client must be positive")]
+    MaxConcurrentRequestsPerClient,
+    #[error("frontend config: batch_record_max_bytes must be at most {}", pocket_proto::APPEND_BATCH_MAX_BYTES)]
+    BatchRecordMaxBytes,
+    #[error("frontend config: put_attempts must be between 1 and 16")]
+    PutAttempts,
+}
+
 impl FrontendConfig {
     /// The caps of the client listener.
     pub fn connection_caps(&self) -> pocket_transport::ConnectionCaps {
@@ -163,47 +193,47 @@ impl FrontendConfig {
         }
     }
 
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_blob_size_bytes == 0 || self.max_blob_size_bytes > 1 << 30 {
-            bail!("frontend config: max_blob_size_bytes must be between 1 and 1 GiB");
+            return Err(ConfigError::MaxBlobSize);
         }
         if self.max_inflight_bytes < self.max_blob_size_bytes {
-            bail!("frontend config: max_inflight_bytes must be at least max_blob_size_bytes");
+            return Err(ConfigError::InflightBelowMaxBlob);
         }
         if !(100..=3_600_000).contains(&self.stream_idle_timeout_ms) {
-            bail!("frontend config: stream_idle_timeout_ms must be between 100 ms and 1 h");
+            return Err(ConfigError::StreamIdleTimeout);
         }
         if !(1_000..=3_600_000).contains(&self.request_timeout_ms) {
-            bail!("frontend config: request_timeout_ms must be between 1 s and 1 h");
+            return Err(ConfigError::RequestTimeout);
         }
         if !(1..=100_000).contains(&self.max_exists_batch) {
-            bail!("frontend config: max_exists_batch must be between 1 and 100000");
+            return Err(ConfigError::MaxExistsBatch);
         }
         if !(1..=10_000).contains(&self.max_concurrent_requests_per_connection) {
-            bail!("frontend config: max_concurrent_requests_per_connection must be between 1 and 10000");
+            return Err(ConfigError::MaxConcurrentRequestsPerConnection);
         }
         if !(1..=100_000).contains(&self.max_connections) {
-            bail!("frontend config: max_connections must be between 1 and 100000");
+            return Err(ConfigError::MaxConnections);
         }
         if !(1..=self.max_connections).contains(&self.connection_caps().per_source) {
-            bail!("frontend config: max_connections_per_source must be between 1 and max_connections");
+            return Err(ConfigError::MaxConnectionsPerSource);
         }
         if self.max_inflight_bytes_per_client < self.max_blob_size_bytes
             || self.max_inflight_bytes_per_client > self.max_inflight_bytes
         {
-            bail!("frontend config: max_inflight_bytes_per_client must be between max_blob_size_bytes and max_inflight_bytes");
+            return Err(ConfigError::InflightPerClient);
         }
         if self.rate_limit_per_sec == 0 || self.rate_limit_burst == 0 {
-            bail!("frontend config: rate_limit_per_sec and rate_limit_burst must be positive");
+            return Err(ConfigError::RateLimit);
         }
         if self.max_concurrent_requests_per_client == 0 {
-            bail!("frontend config: max_concurrent_requests_per_client must be positive");
+            return Err(ConfigError::MaxConcurrentRequestsPerClient);
         }
         if self.batch_record_max_bytes > pocket_proto::APPEND_BATCH_MAX_BYTES {
-            bail!("frontend config: batch_record_max_bytes must be at most {}", pocket_proto::APPEND_BATCH_MAX_BYTES);
+            return Err(ConfigError::BatchRecordMaxBytes);
         }
         if self.put_attempts == 0 || self.put_attempts > 16 {
-            bail!("frontend config: put_attempts must be between 1 and 16");
+            return Err(ConfigError::PutAttempts);
         }
         Ok(())
     }

@@ -22,11 +22,28 @@ pub mod grpc;
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::FrontendConfig;
+pub use config::{ConfigError, FrontendConfig};
+
+/// Why [`run`] stopped with an error. Each variant's message is the step
+/// that failed; the cause is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("open index")]
+    OpenIndex(#[source] pocket_index::IndexError),
+    #[error("load frontend TLS material")]
+    LoadTls(#[source] pocket_transport::TlsError),
+    #[error("coordinator address")]
+    CoordinatorAddress(#[source] pocket_rpc_client::CoordinatorError),
+    #[error("read frontend address")]
+    ListenAddr(#[source] std::io::Error),
+    #[error("serve frontend gRPC")]
+    Serve(#[source] pocket_transport::TlsError),
+}
 
 /// Runs the frontend until `shutdown` resolves.
 pub async fn run(
@@ -34,14 +51,14 @@ pub async fn run(
     config: FrontendConfig,
     ready: watch::Sender<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     config.validate()?;
-    let index = pocket_index::Index::open(&config.index).await.context("open index")?;
-    let tls = pocket_transport::Tls::load(&config.tls).context("load frontend TLS material")?;
-    let cell = cell::CellView::new(&config.coordinator, tls.clone(), config.batch_record_max_bytes).context("coordinator address")?;
+    let index = pocket_index::Index::open(&config.index).await.map_err(RunError::OpenIndex)?;
+    let tls = pocket_transport::Tls::load(&config.tls).map_err(RunError::LoadTls)?;
+    let cell = cell::CellView::new(&config.coordinator, tls.clone(), config.batch_record_max_bytes).map_err(RunError::CoordinatorAddress)?;
     let blobs = blobs::Blobs::new(index.clone(), cell, config.clone());
     let service = grpc::BlobService::new(blobs, &config);
-    let local_addr = listener.local_addr().context("read frontend address")?;
+    let local_addr = listener.local_addr().map_err(RunError::ListenAddr)?;
     let settings = pocket_transport::ServerSettings {
         caps: config.connection_caps(),
         max_concurrent_streams: u32::try_from(config.max_concurrent_requests_per_connection).unwrap_or(u32::MAX),
@@ -52,7 +69,7 @@ pub async fn run(
     let server = pocket_transport::serve(listener, &tls, settings, routes, shutdown);
     ready.send_replace(true);
     tracing::info!(%local_addr, "frontend serving");
-    let result = server.await.context("serve frontend gRPC");
+    let result = server.await.map_err(RunError::Serve);
     ready.send_replace(false);
     index.close().await;
     tracing::info!("frontend stopped");

@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::bail;
 use serde::{Deserialize, Serialize};
 
 use crate::store::StoreOptions;
@@ -90,16 +89,27 @@ fn default_page_cache_window_bytes() -> u64 {
     crate::store::DEFAULT_PAGE_CACHE_WINDOW_BYTES
 }
 
+/// A rule of [`OsdConfig::validate`] the configuration breaks.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("osd config: `disks` must name at least one directory")]
+    NoDisks,
+    #[error("osd config: max_blob_size_bytes must be between 1 and 1 GiB")]
+    MaxBlobSize,
+    #[error("osd config: max_inflight_bytes must be at least max_blob_size_bytes")]
+    InflightBelowMaxBlob,
+}
+
 impl OsdConfig {
-    pub fn validate(&self) -> anyhow::Result<()> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.disks.is_empty() {
-            bail!("osd config: `disks` must name at least one directory");
+            return Err(ConfigError::NoDisks);
         }
         if self.max_blob_size_bytes == 0 || self.max_blob_size_bytes > 1 << 30 {
-            bail!("osd config: max_blob_size_bytes must be between 1 and 1 GiB");
+            return Err(ConfigError::MaxBlobSize);
         }
         if self.max_inflight_bytes < self.max_blob_size_bytes {
-            bail!("osd config: max_inflight_bytes must be at least max_blob_size_bytes");
+            return Err(ConfigError::InflightBelowMaxBlob);
         }
         Ok(())
     }

@@ -35,15 +35,36 @@ mod store;
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub use config::OsdConfig;
+pub use config::{ConfigError, OsdConfig};
 pub use store::{
-    AppendOutcome, DiskInfo, ExtentInfo, LocatedRecord, RangeSource, SealInfo, Store, StoreError, StoreOptions,
+    AppendOutcome, ClaimDiskError, DiskInfo, ExtentInfo, LocatedRecord, RangeSource, SealInfo, Store, StoreError, StoreOptions,
     WholeInfo, WholeKind, WholeWrite, EXTENTS_DIR, META_DIR, PARITY_DIR,
 };
+
+/// Why [`run`] stopped with an error. Each variant's message is the step
+/// that failed; the cause is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("read OSD listen address")]
+    ListenAddr(#[source] std::io::Error),
+    #[error(transparent)]
+    ClaimDisk(#[from] ClaimDiskError),
+    #[error("join store open")]
+    JoinStoreOpen(#[source] tokio::task::JoinError),
+    #[error("open OSD store")]
+    OpenStore(#[source] StoreError),
+    #[error("load OSD TLS material")]
+    LoadTls(#[source] pocket_transport::TlsError),
+    #[error("coordinator address")]
+    CoordinatorAddress(#[source] pocket_rpc_client::CoordinatorError),
+    #[error("serve OSD gRPC")]
+    Serve(#[source] pocket_transport::TlsError),
+}
 
 /// Starts the OSD: opens (and recovers) its disks, serves gRPC on `listener`,
 /// registers with the coordinator and heartbeats until `shutdown` resolves.
@@ -53,9 +74,9 @@ pub async fn run(
     config: OsdConfig,
     ready: watch::Sender<bool>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     config.validate()?;
-    let local_addr = listener.local_addr().context("read OSD listen address")?;
+    let local_addr = listener.local_addr().map_err(RunError::ListenAddr)?;
     let disks = config.disks.clone();
     let options = config.store_options();
     let osd_id = config.osd_id;
@@ -64,14 +85,14 @@ pub async fn run(
     }
     let store = tokio::task::spawn_blocking(move || Store::open(&disks, options))
         .await
-        .context("join store open")?
-        .context("open OSD store")?;
+        .map_err(RunError::JoinStoreOpen)?
+        .map_err(RunError::OpenStore)?;
     tracing::info!(osd_id, extents = store.list_extents().len(), "store open");
 
     let advertise = config.advertise_addr.clone().unwrap_or_else(|| local_addr.to_string());
-    let tls = pocket_transport::Tls::load(&config.tls).context("load OSD TLS material")?;
+    let tls = pocket_transport::Tls::load(&config.tls).map_err(RunError::LoadTls)?;
     let service = grpc::OsdService::new(store.clone(), &config);
-    let coordinator = pocket_rpc_client::CoordinatorClient::connect(&tls, &config.coordinator).context("coordinator address")?;
+    let coordinator = pocket_rpc_client::CoordinatorClient::connect(&tls, &config.coordinator).map_err(RunError::CoordinatorAddress)?;
     // Background jobs (ADR 16).
     // The OSD's background budget: unused until the scrubber (issue 20).
     pocket_worker::Registry::global().set_budget(pocket_worker::Budget::new(pocket_worker::BudgetConfig::default()));
@@ -88,7 +109,7 @@ pub async fn run(
     let server = pocket_transport::serve(listener, &tls, settings, routes, shutdown);
     ready.send_replace(true);
     tracing::info!(osd_id, %local_addr, "OSD serving");
-    let result = server.await.context("serve OSD gRPC");
+    let result = server.await.map_err(RunError::Serve);
     // Shutdown order: stop accepting (done), stop heartbeats, then let the
     // store's writers drain and sync before the process exits.
     ready.send_replace(false);

@@ -7,7 +7,6 @@ use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
 use pocket_format::TMP_SUFFIX;
 use rocksdb::DB;
 use tracing::{error, info, warn};
@@ -30,28 +29,46 @@ pub const META_DIR: &str = "meta";
 /// Prefix of a metadata directory set aside because it would not open.
 pub(super) const META_CORRUPT_PREFIX: &str = "meta.corrupt-";
 
+/// Why [`claim_disk`] could not record or confirm a disk's owner.
+#[derive(Debug, thiserror::Error)]
+pub enum ClaimDiskError {
+    #[error("create disk directory {}", disk.display())]
+    CreateDir { disk: PathBuf, source: io::Error },
+    #[error("read {}", path.display())]
+    ReadIdFile { path: PathBuf, source: io::Error },
+    #[error("parse {}", path.display())]
+    ParseIdFile { path: PathBuf, source: std::num::ParseIntError },
+    #[error("disk {} belongs to OSD {owner}, not {osd_id}", disk.display())]
+    OwnedByOther { disk: PathBuf, owner: u64, osd_id: u64 },
+    /// Installing the id file on a fresh disk failed at `step`
+    /// ("write OSD id file", "sync disk directory", ...).
+    #[error("{step}")]
+    Install { step: &'static str, source: io::Error },
+}
+
 /// Records `osd_id` as the owner of `disk` (creating the directory), or
 /// checks that it already is.
-pub fn claim_disk(disk: &Path, osd_id: u64) -> anyhow::Result<()> {
-    std::fs::create_dir_all(disk).with_context(|| format!("create disk directory {}", disk.display()))?;
+pub fn claim_disk(disk: &Path, osd_id: u64) -> Result<(), ClaimDiskError> {
+    let install = |step: &'static str| move |source| ClaimDiskError::Install { step, source };
+    fs::create_dir_all(disk).map_err(|source| ClaimDiskError::CreateDir { disk: disk.to_path_buf(), source })?;
     let path = disk.join(OSD_ID_FILE);
-    match std::fs::read_to_string(&path) {
+    match fs::read_to_string(&path) {
         Ok(text) => {
-            let owner: u64 = text.trim().parse().with_context(|| format!("parse {}", path.display()))?;
+            let owner: u64 = text.trim().parse().map_err(|source| ClaimDiskError::ParseIdFile { path, source })?;
             if owner != osd_id {
-                bail!("disk {} belongs to OSD {owner}, not {osd_id}", disk.display());
+                return Err(ClaimDiskError::OwnedByOther { disk: disk.to_path_buf(), owner, osd_id });
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let tmp = disk.join(format!("{OSD_ID_FILE}.tmp"));
-            std::fs::write(&tmp, format!("{osd_id}\n")).context("write OSD id file")?;
-            std::fs::File::open(&tmp).and_then(|f| f.sync_all()).context("sync OSD id file")?;
-            std::fs::rename(&tmp, &path).context("install OSD id file")?;
-            std::fs::File::open(disk).and_then(|d| d.sync_all()).context("sync disk directory")?;
+            fs::write(&tmp, format!("{osd_id}\n")).map_err(install("write OSD id file"))?;
+            File::open(&tmp).and_then(|f| f.sync_all()).map_err(install("sync OSD id file"))?;
+            fs::rename(&tmp, &path).map_err(install("install OSD id file"))?;
+            File::open(disk).and_then(|d| d.sync_all()).map_err(install("sync disk directory"))?;
             Ok(())
         }
-        Err(e) => Err(e).with_context(|| format!("read {}", path.display())),
+        Err(source) => Err(ClaimDiskError::ReadIdFile { path, source }),
     }
 }
 

@@ -58,7 +58,7 @@ pub use api::{LocatedRecord, Store};
 pub use direct::{DirectAppender, DIRECT_IO_ALIGN};
 pub use error::StoreError;
 pub(crate) use layout::claim_disk;
-pub use layout::{EXTENTS_DIR, META_DIR};
+pub use layout::{ClaimDiskError, EXTENTS_DIR, META_DIR};
 pub use page_cache::drop_behind;
 pub use types::{AppendOutcome, DiskInfo, ExtentInfo, SealInfo, StoreOptions, DEFAULT_PAGE_CACHE_WINDOW_BYTES};
 pub use whole::{RangeSource, WholeInfo, WholeKind, WholeWrite, PARITY_DIR};

@@ -73,10 +73,24 @@ struct Memory {
     lost: usize,
 }
 
+/// The error of `Memory`'s one lost shard.
+#[derive(Debug)]
+struct Lost(usize);
+
+impl std::fmt::Display for Lost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "shard {} is lost", self.0)
+    }
+}
+
+impl std::error::Error for Lost {}
+
 impl ShardReader for Memory {
-    async fn read(&self, shard: usize, offset: u64, len: usize) -> Result<Bytes, String> {
+    type Error = Lost;
+
+    async fn read(&self, shard: usize, offset: u64, len: usize) -> Result<Bytes, Lost> {
         if shard == self.lost {
-            return Err("lost".into());
+            return Err(Lost(shard));
         }
         Ok(self.shards[shard].slice(offset as usize..offset as usize + len))
     }

@@ -377,7 +377,12 @@ pub enum DegradedError {
 /// (the caller asks only within a shard's size) or an error when the shard
 /// is unavailable.
 pub trait ShardReader {
-    fn read(&self, shard: usize, offset: u64, len: usize) -> impl Future<Output = Result<Bytes, String>> + Send;
+    /// Why a shard could not be read; the reader's own type (the frontend's
+    /// carries the OSD client's error). A shard that fails is left out of the
+    /// rest of the reconstruction.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    fn read(&self, shard: usize, offset: u64, len: usize) -> impl Future<Output = Result<Bytes, Self::Error>> + Send;
 }
 
 /// One degraded read: the volume, where to read it, and what to find.

@@ -66,10 +66,16 @@ struct Memory {
     corrupt: HashSet<usize>,
 }
 
+#[derive(Debug, thiserror::Error)]
+#[error("shard {0} is lost")]
+struct Lost(usize);
+
 impl ShardReader for Memory {
-    async fn read(&self, shard: usize, offset: u64, len: usize) -> Result<Bytes, String> {
+    type Error = Lost;
+
+    async fn read(&self, shard: usize, offset: u64, len: usize) -> Result<Bytes, Lost> {
         if self.lost.contains(&shard) {
-            return Err(format!("shard {shard} is lost"));
+            return Err(Lost(shard));
         }
         let bytes = self.shards[shard].slice(offset as usize..offset as usize + len);
         if self.corrupt.contains(&shard) {

@@ -413,10 +413,21 @@ struct ShardRanges<'a> {
     shards: Vec<&'a Replica>,
 }
 
+/// Why [`ShardRanges`] could not read a shard.
+#[derive(Debug, thiserror::Error)]
+enum ShardRangeError {
+    #[error("no such shard {shard}: the volume has {shards}")]
+    NoSuchShard { shard: usize, shards: usize },
+    #[error(transparent)]
+    Osd(#[from] OsdError),
+}
+
 impl pocket_erasure::ShardReader for ShardRanges<'_> {
-    async fn read(&self, shard: usize, offset: u64, len: usize) -> Result<Bytes, String> {
-        let replica = self.shards.get(shard).ok_or("no such shard")?;
-        self.cell.read_range(replica, offset, len).await.map_err(|e| e.to_string())
+    type Error = ShardRangeError;
+
+    async fn read(&self, shard: usize, offset: u64, len: usize) -> Result<Bytes, ShardRangeError> {
+        let replica = self.shards.get(shard).ok_or(ShardRangeError::NoSuchShard { shard, shards: self.shards.len() })?;
+        Ok(self.cell.read_range(replica, offset, len).await?)
     }
 }
 

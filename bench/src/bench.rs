@@ -174,11 +174,7 @@ pub const WARM_GET_PHASE: &str = "get-warm";
 /// (`json`) JSON; fails if any operation failed.
 pub async fn command(client: Client, options: BenchOptions, json: bool) -> anyhow::Result<()> {
     let reports = run(client, options).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
-    } else {
-        print!("{}", table(&reports));
-    }
+    crate::print_report(&reports[..], json, table)?;
     if reports.iter().any(|r| r.errors > 0) {
         bail!("some operations failed; see the errors column");
     }

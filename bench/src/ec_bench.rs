@@ -228,12 +228,7 @@ pub async fn run(options: EcBenchOptions) -> anyhow::Result<EcBenchReport> {
 /// (`json`) JSON.
 pub async fn command(options: EcBenchOptions, json: bool) -> anyhow::Result<()> {
     let report = run(options).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
-    }
-    Ok(())
+    crate::print_report(&report, json, render)
 }
 
 pub fn render(r: &EcBenchReport) -> String {

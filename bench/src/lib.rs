@@ -23,6 +23,17 @@ pub mod limits;
 pub mod machine;
 pub mod restart_bench;
 
+/// Prints a command's report as `pocket` does: pretty JSON with `--json`,
+/// else the table `render` draws.
+fn print_report<R: serde::Serialize + ?Sized>(report: &R, json: bool, render: impl FnOnce(&R) -> String) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+    } else {
+        print!("{}", render(report));
+    }
+    Ok(())
+}
+
 /// Generated code for package `pocket.bench.v1` (`proto/loopback.proto`):
 /// the sink `pocket limits` measures the RPC layer with. Not part of
 /// pocket's production schema.

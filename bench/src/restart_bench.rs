@@ -104,12 +104,7 @@ pub async fn run(options: RestartBenchOptions) -> anyhow::Result<RestartBenchRep
 /// (`json`) JSON.
 pub async fn command(options: RestartBenchOptions, json: bool) -> anyhow::Result<()> {
     let report = run(options).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", render(&report));
-    }
-    Ok(())
+    crate::print_report(&report, json, render)
 }
 
 pub fn render(r: &RestartBenchReport) -> String {

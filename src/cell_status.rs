@@ -1,8 +1,11 @@
-//! `pocket cell status --config F [--json]`: what an operator asks a cell's
-//! coordinator — its volumes by kind and state, the storage overhead of its
-//! sealed data, and its OSDs.
+//! `pocket cell status --config F [--json] [--watch]`: what an operator asks
+//! a cell's coordinator — its volumes by kind and state, the storage overhead
+//! of its sealed data, its OSDs and their health, the redundancy left and
+//! the repair queue. `pocket cell background-rate`: the byte rate repair and
+//! erasure coding share.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use pocket_daemon::operator::OperatorConfig;
@@ -26,16 +29,79 @@ pub struct CellReport {
     pub osds_registered: usize,
     pub osds_alive: usize,
     pub osd_used_bytes: u64,
+    /// Each OSD: id, health (`up`, `down`, `out`) and used bytes.
+    pub osds: Vec<OsdReport>,
+    pub redundancy: Redundancy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OsdReport {
+    pub osd_id: u64,
+    pub health: String,
+    pub used_bytes: u64,
+}
+
+/// Redundancy left and the repair queue.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Redundancy {
+    /// Copies or shards missing ("0" = full) → logical extents at that level
+    /// (an erasure-coded volume counts its k data extents).
+    pub extents_by_missing: std::collections::BTreeMap<u32, u64>,
+    pub bytes_by_missing: std::collections::BTreeMap<u32, u64>,
+    pub repair_queue_extents: u64,
+    pub repair_queue_bytes: u64,
+    pub repairs_in_flight: u64,
+    pub oldest_repair_wait_seconds: f64,
+    pub repair_bytes_per_sec: u64,
+    pub repaired_bytes_total: u64,
+    pub repaired_total: u64,
+    /// Queue bytes ÷ repair rate; none while nothing is being repaired.
+    pub eta_seconds: Option<f64>,
+    /// The background byte rate in force; 0 = no limit.
+    pub background_bytes_per_sec: u64,
+}
+
+impl Redundancy {
+    /// Every logical extent is at full redundancy and nothing waits.
+    pub fn full(&self) -> bool {
+        self.extents_by_missing.iter().all(|(missing, extents)| *missing == 0 || *extents == 0) && self.repair_queue_extents == 0
+    }
+}
+
+fn client(config: &OperatorConfig) -> anyhow::Result<pocket_rpc_client::CoordinatorClient> {
+    let tls = Tls::load(&config.tls).context("load operator TLS material")?;
+    Ok(pocket_rpc_client::CoordinatorClient::connect_any(&tls, &config.coordinator_addrs())?)
 }
 
 pub async fn fetch(config: &OperatorConfig) -> anyhow::Result<CellReport> {
-    let tls = Tls::load(&config.tls).context("load operator TLS material")?;
-    let client = pocket_rpc_client::CoordinatorClient::connect(&tls, &config.coordinator)?;
-    let status = client.rpc_status().await.context("CellStatus")?;
+    let mut status = client(config)?.rpc_status().await.context("CellStatus")?;
+    // A standby answers with the cell's state but not the leader's repair
+    // figures: ask the leader for those.
+    if !status.leader_addr.is_empty() && status.answered_by != status.leader {
+        let tls = Tls::load(&config.tls).context("load operator TLS material")?;
+        let leader = pocket_rpc_client::CoordinatorClient::connect(&tls, &status.leader_addr)?;
+        if let Ok(from_leader) = leader.rpc_status().await {
+            status = from_leader;
+        }
+    }
     let overhead = if status.sealed_logical_bytes == 0 {
         0.0
     } else {
         status.sealed_stored_bytes as f64 / status.sealed_logical_bytes as f64
+    };
+    let repair = &status.repair;
+    let redundancy = Redundancy {
+        extents_by_missing: repair.levels.iter().map(|(missing, (extents, _))| (*missing, *extents)).collect(),
+        bytes_by_missing: repair.levels.iter().map(|(missing, (_, bytes))| (*missing, *bytes)).collect(),
+        repair_queue_extents: repair.queue_extents,
+        repair_queue_bytes: repair.queue_bytes,
+        repairs_in_flight: repair.in_flight,
+        oldest_repair_wait_seconds: repair.oldest_wait_ms as f64 / 1000.0,
+        repair_bytes_per_sec: repair.bytes_per_sec,
+        repaired_bytes_total: repair.repaired_bytes_total,
+        repaired_total: repair.repaired_total,
+        eta_seconds: (repair.bytes_per_sec > 0).then(|| repair.queue_bytes as f64 / repair.bytes_per_sec as f64),
+        background_bytes_per_sec: repair.background_bytes_per_sec,
     };
     Ok(CellReport {
         cell_id: status.cell_id,
@@ -49,6 +115,12 @@ pub async fn fetch(config: &OperatorConfig) -> anyhow::Result<CellReport> {
         osds_registered: status.osds.len(),
         osds_alive: status.osds.iter().filter(|o| o.alive).count(),
         osd_used_bytes: status.osds.iter().map(|o| o.used_bytes).sum(),
+        osds: status
+            .osds
+            .iter()
+            .map(|o| OsdReport { osd_id: o.osd_id, health: o.health.clone(), used_bytes: o.used_bytes })
+            .collect(),
+        redundancy,
     })
 }
 
@@ -56,8 +128,29 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
 
-/// The table for people.
-pub fn render(report: &CellReport) -> String {
+/// A number with thousands separators: 1204 → "1,204".
+fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A text bar of `width` cells, `done` of `total` filled.
+pub fn bar(done: u64, total: u64, width: usize) -> String {
+    let filled = if total == 0 { width } else { ((done as f64 / total as f64) * width as f64).round() as usize };
+    let filled = filled.min(width);
+    format!("[{}{}]", "#".repeat(filled), "-".repeat(width - filled))
+}
+
+/// The table for people. `progress`: bytes repaired since a watch began,
+/// to draw the repair bar against what is left.
+pub fn render(report: &CellReport, progress: Option<u64>) -> String {
     let mut out = format!(
         "cell {}  erasure code {}+{} (overhead {:.2}x once encoded)\n\n",
         report.cell_id, report.data_shards, report.parity_shards, report.erasure_overhead
@@ -73,23 +166,155 @@ pub fn render(report: &CellReport) -> String {
         mib(report.sealed_stored_bytes),
         report.overhead
     ));
+    let down: Vec<String> = report.osds.iter().filter(|o| o.health == "down").map(|o| o.osd_id.to_string()).collect();
+    let out_osds: Vec<String> = report.osds.iter().filter(|o| o.health == "out").map(|o| o.osd_id.to_string()).collect();
     out.push_str(&format!(
-        "OSDs          {} alive of {}, {:.1} MiB used (open volumes included)\n",
+        "OSDs          {} up of {}, {:.1} MiB used (open volumes included)",
         report.osds_alive,
         report.osds_registered,
         mib(report.osd_used_bytes)
     ));
+    if !down.is_empty() {
+        out.push_str(&format!("; down: {}", down.join(", ")));
+    }
+    if !out_osds.is_empty() {
+        out.push_str(&format!("; out: {}", out_osds.join(", ")));
+    }
+    out.push('\n');
+    let r = &report.redundancy;
+    let levels: Vec<String> = r
+        .extents_by_missing
+        .iter()
+        .map(|(missing, extents)| {
+            let level = if *missing == 0 { "full".to_string() } else { format!("-{missing}") };
+            format!("{} at {level}", grouped(*extents))
+        })
+        .collect();
+    out.push_str(&format!(
+        "redundancy    {} extents {}\n",
+        if levels.is_empty() { "no".to_string() } else { String::new() },
+        levels.join(", ")
+    ));
+    let rate = if r.background_bytes_per_sec == 0 {
+        "no limit".to_string()
+    } else {
+        format!("{:.1} MiB/s", mib(r.background_bytes_per_sec))
+    };
+    out.push_str(&format!(
+        "repair        {} lost copies ({:.1} MiB) queued, {} in flight, oldest waiting {:.0} s; {:.1} MiB/s; {} repaired ({:.1} MiB); background rate {rate}\n",
+        grouped(r.repair_queue_extents),
+        mib(r.repair_queue_bytes),
+        r.repairs_in_flight,
+        r.oldest_repair_wait_seconds,
+        mib(r.repair_bytes_per_sec),
+        grouped(r.repaired_total),
+        mib(r.repaired_bytes_total),
+    ));
+    if let Some(done) = progress {
+        let total = done + r.repair_queue_bytes;
+        let eta = match r.eta_seconds {
+            Some(seconds) => format!("ETA {seconds:.0} s"),
+            None if r.repair_queue_bytes == 0 => "done".to_string(),
+            None => "ETA unknown".to_string(),
+        };
+        out.push_str(&format!(
+            "to full       {} {:.1} of {:.1} MiB  {eta}\n",
+            bar(done, total, 30),
+            mib(done),
+            mib(total)
+        ));
+    } else if let Some(seconds) = r.eta_seconds {
+        out.push_str(&format!("to full       ETA {seconds:.0} s\n"));
+    }
     out
 }
 
-pub async fn run(config_path: &Path, json: bool) -> anyhow::Result<()> {
+/// How `pocket cell status` shows the cell.
+pub struct StatusOptions {
+    pub json: bool,
+    /// Refresh every `interval` until interrupted.
+    pub watch: bool,
+    pub interval: Duration,
+    /// With `watch`: stop once the cell is at full redundancy.
+    pub until_full: bool,
+}
+
+pub async fn run(config_path: &Path, options: StatusOptions) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(config_path).with_context(|| format!("read {}", config_path.display()))?;
     let config: OperatorConfig = toml::from_str(&text).with_context(|| format!("parse {}", config_path.display()))?;
-    let report = fetch(&config).await?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    if !options.watch {
+        let report = fetch(&config).await?;
+        if options.json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", render(&report, None));
+        }
+        return Ok(());
+    }
+    use std::io::IsTerminal;
+    let terminal = std::io::stdout().is_terminal();
+    let started = Instant::now();
+    let mut first_repaired: Option<u64> = None;
+    loop {
+        let report = fetch(&config).await?;
+        let base = *first_repaired.get_or_insert(report.redundancy.repaired_bytes_total);
+        let done = report.redundancy.repaired_bytes_total.saturating_sub(base);
+        if options.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            if terminal {
+                // Clear the screen and go home: the table redraws in place.
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", render(&report, Some(done)));
+            println!("(every {:.0} s, {:.0} s so far; Ctrl-C stops)", options.interval.as_secs_f64(), started.elapsed().as_secs_f64());
+        }
+        if options.until_full && report.redundancy.full() {
+            return Ok(());
+        }
+        tokio::select! {
+            () = tokio::time::sleep(options.interval) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// `pocket cell background-rate`: sets the byte rate (0 = no limit) and
+/// prints what is in force.
+pub async fn set_background_rate(config_path: &Path, bytes_per_sec: u64) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(config_path).with_context(|| format!("read {}", config_path.display()))?;
+    let config: OperatorConfig = toml::from_str(&text).with_context(|| format!("parse {}", config_path.display()))?;
+    let set = client(&config)?.rpc_set_background_rate(bytes_per_sec).await.context("SetBackgroundRate")?;
+    if set == 0 {
+        println!("background rate: no limit");
     } else {
-        print!("{}", render(&report));
+        println!("background rate: {set} bytes/s ({:.1} MiB/s)", mib(set));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_grouped_and_bars_fill_in_proportion() {
+        assert_eq!(grouped(0), "0");
+        assert_eq!(grouped(1204), "1,204");
+        assert_eq!(grouped(1_234_567), "1,234,567");
+        assert_eq!(bar(0, 10, 10), "[----------]");
+        assert_eq!(bar(5, 10, 10), "[#####-----]");
+        assert_eq!(bar(0, 0, 4), "[####]");
+    }
+
+    #[test]
+    fn full_means_no_extent_short_and_nothing_queued() {
+        let mut r = Redundancy::default();
+        r.extents_by_missing.insert(0, 10);
+        assert!(r.full());
+        r.extents_by_missing.insert(1, 0);
+        assert!(r.full());
+        r.extents_by_missing.insert(1, 3);
+        assert!(!r.full());
+    }
 }

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pocket_client::{Client, ClientConfig};
-use pocket_daemon::runinfo::parse_size;
+use pocket_daemon::runinfo::{parse_duration, parse_size};
 use pocket_proto::Key;
 
 /// Every role of the binary allocates through mimalloc (ADR 7).
@@ -56,6 +56,20 @@ enum Command {
         /// Parity extents (m) per erasure-coded volume (first run only).
         #[arg(long, default_value_t = 3)]
         ec_parity: u32,
+        /// An OSD silent this long is down: its open volumes close (e.g. 10s).
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        osd_down_after: std::time::Duration,
+        /// An OSD silent this long is out: its copies are repaired elsewhere
+        /// (minutes in production, seconds in tests).
+        #[arg(long, default_value = "10m", value_parser = parse_duration)]
+        osd_out_after: std::time::Duration,
+        /// Keep closed volumes replicated (no erasure coding).
+        #[arg(long)]
+        no_erasure: bool,
+        /// Coordinator processes: one leads, the others stand by and take
+        /// over within seconds if it dies.
+        #[arg(long, default_value_t = 2)]
+        coordinators: u32,
     },
     /// Run an OSD daemon.
     Osd(DaemonArgs),
@@ -232,7 +246,41 @@ enum CellCommand {
         config: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Refresh until interrupted, with a bar of the repair to full redundancy.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2.0, value_parser = parse_interval)]
+        interval: f64,
+        /// With --watch: exit once every extent is at full redundancy.
+        #[arg(long, requires = "watch")]
+        until_full: bool,
     },
+    /// Set the byte rate repair and erasure coding share, now and across
+    /// restarts: a size per second (e.g. 200MiB) or `unlimited`.
+    BackgroundRate {
+        #[arg(long, default_value = "pocket-data/operator.toml")]
+        config: PathBuf,
+        #[arg(value_parser = parse_rate)]
+        rate: u64,
+    },
+}
+
+/// Seconds between refreshes: 0.1 to 3600.
+fn parse_interval(text: &str) -> Result<f64, String> {
+    let seconds: f64 = text.parse().map_err(|_| format!("not a number of seconds: {text:?}"))?;
+    if !(0.1..=3600.0).contains(&seconds) {
+        return Err("the interval must be between 0.1 and 3600 seconds".into());
+    }
+    Ok(seconds)
+}
+
+/// A byte rate: a size (per second) or `unlimited` (0).
+fn parse_rate(text: &str) -> Result<u64, String> {
+    if text.eq_ignore_ascii_case("unlimited") {
+        return Ok(0);
+    }
+    parse_size(text)
 }
 
 #[derive(clap::Args)]
@@ -291,6 +339,10 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             stream_idle_timeout_ms,
             ec_data,
             ec_parity,
+            osd_down_after,
+            osd_out_after,
+            no_erasure,
+            coordinators,
         } => {
             let settings = pocket::up::UpSettings {
                 osds,
@@ -303,6 +355,11 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 stream_idle_timeout_ms,
                 ec_data_shards: ec_data,
                 ec_parity_shards: ec_parity,
+                osd_down_after_ms: osd_down_after.as_millis() as u64,
+                osd_out_after_ms: osd_out_after.as_millis() as u64,
+                erasure: !no_erasure,
+                coordinators,
+                standby_coordinator_ports: Vec::new(),
             };
             pocket::up::Up::prepare(&dir, settings)?.run(pocket_daemon::shutdown_signal()).await
         }
@@ -361,7 +418,18 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             };
             pocket_bench::bench::command(client(&config)?, options, json).await
         }
-        Command::Cell { command: CellCommand::Status { config, json } } => pocket::cell_status::run(&config, json).await,
+        Command::Cell { command: CellCommand::Status { config, json, watch, interval, until_full } } => {
+            let options = pocket::cell_status::StatusOptions {
+                json,
+                watch,
+                interval: std::time::Duration::from_secs_f64(interval),
+                until_full,
+            };
+            pocket::cell_status::run(&config, options).await
+        }
+        Command::Cell { command: CellCommand::BackgroundRate { config, rate } } => {
+            pocket::cell_status::set_background_rate(&config, rate).await
+        }
         Command::Workers { config, json } => pocket::workers::run(&config, json).await,
         Command::RestartBench { dir, records, record_size, extent_size, json } => {
             let options = pocket_bench::restart_bench::RestartBenchOptions {

@@ -1,5 +1,5 @@
-//! `pocket up --dir DIR`: a whole local cell on loopback — a coordinator, N
-//! OSD processes and a frontend, SQLite for the index and the cell database,
+//! `pocket up --dir DIR`: a whole local cell on loopback — two coordinators
+//! (one leads, one stands by; ADR 19), N OSD processes and a frontend, SQLite for the index and the cell database,
 //! data under DIR. It supervises its children (restarting one that dies) and
 //! stops them all, in order, on Ctrl-C or SIGTERM. Run again on the same DIR,
 //! it brings the same pocket back with its data.
@@ -12,7 +12,8 @@
 //! index/              index shard(s)
 //! osd-<n>/disk-0/     each OSD's disk
 //! pki/                the local CA and each identity's certificate and key
-//! run/<role>.run      address and pid of each running daemon
+//! run/<role>.run      address and pid of each running daemon (coordinator,
+//!                     coordinator-2, osd-N, frontend)
 //! hold/<role>         if present, a daemon that dies is not restarted (maintenance, tests)
 //! logs/<role>.log     each daemon's log
 //! client.toml         written once the pocket serves; removed when it stops
@@ -33,6 +34,8 @@ use tokio::process::{Child, Command};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a daemon may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most coordinator processes a local pocket runs.
+const MAX_COORDINATORS: u32 = 5;
 /// Delay before restarting a daemon that died, so a crash loop does not spin.
 const RESTART_DELAY: Duration = Duration::from_secs(1);
 
@@ -66,6 +69,41 @@ pub struct UpSettings {
     pub ec_data_shards: u32,
     #[serde(default = "default_ec_parity_shards")]
     pub ec_parity_shards: u32,
+    /// An OSD silent this long is down (its open volumes close).
+    #[serde(default = "default_osd_down_after_ms")]
+    pub osd_down_after_ms: u64,
+    /// An OSD silent this long is out (its copies are repaired elsewhere).
+    #[serde(default = "default_osd_out_after_ms")]
+    pub osd_out_after_ms: u64,
+    /// Erasure-code closed volumes.
+    #[serde(default = "default_true")]
+    pub erasure: bool,
+    /// Coordinator processes (one leads, the others stand by; ADR 19).
+    #[serde(default = "default_coordinators")]
+    pub coordinators: u32,
+    /// Loopback ports of the standby coordinators, fixed on first run.
+    #[serde(default)]
+    pub standby_coordinator_ports: Vec<u16>,
+}
+
+fn default_coordinators() -> u32 {
+    2
+}
+
+/// `["a", "b"]`: a TOML array of strings.
+fn toml_list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|item| format!("\"{item}\"")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+fn default_osd_down_after_ms() -> u64 {
+    10_000
+}
+fn default_osd_out_after_ms() -> u64 {
+    600_000
+}
+fn default_true() -> bool {
+    true
 }
 
 fn default_ec_data_shards() -> u32 {
@@ -147,6 +185,11 @@ impl Up {
                 // Limits are not part of the data's identity: each run may set them.
                 stored.client_rate_limit_per_sec = overrides.client_rate_limit_per_sec;
                 stored.stream_idle_timeout_ms = overrides.stream_idle_timeout_ms;
+                // Nor are the health thresholds or whether closed volumes are encoded.
+                stored.osd_down_after_ms = overrides.osd_down_after_ms;
+                stored.osd_out_after_ms = overrides.osd_out_after_ms;
+                stored.erasure = overrides.erasure;
+                stored.coordinators = overrides.coordinators;
                 stored
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => overrides,
@@ -173,8 +216,20 @@ impl Up {
                 "fewer OSDs than k + m: closed volumes will stay replicated"
             );
         }
+        if settings.osd_out_after_ms < settings.osd_down_after_ms {
+            bail!("--osd-out-after must be at least --osd-down-after");
+        }
+        if settings.osd_down_after_ms < 2_000 {
+            bail!("--osd-down-after must be at least 2s (two heartbeats)");
+        }
         if settings.coordinator_port == 0 {
             settings.coordinator_port = free_port()?;
+        }
+        if !(1..=MAX_COORDINATORS).contains(&settings.coordinators) {
+            bail!("--coordinators must be between 1 and {MAX_COORDINATORS}");
+        }
+        while settings.standby_coordinator_ports.len() + 1 < settings.coordinators as usize {
+            settings.standby_coordinator_ports.push(free_port()?);
         }
         if settings.frontend_port == 0 {
             settings.frontend_port = free_port()?;
@@ -189,6 +244,24 @@ impl Up {
         pki::ensure_local(&dir.join("pki"), &local_identities(settings.osds)).context("generate the local PKI")?;
         let exe = std::env::current_exe().context("locate the pocket binary")?;
         Ok(Up { _lock: lock, dir, exe, settings, daemons: Vec::new() })
+    }
+
+    /// The config of the coordinator `name` listening on `port`.
+    fn coordinator_config(&self, name: &str, port: u16) -> String {
+        let db = self.dir.join("coordinator").join("cell.db");
+        format!(
+            "cell_id = 1\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\ndatabase_url = \"sqlite://{}?mode=rwc\"\naudit_log = \"{}\"\nreplication_factor = {}\nextent_size_bytes = {}\nosd_down_after_ms = {}\nosd_out_after_ms = {}\n{}\n[erasure]\nenabled = {}\ndata_shards = {}\nparity_shards = {}\n",
+            db.display(),
+            self.dir.join("coordinator").join("audit.log").display(),
+            self.settings.replication_factor,
+            self.settings.extent_size_bytes,
+            self.settings.osd_down_after_ms,
+            self.settings.osd_out_after_ms,
+            self.tls_table(&Identity::new(Role::Coordinator, "cell-1")),
+            self.settings.erasure,
+            self.settings.ec_data_shards,
+            self.settings.ec_parity_shards,
+        )
     }
 
     /// The `[tls]` table of `identity`'s config.
@@ -246,32 +319,30 @@ impl Up {
     /// Starts every daemon, waits until the cell accepts writes, writes
     /// `client.toml`, then supervises until `shutdown` resolves.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-        let db = self.dir.join("coordinator").join("cell.db");
-        let coordinator_config = self.write_config(
-            "coordinator",
-            format!(
-                "cell_id = 1\nlisten = \"127.0.0.1:{}\"\ndatabase_url = \"sqlite://{}?mode=rwc\"\naudit_log = \"{}\"\nreplication_factor = {}\nextent_size_bytes = {}\n{}\n[erasure]\ndata_shards = {}\nparity_shards = {}\n",
-                self.settings.coordinator_port,
-                db.display(),
-                self.dir.join("coordinator").join("audit.log").display(),
-                self.settings.replication_factor,
-                self.settings.extent_size_bytes,
-                self.tls_table(&Identity::new(Role::Coordinator, "cell-1")),
-                self.settings.ec_data_shards,
-                self.settings.ec_parity_shards,
-            ),
-        )?;
-        let coordinator = self.daemon("coordinator", "coordinator", &coordinator_config);
-        self.daemons.push(coordinator);
-        self.start(0).await?;
-        let coordinator_addr = self.wait_serving(0).await?.grpc;
+        // The cell's coordinators share the cell database; one leads (ADR 19).
+        let mut coordinator_addrs = Vec::new();
+        for c in 1..=self.settings.coordinators {
+            let name = if c == 1 { "coordinator".to_string() } else { format!("coordinator-{c}") };
+            let port = match c {
+                1 => self.settings.coordinator_port,
+                _ => self.settings.standby_coordinator_ports.get(c as usize - 2).copied().unwrap_or(0),
+            };
+            let config = self.write_config(&name, self.coordinator_config(&name, port))?;
+            let daemon = self.daemon(&name, "coordinator", &config);
+            self.daemons.push(daemon);
+            let index = self.daemons.len() - 1;
+            self.start(index).await?;
+            coordinator_addrs.push(self.wait_serving(index).await?.grpc);
+        }
+        let coordinator_addr = coordinator_addrs[0].clone();
+        let standbys = toml_list(&coordinator_addrs[1..]);
 
         for n in 1..=self.settings.osds {
             let disk = self.dir.join(format!("osd-{n}")).join("disk-0");
             let config = self.write_config(
                 &format!("osd-{n}"),
                 format!(
-                    "osd_id = {n}\ndisks = [\"{}\"]\ncoordinator = \"{coordinator_addr}\"\nmax_blob_size_bytes = {}\nstream_idle_timeout_ms = {}\n{}",
+                    "osd_id = {n}\ndisks = [\"{}\"]\ncoordinator = \"{coordinator_addr}\"\ncoordinators = {standbys}\nmax_blob_size_bytes = {}\nstream_idle_timeout_ms = {}\n{}",
                     disk.display(),
                     self.settings.max_blob_size_bytes,
                     self.settings.stream_idle_timeout_ms,
@@ -283,13 +354,14 @@ impl Up {
             let index = self.daemons.len() - 1;
             self.start(index).await?;
         }
-        for index in 1..self.daemons.len() {
+        for index in self.settings.coordinators as usize..self.daemons.len() {
             self.wait_serving(index).await?;
         }
         let operator_tls = pocket_transport::Tls::load(&pki::tls_config(&self.dir.join("pki"), &up_identity()))?;
         wait_writable(&operator_tls, &coordinator_addr).await?;
         let operator_config = pocket_daemon::operator::OperatorConfig {
             coordinator: coordinator_addr.clone(),
+            coordinators: coordinator_addrs[1..].to_vec(),
             tls: pki::tls_config(&self.dir.join("pki"), &Identity::new(Role::Operator, "admin")),
         };
         let tmp = self.dir.join("operator.toml.tmp");
@@ -300,7 +372,7 @@ impl Up {
         let frontend_config = self.write_config(
             "frontend",
             format!(
-                "coordinator = \"{coordinator_addr}\"\nlisten = \"127.0.0.1:{}\"\nmax_blob_size_bytes = {}\nrate_limit_per_sec = {rate}\nrate_limit_burst = {rate}\nstream_idle_timeout_ms = {}\n\n[index]\nshards = [{{ name = \"shard-0\", url = \"sqlite://{}?mode=rwc\" }}]\n{}\n{}",
+                "coordinator = \"{coordinator_addr}\"\ncoordinators = {standbys}\nlisten = \"127.0.0.1:{}\"\nmax_blob_size_bytes = {}\nrate_limit_per_sec = {rate}\nrate_limit_burst = {rate}\nstream_idle_timeout_ms = {}\n\n[index]\nshards = [{{ name = \"shard-0\", url = \"sqlite://{}?mode=rwc\" }}]\n{}\n{}",
                 self.settings.frontend_port,
                 self.settings.max_blob_size_bytes,
                 self.settings.stream_idle_timeout_ms,

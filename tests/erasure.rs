@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{assert_all_readable, signal, LocalPocket, UpOptions};
+use common::{assert_all_readable, signal, try_report, LocalPocket, UpOptions};
 use pocket::cell_status::CellReport;
 use pocket_proto::{pb, Key};
 use pocket_transport::Role;
@@ -356,14 +356,3 @@ async fn sigkills_during_encoding_lose_nothing_and_leave_no_volume_half_switched
     pocket.stop().await;
 }
 
-/// The cell's state, or None while the coordinator is down or restarting.
-async fn try_report(pocket: &LocalPocket) -> Option<CellReport> {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        let text = std::fs::read_to_string(pocket.dir.join("operator.toml")).ok()?;
-        let config: pocket_daemon::operator::OperatorConfig = toml::from_str(&text).ok()?;
-        pocket::cell_status::fetch(&config).await.ok()
-    })
-    .await
-    .ok()
-    .flatten()
-}

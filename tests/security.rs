@@ -133,7 +133,7 @@ async fn security_bad_input_suite() {
         osd1.channel(&pocket.run_info("coordinator").grpc, &role_dns_name(Role::Coordinator)).expect("channel"),
     );
     let status = as_osd1
-        .heartbeat(pb::HeartbeatRequest { osd_id: 2, used_bytes: 0, capacity_bytes: 0 })
+        .heartbeat(pb::HeartbeatRequest { osd_id: 2, used_bytes: 0, capacity_bytes: 0, disks: Vec::new() })
         .await
         .expect_err("impersonation");
     assert_eq!(status.code(), Code::PermissionDenied);

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pocket_proto::{now_unix_ms, BucketId, OsdId};
 use pocket_rpc_client::{OsdClient, OsdClients, OsdError};
@@ -14,6 +14,9 @@ use tokio::sync::Notify;
 
 use crate::config::CoordinatorConfig;
 use crate::db::{CellDb, DbError, OsdRow, VolumeKind, VolumeRow, VolumeState};
+use crate::health::{HealthClock, OsdHealth};
+use crate::leadership::Leadership;
+use crate::repair::RepairSummary;
 
 /// A replica (or shard) of a volume with the address of the OSD that holds it.
 #[derive(Debug, Clone)]
@@ -56,29 +59,37 @@ struct Inner {
     wake: Arc<Notify>,
     /// The coordinator's background budget (ADR 16): erasure coding runs under it.
     budget: pocket_worker::Budget,
-    started: Instant,
-    /// Failed erasure-coding attempts per volume being built (since start).
-    ec_attempts: Mutex<HashMap<u64, u32>>,
+    /// Unix ms at which this coordinator began watching heartbeats.
+    watching_since_unix_ms: i64,
+    /// What the last repair pass found, for `CellStatus`.
+    repair_summary: Mutex<RepairSummary>,
+    /// Leadership among the cell's coordinators (ADR 19).
+    leadership: Leadership,
     /// Whether planning last found too few failure domains (to warn once).
     ec_blocked: std::sync::atomic::AtomicBool,
 }
 
 impl Cell {
-    pub fn new(db: CellDb, config: CoordinatorConfig, tls: pocket_transport::Tls) -> Cell {
+    pub fn new(db: CellDb, config: CoordinatorConfig, tls: pocket_transport::Tls, leadership: Leadership) -> Cell {
         let rng = match config.seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        let background_bytes_per_sec = config.background.bytes_per_sec;
         Cell {
             inner: Arc::new(Inner {
                 db,
                 config,
                 rng: Mutex::new(rng),
-                osds: OsdClients::new(tls),
+                osds: OsdClients::with_generation(tls, leadership.generation_handle()),
                 wake: Arc::new(Notify::new()),
-                budget: pocket_worker::Budget::new(pocket_worker::BudgetConfig::default()),
-                started: Instant::now(),
-                ec_attempts: Mutex::new(HashMap::new()),
+                budget: pocket_worker::Budget::new(pocket_worker::BudgetConfig {
+                    bytes_per_sec: background_bytes_per_sec,
+                    ..pocket_worker::BudgetConfig::default()
+                }),
+                watching_since_unix_ms: now_unix_ms(),
+                repair_summary: Mutex::new(RepairSummary::default()),
+                leadership,
                 ec_blocked: std::sync::atomic::AtomicBool::new(false),
             }),
         }
@@ -96,12 +107,8 @@ impl Cell {
         self.inner.rng.lock().expect("rng lock poisoned")
     }
 
-    /// Counts one more failed erasure-coding attempt of `volume_id`; returns the count.
-    pub(crate) fn count_attempt(&self, volume_id: u64) -> u32 {
-        let mut attempts = self.inner.ec_attempts.lock().expect("attempts lock poisoned");
-        let n = attempts.entry(volume_id).or_default();
-        *n += 1;
-        *n
+    pub fn leadership(&self) -> &Leadership {
+        &self.inner.leadership
     }
 
     /// Records whether erasure coding is blocked; returns the previous value.
@@ -109,9 +116,6 @@ impl Cell {
         self.inner.ec_blocked.swap(blocked, std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub(crate) fn forget_attempts(&self, volume_id: u64) {
-        self.inner.ec_attempts.lock().expect("attempts lock poisoned").remove(&volume_id);
-    }
 
     pub async fn register(&self, osd: OsdRow) -> Result<(), CellError> {
         tracing::info!(osd_id = osd.osd_id, addr = %osd.grpc_addr, domain = %osd.failure_domain, "OSD registered");
@@ -124,27 +128,47 @@ impl Cell {
         Ok(self.inner.db.heartbeat(osd_id, used_bytes, capacity_bytes).await?)
     }
 
-    /// OSDs whose last heartbeat is recent. During the first dead-after
-    /// period after start every registered OSD counts as alive, so that a
-    /// restarted coordinator does not close every volume before the OSDs had
-    /// a chance to heartbeat.
+    /// The down and out thresholds, counted from when this coordinator began watching.
+    pub(crate) fn health_clock(&self) -> HealthClock {
+        HealthClock {
+            down_after: Duration::from_millis(self.inner.config.osd_down_after_ms),
+            out_after: Duration::from_millis(self.inner.config.osd_out_after_ms),
+            watching_since_unix_ms: self.inner.watching_since_unix_ms,
+        }
+    }
+
+    /// The health of each of `osds` now.
+    pub(crate) fn health(&self, osds: &[OsdRow]) -> HashMap<OsdId, OsdHealth> {
+        crate::health::classify(&self.health_clock(), osds, now_unix_ms()).into_iter().collect()
+    }
+
+    /// The OSDs that are up (not down, not out): the only ones that get new
+    /// volumes, shards and repaired copies.
     pub(crate) fn alive(&self, osds: &[OsdRow]) -> HashMap<OsdId, OsdRow> {
-        let dead_after = Duration::from_millis(self.inner.config.osd_dead_after_ms);
-        let grace = self.inner.started.elapsed() < dead_after;
+        let clock = self.health_clock();
         let now = now_unix_ms();
         osds.iter()
-            .filter(|osd| grace || now.saturating_sub(osd.last_heartbeat_unix_ms) <= dead_after.as_millis() as i64)
+            .filter(|osd| clock.health(osd, now) == OsdHealth::Up)
             .map(|osd| (osd.osd_id, osd.clone()))
             .collect()
     }
 
-    pub async fn osd_liveness(&self) -> Result<Vec<(OsdRow, bool)>, CellError> {
+    pub async fn osd_health(&self) -> Result<Vec<(OsdRow, OsdHealth)>, CellError> {
         let osds = self.inner.db.list_osds().await?;
-        let alive = self.alive(&osds);
+        let clock = self.health_clock();
+        let now = now_unix_ms();
         Ok(osds.into_iter().map(|osd| {
-            let up = alive.contains_key(&osd.osd_id);
-            (osd, up)
+            let health = clock.health(&osd, now);
+            (osd, health)
         }).collect())
+    }
+
+    pub(crate) fn set_repair_summary(&self, summary: RepairSummary) {
+        *self.inner.repair_summary.lock().expect("repair summary lock poisoned") = summary;
+    }
+
+    pub fn repair_summary(&self) -> RepairSummary {
+        self.inner.repair_summary.lock().expect("repair summary lock poisoned").clone()
     }
 
     fn place(&self, volume: VolumeRow, bucket_id: BucketId, osds: &HashMap<OsdId, OsdRow>) -> Placement {
@@ -209,6 +233,28 @@ impl Cell {
         }
     }
 
+    /// Applies the background byte rate an operator stored, if any (at start).
+    pub async fn load_background_rate(&self) -> Result<(), CellError> {
+        if let Some(value) = self.inner.db.meta(crate::db::BACKGROUND_BYTES_PER_SEC).await? {
+            match value.parse::<u64>() {
+                Ok(rate) => {
+                    self.inner.budget.set_bytes_per_sec(Some(rate));
+                    tracing::info!(bytes_per_sec = rate, "background byte rate set by an operator (0: no limit)");
+                }
+                Err(_) => tracing::warn!(value, "ignoring an unreadable stored background byte rate"),
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the background byte rate now and for later starts (0: no limit).
+    pub async fn set_background_rate(&self, bytes_per_sec: u64) -> Result<(), CellError> {
+        self.inner.db.set_meta(crate::db::BACKGROUND_BYTES_PER_SEC, &bytes_per_sec.to_string()).await?;
+        self.inner.budget.set_bytes_per_sec(Some(bytes_per_sec));
+        tracing::info!(bytes_per_sec, "background byte rate changed by an operator (0: no limit)");
+        Ok(())
+    }
+
     /// The coordinator's background budget (ADR 16).
     pub fn budget(&self) -> &pocket_worker::Budget {
         &self.inner.budget
@@ -233,8 +279,9 @@ impl Cell {
                 }
             }
         }
+        let health = self.health(&osds);
         for volume in db.volumes_in_state(VolumeState::Closing).await? {
-            self.seal_volume(volume, &alive).await?;
+            self.seal_volume(volume, &alive, &health).await?;
         }
         let open = db.volumes_in_state(VolumeState::Open).await?;
         let mut open_load: HashMap<OsdId, usize> = HashMap::new();
@@ -295,9 +342,21 @@ impl Cell {
         Ok(())
     }
 
-    async fn seal_volume(&self, volume: VolumeRow, alive: &HashMap<OsdId, OsdRow>) -> Result<(), CellError> {
+    /// Seals every replica of a closing volume; closed once each replica
+    /// is sealed or lost (on an OSD that is out: repair rebuilds it from a
+    /// sealed one). A replica on an OSD that is only down is waited for.
+    async fn seal_volume(
+        &self,
+        volume: VolumeRow,
+        alive: &HashMap<OsdId, OsdRow>,
+        health: &HashMap<OsdId, OsdHealth>,
+    ) -> Result<(), CellError> {
         let mut all_sealed = true;
+        let mut sealed = 0;
         for extent in &volume.extents {
+            if health.get(&extent.osd_id).is_none_or(|h| *h == OsdHealth::Out) {
+                continue;
+            }
             let Some(osd) = alive.get(&extent.osd_id) else {
                 all_sealed = false;
                 continue;
@@ -309,6 +368,7 @@ impl Cell {
             match client.rpc_seal(extent.extent_id).await {
                 Ok(size_bytes) => {
                     self.inner.db.record_sealed_size(extent.extent_id, extent.osd_id, size_bytes).await?;
+                    sealed += 1;
                 }
                 Err(error) => {
                     tracing::warn!(volume_id = volume.volume_id, osd_id = extent.osd_id, %error, "seal failed; will retry");
@@ -316,8 +376,16 @@ impl Cell {
                 }
             }
         }
+        if sealed == 0 {
+            if all_sealed {
+                // Every replica is on an OSD that is out: nothing to seal or repair from.
+                tracing::error!(volume_id = volume.volume_id, "every replica of a closing volume is lost");
+            }
+            return Ok(());
+        }
         if all_sealed && self.inner.db.transition(volume.volume_id, VolumeState::Closing, VolumeState::Closed).await? {
-            tracing::info!(volume_id = volume.volume_id, "volume closed");
+            let lost = volume.extents.len() - sealed;
+            tracing::info!(volume_id = volume.volume_id, lost_replicas = lost, "volume closed");
         }
         Ok(())
     }

@@ -31,9 +31,14 @@ pub struct CoordinatorConfig {
     /// How often OSDs heartbeat.
     #[serde(default = "default_heartbeat_interval_ms")]
     pub heartbeat_interval_ms: u64,
-    /// An OSD silent for this long is dead: its open volumes close.
-    #[serde(default = "default_osd_dead_after_ms")]
-    pub osd_dead_after_ms: u64,
+    /// An OSD silent for this long is *down*: its open volumes close, and
+    /// nothing new is placed on it. (Formerly `osd_dead_after_ms`.)
+    #[serde(default = "default_osd_down_after_ms", alias = "osd_dead_after_ms")]
+    pub osd_down_after_ms: u64,
+    /// An OSD silent for this long is *out*: its copies count as lost and
+    /// are repaired elsewhere (minutes in production, seconds in tests).
+    #[serde(default = "default_osd_out_after_ms")]
+    pub osd_out_after_ms: u64,
     /// Period of the maintenance loop (resume, close, top up the pool).
     #[serde(default = "default_tick_interval_ms")]
     pub tick_interval_ms: u64,
@@ -46,6 +51,120 @@ pub struct CoordinatorConfig {
     /// Erasure coding of closed volumes.
     #[serde(default)]
     pub erasure: ErasureConfig,
+    /// Repair of lost copies (`[repair]`).
+    #[serde(default)]
+    pub repair: RepairConfig,
+    /// The background budget shared by repair and erasure coding (ADR 16).
+    #[serde(default)]
+    pub background: BackgroundConfig,
+    /// This coordinator's name among the cell's coordinators (the lease
+    /// holder's name); by default `coordinator-PID`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Leadership among the cell's coordinators (`[leadership]`, ADR 19).
+    #[serde(default)]
+    pub leadership: LeadershipConfig,
+}
+
+/// The leader's lease (`[leadership]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeadershipConfig {
+    /// How long a lease lasts unless renewed: a dead leader's standby takes
+    /// over after at most this long (plus a renew interval).
+    #[serde(default = "default_lease_ttl_ms")]
+    pub lease_ttl_ms: u64,
+    /// How often the leader renews and a standby tries to take over.
+    #[serde(default = "default_renew_interval_ms")]
+    pub renew_interval_ms: u64,
+    /// A leader that could not renew for this long steps down, before its
+    /// lease can expire (below `lease_ttl_ms`).
+    #[serde(default = "default_renew_deadline_ms")]
+    pub renew_deadline_ms: u64,
+    /// A takeover is not followed by another within this long (anti-flap),
+    /// unless the leader gave the lease up.
+    #[serde(default = "default_min_term_ms")]
+    pub min_term_ms: u64,
+}
+
+impl Default for LeadershipConfig {
+    fn default() -> Self {
+        LeadershipConfig {
+            lease_ttl_ms: default_lease_ttl_ms(),
+            renew_interval_ms: default_renew_interval_ms(),
+            renew_deadline_ms: default_renew_deadline_ms(),
+            min_term_ms: default_min_term_ms(),
+        }
+    }
+}
+
+fn default_lease_ttl_ms() -> u64 {
+    4_000
+}
+fn default_renew_interval_ms() -> u64 {
+    500
+}
+fn default_renew_deadline_ms() -> u64 {
+    2_500
+}
+fn default_min_term_ms() -> u64 {
+    10_000
+}
+
+/// Repair of copies lost with an OSD that is out (`[repair]`, ADR 18).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairConfig {
+    /// Repair at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Repairs at once that read from or write to one OSD.
+    #[serde(default = "default_repairs_per_osd")]
+    pub max_per_osd: u32,
+    /// Repairs at once in the whole cell.
+    #[serde(default = "default_repairs_in_flight")]
+    pub max_in_flight: u32,
+    /// Failed attempts onto one target after which another target is chosen.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts_per_target: u32,
+    /// Bytes each repair streams per budget request.
+    #[serde(default = "default_stripe_bytes")]
+    pub chunk_bytes: u64,
+    /// Period of the repair loop when there is nothing to repair.
+    #[serde(default = "default_ec_tick_interval_ms")]
+    pub tick_interval_ms: u64,
+}
+
+impl Default for RepairConfig {
+    fn default() -> Self {
+        RepairConfig {
+            enabled: true,
+            max_per_osd: default_repairs_per_osd(),
+            max_in_flight: default_repairs_in_flight(),
+            max_attempts_per_target: default_max_attempts(),
+            chunk_bytes: default_stripe_bytes(),
+            tick_interval_ms: default_ec_tick_interval_ms(),
+        }
+    }
+}
+
+/// The coordinator's background budget (`[background]`): what erasure
+/// coding and repair may take together. An operator can change the byte
+/// rate at runtime (`pocket cell background-rate`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackgroundConfig {
+    /// Bytes per second the coordinator's background work may move; none
+    /// means no byte limit.
+    #[serde(default)]
+    pub bytes_per_sec: Option<u64>,
+}
+
+fn default_repairs_per_osd() -> u32 {
+    2
+}
+fn default_repairs_in_flight() -> u32 {
+    8
 }
 
 /// Erasure coding of closed volumes (`[erasure]`).
@@ -118,8 +237,11 @@ fn default_extent_size_bytes() -> u64 {
 fn default_heartbeat_interval_ms() -> u64 {
     1_000
 }
-fn default_osd_dead_after_ms() -> u64 {
+fn default_osd_down_after_ms() -> u64 {
     10_000
+}
+fn default_osd_out_after_ms() -> u64 {
+    600_000
 }
 fn default_tick_interval_ms() -> u64 {
     500
@@ -144,11 +266,24 @@ pub enum ConfigError {
     ErasureStripeBytes,
     #[error("coordinator config: erasure max_attempts must be at least 1")]
     ErasureMaxAttempts,
-    #[error("coordinator config: osd_dead_after_ms must be at least two heartbeat intervals")]
-    OsdDeadAfter,
+    #[error("coordinator config: osd_down_after_ms must be at least two heartbeat intervals")]
+    OsdDownAfter,
+    #[error("coordinator config: leadership needs renew_interval_ms < renew_deadline_ms < lease_ttl_ms, each at least 100 ms")]
+    Leadership,
+    #[error("coordinator config: name must be 1 to 64 characters of [A-Za-z0-9._-]")]
+    Name,
+    #[error("coordinator config: osd_out_after_ms must be at least osd_down_after_ms")]
+    OsdOutAfter,
+    #[error("coordinator config: repair max_per_osd, max_in_flight and max_attempts_per_target must be at least 1, chunk_bytes between 4 KiB and 64 MiB")]
+    Repair,
 }
 
 impl CoordinatorConfig {
+    /// This coordinator's name: configured, or `coordinator-PID`.
+    pub fn holder_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| format!("coordinator-{}", std::process::id()))
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(1..=16).contains(&self.replication_factor) {
             return Err(ConfigError::ReplicationFactor);
@@ -166,8 +301,34 @@ impl CoordinatorConfig {
         if ec.max_attempts == 0 {
             return Err(ConfigError::ErasureMaxAttempts);
         }
-        if self.osd_dead_after_ms < 2 * self.heartbeat_interval_ms {
-            return Err(ConfigError::OsdDeadAfter);
+        if self.osd_down_after_ms < 2 * self.heartbeat_interval_ms {
+            return Err(ConfigError::OsdDownAfter);
+        }
+        if self.osd_out_after_ms < self.osd_down_after_ms {
+            return Err(ConfigError::OsdOutAfter);
+        }
+        let lease = &self.leadership;
+        if lease.renew_interval_ms < 100
+            || lease.renew_interval_ms >= lease.renew_deadline_ms
+            || lease.renew_deadline_ms >= lease.lease_ttl_ms
+        {
+            return Err(ConfigError::Leadership);
+        }
+        if let Some(name) = &self.name {
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !valid {
+                return Err(ConfigError::Name);
+            }
+        }
+        let repair = &self.repair;
+        if repair.max_per_osd == 0
+            || repair.max_in_flight == 0
+            || repair.max_attempts_per_target == 0
+            || !(4096..=64 * 1024 * 1024).contains(&repair.chunk_bytes)
+        {
+            return Err(ConfigError::Repair);
         }
         Ok(())
     }

@@ -33,6 +33,7 @@ use rand::seq::SliceRandom;
 
 use crate::cell::{Cell, CellError};
 use crate::db::{EcVolume, OsdRow, PlannedData, VolumeKind, VolumeRow, VolumeState};
+use crate::health::OsdHealth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
@@ -54,6 +55,10 @@ impl EncodeError {
         move |error| EncodeError::Osd { extent_id, error }
     }
 }
+
+/// Shards whose BLAKE3 is recorded per pass for volumes switched before
+/// hashes were kept.
+const BACKFILL_PER_PASS: u32 = 8;
 
 /// A replica of a closed volume that could become a data shard.
 #[derive(Debug, Clone)]
@@ -162,10 +167,12 @@ impl Cell {
         for volume in db.ec_volumes_in_state(VolumeState::Building).await? {
             self.build(volume, &alive).await?;
         }
+        let health = self.health(&osds);
         for volume in db.volumes_in_state(VolumeState::Retiring).await? {
-            self.retire(volume, &alive).await?;
+            self.retire(volume, &alive, &health).await?;
         }
-        self.collect_abandoned(&alive).await?;
+        self.collect_abandoned(&alive, &health).await?;
+        self.backfill_shard_hashes(&alive).await?;
         if self.config().erasure.enabled {
             while let Some(volume_id) = self.plan(&alive).await? {
                 let Some(volume) = db.ec_volume(volume_id).await? else { break };
@@ -193,9 +200,11 @@ impl Cell {
         }
         let excluded: HashSet<(ExtentId, OsdId)> =
             db.abandoned_layout().await?.into_iter().map(|(_, row)| (row.extent_id, row.osd_id)).collect();
+        // A volume with a copy on an OSD that is not up waits: repair (or
+        // the OSD's return) comes before encoding.
         let sources: Vec<SourceVolume> = closed
             .iter()
-            .filter(|v| v.extents.iter().any(|e| alive.contains_key(&e.osd_id)))
+            .filter(|v| v.extents.iter().all(|e| alive.contains_key(&e.osd_id)))
             .take(k)
             .map(|v| SourceVolume {
                 volume_id: v.volume_id,
@@ -240,8 +249,8 @@ impl Cell {
         let _slot = self.budget().operation(pocket_worker::Class::ErasureCoding).await;
         let started = Instant::now();
         match self.encode(&volume, alive).await {
-            Ok(encoded_bytes) => {
-                if self.db().switch_to_ec(&volume).await? {
+            Ok((encoded_bytes, hashes)) => {
+                if self.db().switch_to_ec(&volume, &hashes).await? {
                     let seconds = started.elapsed().as_secs_f64();
                     tracing::info!(
                         volume_id = volume.volume_id,
@@ -254,16 +263,14 @@ impl Cell {
                     metrics::counter!("pocket_coordinator_ec_encoded_bytes_total").increment(encoded_bytes);
                     metrics::counter!("pocket_coordinator_ec_encode_seconds_total").increment(seconds.ceil() as u64);
                 }
-                self.forget_attempts(volume.volume_id);
                 Ok(true)
             }
             Err(e) => {
-                let attempts = self.count_attempt(volume.volume_id);
+                let attempts = self.db().count_ec_attempt(volume.volume_id).await?;
                 tracing::warn!(volume_id = volume.volume_id, attempts, error = %e, "erasure coding attempt failed");
                 metrics::counter!("pocket_coordinator_ec_failed_attempts_total").increment(1);
                 if attempts >= self.config().erasure.max_attempts && self.db().abandon_ec(&volume).await? {
                     tracing::warn!(volume_id = volume.volume_id, "abandoned erasure-coded volume; its sources stay replicated");
-                    self.forget_attempts(volume.volume_id);
                 }
                 Ok(false)
             }
@@ -279,8 +286,9 @@ impl Cell {
         self.client_of(alive, osd_id)?.rpc_verify(extent_id).await.map_err(EncodeError::osd(extent_id))
     }
 
-    /// Step 2 of the module docs. Returns the bytes of data encoded.
-    async fn encode(&self, volume: &EcVolume, alive: &HashMap<OsdId, OsdRow>) -> Result<u64, EncodeError> {
+    /// Step 2 of the module docs. Returns the bytes of data encoded and
+    /// the BLAKE3 of every shard, in position order.
+    async fn encode(&self, volume: &EcVolume, alive: &HashMap<OsdId, OsdRow>) -> Result<(u64, Vec<[u8; 32]>), EncodeError> {
         let (k, m) = (volume.data_count as usize, volume.parity_count as usize);
         if volume.layout.len() != k + m || volume.layout.iter().enumerate().any(|(i, row)| row.position as usize != i) {
             return Err(EncodeError::BadLayout(volume.volume_id));
@@ -400,13 +408,49 @@ impl Cell {
             copied_shards = expected.len() - m,
             "encoding phases"
         );
-        Ok(data_rows.iter().map(|row| row.size_bytes).sum())
+        let hashes = verified.iter().map(|(_, hash)| *hash).chain(parity_hashes.iter().copied()).collect();
+        Ok((data_rows.iter().map(|row| row.size_bytes).sum(), hashes))
+    }
+
+    /// Records the BLAKE3 of shards of volumes switched before hashes were
+    /// kept, a few per pass, each verified by its OSD (under the budget's
+    /// verification class).
+    async fn backfill_shard_hashes(&self, alive: &HashMap<OsdId, OsdRow>) -> Result<(), CellError> {
+        let missing = self.db().shards_without_hash(BACKFILL_PER_PASS).await?;
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let _slot = self.budget().operation(pocket_worker::Class::Verification).await;
+        for (extent_id, osd_id, size) in missing {
+            self.budget().bytes(pocket_worker::Class::Verification, size).await;
+            match self.verify(alive, osd_id, extent_id).await {
+                Ok(info) if info.size_bytes == size => {
+                    self.db().record_extent_hash(extent_id, osd_id, info.blake3).await?;
+                    tracing::info!(extent_id, osd_id, "shard hash recorded");
+                }
+                Ok(info) => tracing::warn!(extent_id, osd_id, size, found = info.size_bytes, "shard has another size than recorded; hash not recorded"),
+                Err(error) => tracing::debug!(extent_id, osd_id, %error, "shard hash not recorded yet"),
+            }
+        }
+        Ok(())
     }
 
     /// Deletes the replicas of a retiring volume; retired once none is left.
-    async fn retire(&self, volume: VolumeRow, alive: &HashMap<OsdId, OsdRow>) -> Result<(), CellError> {
+    /// A replica on an OSD that is out is only forgotten: nothing names it
+    /// any more, so it is garbage if its OSD ever comes back.
+    async fn retire(
+        &self,
+        volume: VolumeRow,
+        alive: &HashMap<OsdId, OsdRow>,
+        health: &HashMap<OsdId, OsdHealth>,
+    ) -> Result<(), CellError> {
         let mut left = 0;
         for extent in &volume.extents {
+            if health.get(&extent.osd_id).is_none_or(|h| *h == OsdHealth::Out) {
+                tracing::info!(volume_id = volume.volume_id, osd_id = extent.osd_id, "retiring replica is on an OSD that is out; forgotten");
+                self.db().delete_extent_row(volume.volume_id, extent.extent_id, extent.osd_id).await?;
+                continue;
+            }
             match self.delete_on_osd(alive, extent.osd_id, extent.extent_id).await {
                 Ok(()) => self.db().delete_extent_row(volume.volume_id, extent.extent_id, extent.osd_id).await?,
                 Err(e) => {
@@ -423,9 +467,10 @@ impl Cell {
 
     /// Deletes the shards of abandoned erasure-coded volumes, except copies
     /// an `extents` row names (a replica reused in place).
-    async fn collect_abandoned(&self, alive: &HashMap<OsdId, OsdRow>) -> Result<(), CellError> {
+    async fn collect_abandoned(&self, alive: &HashMap<OsdId, OsdRow>, health: &HashMap<OsdId, OsdHealth>) -> Result<(), CellError> {
         for (volume_id, row) in self.db().abandoned_layout().await? {
-            if self.db().extent_is_live(row.extent_id, row.osd_id).await? {
+            let out = health.get(&row.osd_id).is_none_or(|h| *h == OsdHealth::Out);
+            if out || self.db().copy_is_named(row.extent_id, row.osd_id).await? {
                 self.db().delete_layout_row(volume_id, row.position).await?;
                 continue;
             }

@@ -10,11 +10,15 @@ use pocket_transport::{authorize, peer_identity, Identity, Role, RoleGate};
 use crate::audit::AuditLog;
 use crate::cell::{Cell, CellError, Placement};
 use crate::db::OsdRow;
+use crate::health::OsdHealth;
 
 /// Largest request the coordinator decodes: its requests are ids and names.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Longest OSD address or failure-domain name accepted at registration.
 const MAX_NAME_LEN: usize = 255;
+/// Lowest background byte rate an operator may set (other than 0, no
+/// limit): below a chunk per second, a repair or an encoding would stall.
+const MIN_BACKGROUND_BYTES_PER_SEC: u64 = 1024 * 1024;
 
 pub struct CoordinatorService {
     cell: Cell,
@@ -121,6 +125,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(pb::RegisterOsdResponse {
             cell_id: self.cell.config().cell_id,
             heartbeat_interval_ms: self.cell.config().heartbeat_interval_ms,
+            generation: self.newest_generation(),
         }))
     }
 
@@ -133,7 +138,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
             .heartbeat(request.osd_id, request.used_bytes, request.capacity_bytes)
             .await
             .map_err(status_of)?;
-        Ok(Response::new(pb::HeartbeatResponse { known }))
+        Ok(Response::new(pb::HeartbeatResponse { known, generation: self.newest_generation() }))
     }
 
     async fn writable_buckets(
@@ -176,6 +181,23 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         self.audited(&who, &format!("LocateBucket bucket_id={bucket_id}"), result).map(Response::new)
     }
 
+    async fn set_background_rate(
+        &self,
+        request: Request<pb::SetBackgroundRateRequest>,
+    ) -> Result<Response<pb::SetBackgroundRateResponse>, Status> {
+        let who = self.authorize(&request, &[Role::Operator], "SetBackgroundRate")?;
+        let bytes_per_sec = request.into_inner().bytes_per_sec;
+        let action = format!("SetBackgroundRate bytes_per_sec={bytes_per_sec}");
+        let result = if bytes_per_sec != 0 && bytes_per_sec < MIN_BACKGROUND_BYTES_PER_SEC {
+            Err(Status::invalid_argument(format!(
+                "bytes_per_sec must be 0 (no limit) or at least {MIN_BACKGROUND_BYTES_PER_SEC}"
+            )))
+        } else {
+            self.cell.set_background_rate(bytes_per_sec).await.map_err(status_of)
+        };
+        self.audited(&who, &action, result).map(|()| Response::new(pb::SetBackgroundRateResponse { bytes_per_sec }))
+    }
+
     async fn cell_status(&self, request: Request<pb::CellStatusRequest>) -> Result<Response<pb::CellStatusResponse>, Status> {
         let who = self.authorize(&request, &[Role::Operator], "CellStatus")?;
         let result = self.cell_status_inner().await;
@@ -184,8 +206,23 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
 }
 
 impl CoordinatorService {
+    /// The newest leadership generation this coordinator knows: OSDs learn
+    /// it from registrations and heartbeats and refuse anything older.
+    fn newest_generation(&self) -> u64 {
+        let leadership = self.cell.leadership();
+        let known = leadership.known_lease().map_or(0, |lease| lease.generation);
+        known.max(leadership.leading().unwrap_or(0))
+    }
+
     async fn cell_status_inner(&self) -> Result<pb::CellStatusResponse, Status> {
-        let osds = self.cell.osd_liveness().await.map_err(status_of)?;
+        let osds = self.cell.osd_health().await.map_err(status_of)?;
+        let repair = self.cell.repair_summary();
+        // Expired leases name no leader.
+        let lease = self
+            .cell
+            .leadership()
+            .known_lease()
+            .filter(|lease| !lease.holder.is_empty() && lease.expires_unix_ms >= pocket_proto::now_unix_ms());
         let counts = self.cell.db().volume_counts().await.map_err(|e| status_of(e.into()))?;
         let volumes_by_state: HashMap<String, u64> = counts
             .into_iter()
@@ -197,10 +234,11 @@ impl CoordinatorService {
             cell_id: self.cell.config().cell_id,
             osds: osds
                 .into_iter()
-                .map(|(osd, alive)| pb::OsdStatus {
+                .map(|(osd, health)| pb::OsdStatus {
                     osd_id: osd.osd_id,
                     grpc_addr: osd.grpc_addr,
-                    alive,
+                    alive: health == OsdHealth::Up,
+                    health: health.as_str().to_string(),
                     used_bytes: osd.used_bytes,
                     capacity_bytes: osd.capacity_bytes,
                 })
@@ -210,6 +248,25 @@ impl CoordinatorService {
             sealed_logical_bytes: totals.logical_bytes,
             data_shards: erasure.data_shards,
             parity_shards: erasure.parity_shards,
+            repair: Some(pb::RepairStatus {
+                levels: repair
+                    .levels
+                    .iter()
+                    .map(|(missing, level)| pb::RedundancyLevel { missing: *missing, extents: level.extents, bytes: level.bytes })
+                    .collect(),
+                queue_extents: repair.queue_extents,
+                queue_bytes: repair.queue_bytes,
+                in_flight: repair.in_flight,
+                oldest_wait_ms: repair.oldest_wait_ms,
+                bytes_per_sec: repair.bytes_per_sec,
+                repaired_bytes_total: repair.repaired_bytes_total,
+                repaired_total: repair.repaired_total,
+                background_bytes_per_sec: self.cell.budget().bytes_per_sec().unwrap_or(0),
+            }),
+            leader: lease.as_ref().map(|l| l.holder.clone()).unwrap_or_default(),
+            leader_addr: lease.as_ref().map(|l| l.holder_addr.clone()).unwrap_or_default(),
+            generation: self.newest_generation(),
+            answered_by: self.cell.leadership().holder().to_string(),
         })
     }
 }

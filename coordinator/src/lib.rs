@@ -14,7 +14,8 @@
 //!   interpreting records); blobs are never its business.
 //!
 //! Layout: [`config`], [`db`] (cell database), [`cell`] (decisions and the
-//! maintenance loop), [`grpc`] (the wire edge).
+//! maintenance loop), [`health`] (up, down, out), [`ec`] (erasure coding),
+//! [`repair`] (lost copies rebuilt), [`grpc`] (the wire edge).
 
 pub mod audit;
 pub mod cell;
@@ -22,6 +23,9 @@ pub mod config;
 pub mod db;
 pub mod ec;
 pub mod grpc;
+pub mod health;
+pub mod leadership;
+pub mod repair;
 
 use std::future::Future;
 use std::time::Duration;
@@ -48,6 +52,8 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error("open cell database")]
     OpenDb(#[source] db::DbError),
+    #[error("read the cell's stored settings")]
+    LoadSettings(#[source] cell::CellError),
     #[error("load coordinator TLS material")]
     LoadTls(#[source] pocket_transport::TlsError),
     #[error("open audit log")]
@@ -71,13 +77,19 @@ pub async fn run(
         .map_err(RunError::OpenDb)?;
     let tls = pocket_transport::Tls::load(&config.tls).map_err(RunError::LoadTls)?;
     let audit = audit::AuditLog::open(&config.audit_log).map_err(RunError::OpenAuditLog)?;
-    let cell = cell::Cell::new(db.clone(), config.clone(), tls.clone());
+    let local_addr = listener.local_addr().map_err(RunError::ListenAddr)?;
+    let holder = config.holder_name();
+    let leadership = leadership::Leadership::new(holder.clone(), local_addr.to_string());
+    let cell = cell::Cell::new(db.clone(), config.clone(), tls.clone(), leadership.clone());
+    cell.load_background_rate().await.map_err(RunError::LoadSettings)?;
     // Background jobs (ADR 16); stopped in reverse order after serving ends.
     pocket_worker::Registry::global().set_budget(cell.budget().clone());
     let mut workers = pocket_worker::Runner::new(pocket_worker::Registry::global().clone());
-    workers.start(cell::MaintenanceJob::new(cell.clone()));
-    workers.start(ec::ErasureJob::new(cell.clone()));
-    let local_addr = listener.local_addr().map_err(RunError::ListenAddr)?;
+    // Every coordinator keeps its lease job; only the leader runs the others.
+    workers.start(leadership::LeadershipJob::new(db.clone(), leadership.clone(), config.leadership.clone()));
+    workers.start(leadership::Led::new(cell::MaintenanceJob::new(cell.clone()), leadership.clone()));
+    workers.start(leadership::Led::new(ec::ErasureJob::new(cell.clone()), leadership.clone()));
+    workers.start(leadership::Led::new(repair::RepairJob::new(cell.clone()), leadership.clone()));
     let settings = pocket_transport::ServerSettings {
         caps: pocket_transport::ConnectionCaps::default(),
         max_concurrent_streams: MAX_CONCURRENT_REQUESTS_PER_CONNECTION as u32,
@@ -87,10 +99,11 @@ pub async fn run(
     let routes = tonic::service::Routes::new(grpc::CoordinatorService::new(cell, audit).into_server());
     let server = pocket_transport::serve(listener, &tls, settings, routes, shutdown);
     ready.send_replace(true);
-    tracing::info!(cell_id = config.cell_id, %local_addr, "coordinator serving");
+    tracing::info!(cell_id = config.cell_id, %local_addr, holder, "coordinator serving");
     let result = server.await.map_err(RunError::Serve);
     ready.send_replace(false);
     workers.stop().await;
+    leadership.release(&db).await;
     db.close().await;
     tracing::info!("coordinator stopped");
     result

@@ -1,6 +1,6 @@
 //! The cell database on SQLite and on MariaDB: the same assertions on both.
 
-use pocket_coordinator::db::{CellDb, OsdRow, PlannedData, VolumeKind, VolumeState};
+use pocket_coordinator::db::{CellDb, OsdRow, PlannedData, RepairedCopy, VolumeKind, VolumeState};
 use pocket_sql::testing::{mysql_databases_or_skip, sqlite_file_url, MysqlDatabases};
 
 /// A fresh database per test: a SQLite file, and a MariaDB database created
@@ -129,14 +129,18 @@ async fn erasure_coding_plan_switch_and_abandon_are_atomic_on_both_backends() {
         assert_eq!(volume.layout[2].size_bytes, volume.layout[0].size_bytes.max(volume.layout[1].size_bytes), "{backend}");
 
         // Switch: buckets move, the reused replica row moves, new rows appear, sources retire.
-        assert!(db.switch_to_ec(&volume).await.expect("switch"), "{backend}");
-        assert!(!db.switch_to_ec(&volume).await.expect("switch again"), "{backend}: switch applies once");
+        let hashes = [[1u8; 32], [2; 32], [3; 32]];
+        assert!(db.switch_to_ec(&volume, &hashes).await.expect("switch"), "{backend}");
+        assert!(!db.switch_to_ec(&volume, &hashes).await.expect("switch again"), "{backend}: switch applies once");
         let located = db.volume_of_bucket(sources[1].0).await.expect("locate").expect("bucket");
         assert_eq!(located.volume_id, ec, "{backend}");
         assert_eq!(located.kind, VolumeKind::Ec, "{backend}");
         assert_eq!(located.buckets, vec![sources[0].0, sources[1].0], "{backend}: buckets in position order");
         let shards: Vec<(u32, u64)> = located.extents.iter().map(|e| (e.position, e.osd_id)).collect();
         assert_eq!(shards, vec![(0, 1), (1, 2), (2, 5)], "{backend}");
+        let recorded: Vec<Option<[u8; 32]>> = located.extents.iter().map(|e| e.blake3).collect();
+        assert_eq!(recorded, hashes.map(Some).to_vec(), "{backend}: every shard's hash is recorded at the switch");
+        assert!(db.shards_without_hash(10).await.expect("backfill list").is_empty(), "{backend}");
         let first = db.volume(sources[0].0).await.expect("read").expect("exists");
         assert_eq!(first.state, VolumeState::Retiring, "{backend}");
         assert_eq!(first.extents.iter().map(|e| e.osd_id).collect::<Vec<_>>(), vec![2, 3], "{backend}: OSD 1's copy moved");
@@ -160,7 +164,7 @@ async fn an_abandoned_erasure_coded_volume_returns_its_sources_to_closed() {
         let ec = db.plan_ec_volume(&plan(&sources, [4, 2]), &[5]).await.expect("plan").expect("planned");
         let volume = db.ec_volume(ec).await.expect("read").expect("ec volume");
         assert!(db.abandon_ec(&volume).await.expect("abandon"), "{backend}");
-        assert!(!db.switch_to_ec(&volume).await.expect("switch"), "{backend}: an abandoned volume never switches");
+        assert!(!db.switch_to_ec(&volume, &[]).await.expect("switch"), "{backend}: an abandoned volume never switches");
         for (id, _) in &sources {
             let v = db.volume(*id).await.expect("read").expect("exists");
             assert_eq!(v.state, VolumeState::Closed, "{backend}");
@@ -176,6 +180,77 @@ async fn an_abandoned_erasure_coded_volume_returns_its_sources_to_closed() {
         assert!(db.abandoned_layout().await.expect("garbage").is_empty(), "{backend}");
         db.close().await;
         // The pool is closed: its MariaDB database can go.
+        drop(mysql);
+    }
+}
+
+#[tokio::test]
+async fn a_repair_records_its_target_and_switches_once_on_both_backends() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (backend, db, mysql) in backends(&tmp).await {
+        let sources = two_closed_volumes(&db).await;
+        let (volume_id, extent_id) = (sources[0].0, sources[0].0);
+        // OSD 1's copy is lost; OSD 4 is the target. A second claim keeps the first target.
+        assert_eq!(db.claim_repair_target(volume_id, extent_id, 1, 4).await.expect("claim"), 4, "{backend}");
+        assert_eq!(db.claim_repair_target(volume_id, extent_id, 1, 5).await.expect("claim again"), 4, "{backend}");
+        // The copy being written is named: never garbage.
+        assert!(db.copy_is_named(extent_id, 4).await.expect("named"), "{backend}");
+        assert!(!db.copy_is_named(extent_id, 5).await.expect("named"), "{backend}");
+        // Failures count; the second releases the target (max 2), and a new one can be claimed.
+        assert_eq!(db.repair_failed(extent_id, 1, "boom", 2).await.expect("fail"), None, "{backend}");
+        let rows = db.repairs().await.expect("list");
+        assert_eq!((rows[0].attempts, rows[0].last_error.as_deref()), (1, Some("boom")), "{backend}");
+        assert_eq!(db.repair_failed(extent_id, 1, &"x".repeat(1000), 2).await.expect("fail"), Some(4), "{backend}");
+        let rows = db.repairs().await.expect("list");
+        assert_eq!((rows[0].target_osd_id, rows[0].attempts), (None, 0), "{backend}");
+        assert_eq!(rows[0].last_error.as_ref().map(String::len), Some(255), "{backend}: errors are bounded");
+        assert_eq!(db.claim_repair_target(volume_id, extent_id, 1, 5).await.expect("claim"), 5, "{backend}");
+
+        // The switch: OSD 1's row moves to OSD 5 with the verified size; the repair row goes.
+        let repaired = RepairedCopy {
+            volume_id,
+            state: VolumeState::Closed,
+            extent_id,
+            lost_osd_id: 1,
+            target_osd_id: 5,
+            size_bytes: 4242,
+            blake3: None,
+            generation: 0,
+        };
+        assert!(db.switch_repaired_copy(&repaired).await.expect("switch"), "{backend}");
+        assert!(!db.switch_repaired_copy(&repaired).await.expect("again"), "{backend}: once");
+        let volume = db.volume(volume_id).await.expect("read").expect("exists");
+        let copies: Vec<(u64, u64)> = volume.extents.iter().map(|e| (e.osd_id, e.sealed_size_bytes)).collect();
+        assert_eq!(copies, vec![(2, 1000 + volume_id), (3, 1000 + volume_id), (5, 4242)], "{backend}");
+        assert!(db.repairs().await.expect("list").is_empty(), "{backend}");
+
+        // A volume claimed by erasure coding meanwhile does not switch.
+        let (other, _) = &sources[1];
+        db.claim_repair_target(*other, *other, 3, 1).await.expect("claim");
+        assert!(db.transition(*other, VolumeState::Closed, VolumeState::Encoding).await.expect("claim for EC"), "{backend}");
+        let repaired = RepairedCopy {
+            volume_id: *other,
+            state: VolumeState::Closed,
+            extent_id: *other,
+            lost_osd_id: 3,
+            target_osd_id: 1,
+            size_bytes: 1,
+            blake3: Some([7; 32]),
+            generation: 0,
+        };
+        assert!(!db.switch_repaired_copy(&repaired).await.expect("switch"), "{backend}");
+        let volume = db.volume(*other).await.expect("read").expect("exists");
+        assert_eq!(volume.extents.iter().map(|e| e.osd_id).collect::<Vec<_>>(), vec![3, 4, 5], "{backend}: unchanged");
+        db.drop_repair(*other, 3).await.expect("drop");
+        assert!(db.repairs().await.expect("list").is_empty(), "{backend}");
+        assert!(!db.copy_is_named(*other, 1).await.expect("named"), "{backend}: garbage once dropped");
+
+        // Operator settings replace, never duplicate.
+        assert_eq!(db.meta("background_bytes_per_sec").await.expect("meta"), None, "{backend}");
+        db.set_meta("background_bytes_per_sec", "100").await.expect("set");
+        db.set_meta("background_bytes_per_sec", "200").await.expect("set again");
+        assert_eq!(db.meta("background_bytes_per_sec").await.expect("meta").as_deref(), Some("200"), "{backend}");
+        db.close().await;
         drop(mysql);
     }
 }

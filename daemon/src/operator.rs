@@ -11,5 +11,17 @@ use serde::{Deserialize, Serialize};
 #[serde(deny_unknown_fields)]
 pub struct OperatorConfig {
     pub coordinator: String,
+    /// The cell's other coordinators (standbys answer too, ADR 19).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub coordinators: Vec<String>,
     pub tls: TlsConfig,
+}
+
+impl OperatorConfig {
+    /// Every coordinator address, `coordinator` first.
+    pub fn coordinator_addrs(&self) -> Vec<String> {
+        let mut addrs = vec![self.coordinator.clone()];
+        addrs.extend(self.coordinators.iter().filter(|a| **a != self.coordinator).cloned());
+        addrs
+    }
 }

@@ -46,8 +46,38 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     number.checked_mul(multiplier).ok_or_else(|| format!("size {text:?} overflows"))
 }
 
+/// Parses a duration such as `500ms`, `30s`, `10m`, `2h` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("invalid duration {text:?}"))?;
+    let millis: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        other => return Err(format!("unknown duration unit {other:?} in {text:?} (ms, s, m or h)")),
+    };
+    number
+        .checked_mul(millis)
+        .map(std::time::Duration::from_millis)
+        .ok_or_else(|| format!("duration {text:?} overflows"))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations_parse_with_their_units() {
+        use std::time::Duration;
+        assert_eq!(super::parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(super::parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(super::parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(super::parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(super::parse_duration("3 weeks").is_err());
+        assert!(super::parse_duration("-1s").is_err());
+    }
+
     use super::*;
 
     #[test]

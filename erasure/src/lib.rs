@@ -332,6 +332,55 @@ pub fn reconstruct_range(
     if available < k {
         return Err(ErasureError::TooFewShards { needed: k, available });
     }
+    let mut shards = padded(k, shape, want, offset, len, pieces)?;
+    codec.reconstruct_data(&mut shards)?;
+    let mut rebuilt = shards.swap_remove(want).ok_or(ErasureError::NoSuchShard(want))?;
+    rebuilt.truncate(wanted_len);
+    Ok(Bytes::from(rebuilt))
+}
+
+/// Rebuilds bytes `[offset, offset + len)` of any shard `want`, data or
+/// parity, from `pieces` as for [`reconstruct_range`] (at least k of them,
+/// `want`'s own piece absent). A parity shard's range is the parity of the
+/// stripe's data, rebuilt first where some of it is missing. Used by repair
+/// to rebuild a whole lost shard, a stripe at a time.
+pub fn rebuild_range(
+    codec: &Codec,
+    shape: &VolumeShape,
+    want: usize,
+    offset: u64,
+    len: usize,
+    pieces: &[Option<Bytes>],
+) -> Result<Bytes, ErasureError> {
+    let k = codec.data_shards();
+    if want >= codec.total_shards() || pieces.len() != codec.total_shards() {
+        return Err(ErasureError::NoSuchShard(want));
+    }
+    if want < k {
+        return reconstruct_range(codec, shape, want, offset, len, pieces);
+    }
+    let mut shards = padded(k, shape, want, offset, len, pieces)?;
+    if shards[..k].iter().any(Option::is_none) {
+        codec.reconstruct_data(&mut shards)?;
+    }
+    let data: Vec<&[u8]> = shards[..k].iter().map(|shard| shard.as_deref().unwrap_or(&[])).collect();
+    let mut parity = vec![vec![0u8; len]; codec.parity_shards()];
+    codec.encode(&data, &mut parity)?;
+    let mut rebuilt = parity.swap_remove(want - k);
+    rebuilt.truncate(shape.stored_len(want, offset, len));
+    Ok(Bytes::from(rebuilt))
+}
+
+/// The first k of `pieces` other than `want`, each padded with zeros to
+/// `len` after its stored length is checked; the others None.
+fn padded(
+    k: usize,
+    shape: &VolumeShape,
+    want: usize,
+    offset: u64,
+    len: usize,
+    pieces: &[Option<Bytes>],
+) -> Result<Vec<Option<Vec<u8>>>, ErasureError> {
     let mut shards: Vec<Option<Vec<u8>>> = Vec::with_capacity(pieces.len());
     let mut used = 0;
     for (shard, piece) in pieces.iter().enumerate() {
@@ -352,10 +401,7 @@ pub fn reconstruct_range(
     if used < k {
         return Err(ErasureError::TooFewShards { needed: k, available: used });
     }
-    codec.reconstruct_data(&mut shards)?;
-    let mut rebuilt = shards.swap_remove(want).ok_or(ErasureError::NoSuchShard(want))?;
-    rebuilt.truncate(wanted_len);
-    Ok(Bytes::from(rebuilt))
+    Ok(shards)
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -239,3 +239,55 @@ fn an_encoder_left_before_its_last_stripe_finishes_with_none_and_does_not_hang()
     assert_eq!(parity[0].len(), 1024, "one parity piece as long as the stripe");
     assert!(encoder.finish().is_none(), "two stripes are still missing");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// Any shard, data or parity, rebuilt stripe by stripe from any k
+    /// others, is byte-identical to the shard that was lost.
+    #[test]
+    fn any_lost_shard_is_rebuilt_from_any_k_others(seed in any::<u64>(), k in 1usize..6, m in 1usize..4, stripe in 1usize..5000) {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let codec = Arc::new(Codec::new(k, m).expect("codec"));
+        let data: Vec<Bytes> = (0..k)
+            .map(|_| {
+                let mut bytes = vec![0u8; rng.random_range(0..20_000)];
+                rng.fill_bytes(&mut bytes);
+                Bytes::from(bytes)
+            })
+            .collect();
+        let shards = encode_volume(&codec, &data, 4096);
+        let shape = VolumeShape { data_sizes: data.iter().map(|d| d.len() as u64).collect(), parity: m };
+        let want = rng.random_range(0..k + m);
+        // k survivors other than `want`, chosen at random.
+        let mut others: Vec<usize> = (0..k + m).filter(|s| *s != want).collect();
+        others.sort_by_key(|_| rng.random::<u32>());
+        others.truncate(k);
+        let mut rebuilt = Vec::new();
+        let mut offset = 0u64;
+        while offset < shape.shard_len() {
+            let len = stripe.min((shape.shard_len() - offset) as usize);
+            let pieces: Vec<Option<Bytes>> = (0..k + m)
+                .map(|s| {
+                    others.contains(&s).then(|| {
+                        let stored = shape.stored_len(s, offset, len);
+                        if stored == 0 { Bytes::new() } else { shards[s].slice(offset as usize..offset as usize + stored) }
+                    })
+                })
+                .collect();
+            rebuilt.extend_from_slice(&rebuild_range(&codec, &shape, want, offset, len, &pieces).expect("rebuild"));
+            offset += len as u64;
+        }
+        prop_assert_eq!(rebuilt.len() as u64, shape.size_of(want));
+        prop_assert!(rebuilt == shards[want], "shard {} of {}+{} differs", want, k, m);
+    }
+}
+
+#[test]
+fn rebuilding_with_fewer_than_k_pieces_is_an_error() {
+    let codec = Codec::new(3, 2).expect("codec");
+    let shape = VolumeShape { data_sizes: vec![10, 10, 10], parity: 2 };
+    let pieces = vec![Some(Bytes::from(vec![0u8; 10])), None, None, Some(Bytes::from(vec![0u8; 10])), None];
+    assert!(matches!(rebuild_range(&codec, &shape, 4, 0, 10, &pieces), Err(ErasureError::TooFewShards { needed: 3, available: 2 })));
+    assert!(matches!(rebuild_range(&codec, &shape, 5, 0, 10, &pieces), Err(ErasureError::NoSuchShard(5))));
+}

@@ -51,9 +51,9 @@ pub struct CellView {
 type AppendDestination = (OsdId, String, ExtentId);
 
 impl CellView {
-    pub fn new(coordinator_addr: &str, tls: pocket_transport::Tls, batch_record_max_bytes: u64) -> Result<CellView, CoordinatorError> {
+    pub fn new(coordinator_addrs: &[String], tls: pocket_transport::Tls, batch_record_max_bytes: u64) -> Result<CellView, CoordinatorError> {
         Ok(CellView {
-            coordinator: CoordinatorClient::connect(&tls, coordinator_addr)?,
+            coordinator: CoordinatorClient::connect_any(&tls, coordinator_addrs)?,
             writable: tokio::sync::Mutex::new(None),
             locations: Mutex::new(HashMap::new()),
             osds: OsdClients::new(tls),

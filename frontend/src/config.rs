@@ -8,6 +8,10 @@ use serde::{Deserialize, Serialize};
 pub struct FrontendConfig {
     /// The cell coordinator's gRPC address (`host:port`). One cell per frontend for now.
     pub coordinator: String,
+    /// The cell's other coordinators: every one answers; calls move on to
+    /// the next while one is unreachable (ADR 19).
+    #[serde(default)]
+    pub coordinators: Vec<String>,
     /// The zone's hash index.
     pub index: IndexConfig,
     /// This frontend's certificate (CN `frontend:NAME`), key and the pocket's CA.
@@ -183,6 +187,13 @@ pub enum ConfigError {
 }
 
 impl FrontendConfig {
+    /// Every coordinator address, `coordinator` first.
+    pub fn coordinator_addrs(&self) -> Vec<String> {
+        let mut addrs = vec![self.coordinator.clone()];
+        addrs.extend(self.coordinators.iter().filter(|a| **a != self.coordinator).cloned());
+        addrs
+    }
+
     /// The caps of the client listener.
     pub fn connection_caps(&self) -> pocket_transport::ConnectionCaps {
         pocket_transport::ConnectionCaps {

@@ -55,7 +55,7 @@ pub async fn run(
     config.validate()?;
     let index = pocket_index::Index::open(&config.index).await.map_err(RunError::OpenIndex)?;
     let tls = pocket_transport::Tls::load(&config.tls).map_err(RunError::LoadTls)?;
-    let cell = cell::CellView::new(&config.coordinator, tls.clone(), config.batch_record_max_bytes).map_err(RunError::CoordinatorAddress)?;
+    let cell = cell::CellView::new(&config.coordinator_addrs(), tls.clone(), config.batch_record_max_bytes).map_err(RunError::CoordinatorAddress)?;
     let blobs = blobs::Blobs::new(index.clone(), cell, config.clone());
     let service = grpc::BlobService::new(blobs, &config);
     let local_addr = listener.local_addr().map_err(RunError::ListenAddr)?;

@@ -16,6 +16,10 @@ pub struct OsdConfig {
     pub disks: Vec<PathBuf>,
     /// The cell coordinator's gRPC address (`host:port`).
     pub coordinator: String,
+    /// The cell's other coordinators: every one answers; calls move on to
+    /// the next while one is unreachable (ADR 19).
+    #[serde(default)]
+    pub coordinators: Vec<String>,
     /// This OSD's certificate (CN `osd:osd-<osd_id>`), key and the pocket's CA.
     pub tls: pocket_transport::TlsConfig,
     /// Address to listen on for gRPC; port 0 picks a free port.
@@ -27,6 +31,10 @@ pub struct OsdConfig {
     /// Address other daemons use to reach this OSD; defaults to the bound gRPC address.
     #[serde(default)]
     pub advertise_addr: Option<String>,
+    /// Test-only fault hook: a file `DISK.inject-eio` beside a disk makes
+    /// its reads and appends fail with EIO. Never on in production.
+    #[serde(default)]
+    pub fault_injection: bool,
     /// Failure domain (host, rack) used by placement; defaults to `osd-<id>`.
     #[serde(default)]
     pub failure_domain: Option<String>,
@@ -101,6 +109,13 @@ pub enum ConfigError {
 }
 
 impl OsdConfig {
+    /// Every coordinator address, `coordinator` first.
+    pub fn coordinator_addrs(&self) -> Vec<String> {
+        let mut addrs = vec![self.coordinator.clone()];
+        addrs.extend(self.coordinators.iter().filter(|a| **a != self.coordinator).cloned());
+        addrs
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.disks.is_empty() {
             return Err(ConfigError::NoDisks);

@@ -14,6 +14,8 @@ use tonic::{Request, Response, Status, Streaming};
 
 use pocket_transport::{authorize, Role, RoleGate};
 
+use crate::fence::{Fence, FenceError};
+
 use crate::config::OsdConfig;
 use crate::store::{AppendOutcome, Store, StoreError, WholeKind};
 
@@ -35,20 +37,31 @@ const MAX_WHOLE_EXTENT_BYTES: u64 = 2 * MAX_EXTENT_SIZE_BYTES;
 pub struct OsdService {
     osd_id: u64,
     store: Store,
+    fence: Fence,
     budget: ByteBudget,
     max_blob_size_bytes: u64,
     stream_idle_timeout: std::time::Duration,
 }
 
 impl OsdService {
-    pub fn new(store: Store, config: &OsdConfig) -> OsdService {
+    pub fn new(store: Store, fence: Fence, config: &OsdConfig) -> OsdService {
         OsdService {
             osd_id: config.osd_id,
             store,
+            fence,
             budget: ByteBudget::new(config.max_inflight_bytes),
             max_blob_size_bytes: config.max_blob_size_bytes,
             stream_idle_timeout: std::time::Duration::from_millis(config.stream_idle_timeout_ms),
         }
+    }
+
+    /// Refuses a mutating call from a coordinator whose leadership is not
+    /// the newest this OSD has seen (ADR 19).
+    async fn admit(&self, generation: u64) -> Result<(), Status> {
+        self.fence.admit(generation).await.map_err(|error| match error {
+            FenceError::Stale { .. } => Status::failed_precondition(error.to_string()),
+            FenceError::Persist(_) => Status::unavailable(error.to_string()),
+        })
     }
 
     /// Refuses a request meant for another OSD (stale address in the caller's cache).
@@ -107,7 +120,7 @@ fn status_of(error: StoreError) -> Status {
         StoreError::TooLarge { .. } | StoreError::ExtentConflict { .. } | StoreError::BadMaxSize { .. } => {
             Status::invalid_argument(message)
         }
-        StoreError::Poisoned(_) => Status::unavailable(message),
+        StoreError::Poisoned(_) | StoreError::DiskFailed { .. } | StoreError::NoHealthyDisk => Status::unavailable(message),
         StoreError::Corrupt { .. } => Status::data_loss(message),
         StoreError::ShuttingDown => Status::unavailable(message),
         StoreError::OutOfRange { .. } => Status::out_of_range(message),
@@ -206,6 +219,7 @@ impl pb::osd_server::Osd for OsdService {
         authorize(&request, &[Role::Coordinator])?;
         let request = request.into_inner();
         self.check_addressee(request.osd_id)?;
+        self.admit(request.generation).await?;
         if !(MIN_EXTENT_SIZE_BYTES..=MAX_EXTENT_SIZE_BYTES).contains(&request.max_size_bytes) {
             return Err(Status::invalid_argument(format!(
                 "max_size_bytes must be between {MIN_EXTENT_SIZE_BYTES} and {MAX_EXTENT_SIZE_BYTES}"
@@ -346,6 +360,7 @@ impl pb::osd_server::Osd for OsdService {
         authorize(&request, &[Role::Coordinator])?;
         let request = request.into_inner();
         self.check_addressee(request.osd_id)?;
+        self.admit(request.generation).await?;
         let info = self.store.seal(request.extent_id).await.map_err(status_of)?;
         Ok(Response::new(pb::SealResponse { size_bytes: info.size_bytes, record_count: info.record_count }))
     }
@@ -380,6 +395,7 @@ impl pb::osd_server::Osd for OsdService {
         let mut extents = Vec::with_capacity(ids.len());
         for id in ids {
             let info = self.store.extent_info(id).map_err(status_of)?;
+            let disk = self.store.extent_disk(id).map(|uuid| format!("{uuid:032x}")).unwrap_or_default();
             extents.push(match info {
                 Some(info) => pb::ExtentInfo {
                     extent_id: id,
@@ -387,8 +403,9 @@ impl pb::osd_server::Osd for OsdService {
                     sealed: info.sealed,
                     size_bytes: info.size_bytes,
                     record_count: info.record_count,
+                    disk,
                 },
-                None => pb::ExtentInfo { extent_id: id, found: false, ..Default::default() },
+                None => pb::ExtentInfo { extent_id: id, found: false, disk, ..Default::default() },
             });
         }
         Ok(Response::new(pb::ExtentStatusResponse { extents }))
@@ -444,6 +461,7 @@ impl pb::osd_server::Osd for OsdService {
             None => return Err(Status::invalid_argument("empty whole-extent write")),
         };
         self.check_addressee(header.osd_id)?;
+        self.admit(header.generation).await?;
         let kind = whole_kind(header.kind)?;
         if header.size_bytes > MAX_WHOLE_EXTENT_BYTES {
             return Err(Status::invalid_argument(format!("an extent of {} bytes is too large", header.size_bytes)));
@@ -503,6 +521,7 @@ impl pb::osd_server::Osd for OsdService {
         authorize(&request, &[Role::Coordinator])?;
         let request = request.into_inner();
         self.check_addressee(request.osd_id)?;
+        self.admit(request.generation).await?;
         let store = self.store.clone();
         let existed = blocking(move || store.delete_whole(request.extent_id)).await?;
         Ok(Response::new(pb::DeleteExtentResponse { existed }))

@@ -4,10 +4,11 @@
 
 use std::time::Duration;
 
-use pocket_rpc_client::{CoordinatorClient, Registration};
+use pocket_rpc_client::{CoordinatorClient, DiskState, Registration};
 use pocket_worker::{Backoff, Job, JobError, Step};
 
 use crate::config::OsdConfig;
+use crate::fence::Fence;
 use crate::store::Store;
 
 /// First wait after a failed registration; it doubles up to [`MAX_BACKOFF`].
@@ -19,29 +20,55 @@ pub struct HeartbeatJob {
     config: OsdConfig,
     advertise: String,
     store: Store,
+    /// Learns the leadership generation from every answer (ADR 19).
+    fence: Fence,
     coordinator: CoordinatorClient,
     /// The coordinator's heartbeat interval, once registered.
     registered: Option<Duration>,
 }
 
 impl HeartbeatJob {
-    pub fn new(config: OsdConfig, coordinator: CoordinatorClient, advertise: String, store: Store) -> HeartbeatJob {
-        HeartbeatJob { config, advertise, store, coordinator, registered: None }
+    pub fn new(config: OsdConfig, coordinator: CoordinatorClient, advertise: String, store: Store, fence: Fence) -> HeartbeatJob {
+        HeartbeatJob { config, advertise, store, fence, coordinator, registered: None }
+    }
+
+    async fn learn(&self, generation: u64) -> Result<(), JobError> {
+        self.fence.learn(generation).await.map_err(|error| JobError::new(error.to_string()))
+    }
+
+    /// Checks every disk by path (and the test-only fault hook), then
+    /// reports each one's state.
+    async fn disks(&self) -> Vec<DiskState> {
+        let store = self.store.clone();
+        let fault_injection = self.config.fault_injection;
+        tokio::task::spawn_blocking(move || {
+            store.check_disks(fault_injection);
+            store
+                .disks()
+                .into_iter()
+                .map(|disk| DiskState { uuid: format!("{:032x}", disk.uuid), failed: disk.failed })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
     }
 
     async fn register(&mut self) -> Result<Step, JobError> {
+        let disks = self.disks().await;
         let registration = Registration {
             osd_id: self.config.osd_id,
             grpc_addr: self.advertise.clone(),
             failure_domain: self.config.failure_domain(),
             capacity_bytes: self.store.capacity_bytes(),
             used_bytes: self.store.used_bytes(),
+            disks,
         };
         let registered = self
             .coordinator
             .rpc_register(registration)
             .await
             .map_err(|error| JobError::new(format!("registration failed: {error}")))?;
+        self.learn(registered.generation).await?;
         let interval = Duration::from_millis(registered.heartbeat_interval_ms.clamp(100, 60_000));
         tracing::info!(osd_id = self.config.osd_id, cell_id = registered.cell_id, "registered with coordinator");
         self.registered = Some(interval);
@@ -49,10 +76,14 @@ impl HeartbeatJob {
     }
 
     async fn beat(&mut self, interval: Duration) -> Result<Step, JobError> {
-        let beat = self.coordinator.rpc_heartbeat(self.config.osd_id, self.store.used_bytes(), self.store.capacity_bytes());
+        let disks = self.disks().await;
+        let beat = self.coordinator.rpc_heartbeat(self.config.osd_id, self.store.used_bytes(), self.store.capacity_bytes(), &disks);
         match beat.await {
-            Ok(true) => Ok(Step::Idle(interval)),
-            Ok(false) => {
+            Ok((true, generation)) => {
+                self.learn(generation).await?;
+                Ok(Step::Idle(interval))
+            }
+            Ok((false, _)) => {
                 // Forgotten (e.g. a new cell database): register again now.
                 self.registered = None;
                 Ok(Step::Busy)

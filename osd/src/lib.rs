@@ -28,6 +28,7 @@ pub mod io;
 pub mod meta;
 
 mod config;
+mod fence;
 mod grpc;
 mod heartbeat;
 mod store;
@@ -91,13 +92,15 @@ pub async fn run(
 
     let advertise = config.advertise_addr.clone().unwrap_or_else(|| local_addr.to_string());
     let tls = pocket_transport::Tls::load(&config.tls).map_err(RunError::LoadTls)?;
-    let service = grpc::OsdService::new(store.clone(), &config);
-    let coordinator = pocket_rpc_client::CoordinatorClient::connect(&tls, &config.coordinator).map_err(RunError::CoordinatorAddress)?;
+    let fence = fence::Fence::open(&config.disks);
+    tracing::info!(osd_id, generation = fence.highest(), "coordinator generation obeyed");
+    let service = grpc::OsdService::new(store.clone(), fence.clone(), &config);
+    let coordinator = pocket_rpc_client::CoordinatorClient::connect_any(&tls, &config.coordinator_addrs()).map_err(RunError::CoordinatorAddress)?;
     // Background jobs (ADR 16).
     // The OSD's background budget: unused until the scrubber (issue 20).
     pocket_worker::Registry::global().set_budget(pocket_worker::Budget::new(pocket_worker::BudgetConfig::default()));
     let mut workers = pocket_worker::Runner::new(pocket_worker::Registry::global().clone());
-    workers.start(heartbeat::HeartbeatJob::new(config.clone(), coordinator, advertise, store.clone()));
+    workers.start(heartbeat::HeartbeatJob::new(config.clone(), coordinator, advertise, store.clone(), fence));
 
     let settings = pocket_transport::ServerSettings {
         caps: pocket_transport::ConnectionCaps::default(),

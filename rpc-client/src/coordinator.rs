@@ -1,13 +1,15 @@
 //! The outbound calls to the coordinator.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use pocket_proto::{pb, BucketId, CellId, ExtentId, OsdId};
 use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::error::CoordinatorError;
-use crate::{CELL_STATUS_TIMEOUT, COORDINATOR_CALL_TIMEOUT};
+use crate::{CELL_STATUS_TIMEOUT, COORDINATOR_CALL_TIMEOUT, HEARTBEAT_TIMEOUT};
 
 /// One extent of a bucket's volume on one OSD: a replica (replicated
 /// volume) or a shard (erasure-coded volume).
@@ -57,6 +59,28 @@ pub struct Registration {
     pub failure_domain: String,
     pub capacity_bytes: u64,
     pub used_bytes: u64,
+    /// Every disk the OSD has now.
+    pub disks: Vec<DiskState>,
+}
+
+/// One disk of an OSD as it reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskState {
+    /// The uuid in its `POCKET_DISK`, 32 hex digits.
+    pub uuid: String,
+    /// Why the OSD failed it, if it did.
+    pub failed: Option<String>,
+}
+
+fn disk_states(disks: &[DiskState]) -> Vec<pb::DiskState> {
+    disks
+        .iter()
+        .map(|disk| pb::DiskState {
+            uuid: disk.uuid.clone(),
+            failed: disk.failed.is_some(),
+            reason: disk.failed.clone().unwrap_or_default(),
+        })
+        .collect()
 }
 
 /// The coordinator's answer to a registration.
@@ -64,6 +88,8 @@ pub struct Registration {
 pub struct Registered {
     pub cell_id: CellId,
     pub heartbeat_interval_ms: u64,
+    /// The leadership generation the OSD must refuse anything older than.
+    pub generation: u64,
 }
 
 /// One OSD as the coordinator sees it.
@@ -72,6 +98,8 @@ pub struct OsdStatus {
     pub osd_id: OsdId,
     pub grpc_addr: String,
     pub alive: bool,
+    /// `up`, `down` or `out`.
+    pub health: String,
     pub used_bytes: u64,
     pub capacity_bytes: u64,
 }
@@ -88,18 +116,51 @@ pub struct CellStatus {
     pub sealed_logical_bytes: u64,
     pub data_shards: u32,
     pub parity_shards: u32,
+    pub repair: RepairStatus,
+    /// The coordinator leading the cell (empty: none yet), its address and
+    /// generation, and the coordinator that answered.
+    pub leader: String,
+    pub leader_addr: String,
+    pub generation: u64,
+    pub answered_by: String,
+}
+
+/// Redundancy and repair, from `Coordinator.CellStatus`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepairStatus {
+    /// Copies or shards missing (0 = full redundancy) → (logical extents, bytes).
+    pub levels: BTreeMap<u32, (u64, u64)>,
+    pub queue_extents: u64,
+    pub queue_bytes: u64,
+    pub in_flight: u64,
+    pub oldest_wait_ms: u64,
+    pub bytes_per_sec: u64,
+    pub repaired_bytes_total: u64,
+    pub repaired_total: u64,
+    /// The background byte rate in force; 0 = no limit.
+    pub background_bytes_per_sec: u64,
 }
 
 /// The outbound calls to the coordinator. Cloning clones a channel handle.
 #[derive(Clone)]
 pub struct CoordinatorClient {
-    grpc: pb::coordinator_client::CoordinatorClient<Channel>,
+    /// One client per coordinator of the cell (ADR 19): every one answers,
+    /// the leader and its standbys alike.
+    endpoints: Arc<Vec<pb::coordinator_client::CoordinatorClient<Channel>>>,
+    /// The endpoint that answered last: tried first.
+    current: Arc<AtomicUsize>,
 }
 
 fn with_deadline<T>(message: T, timeout: std::time::Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
     request
+}
+
+/// Whether another coordinator should be tried: this one is not reachable
+/// (a failed connection comes back as UNKNOWN "transport error").
+fn unreachable(status: &tonic::Status) -> bool {
+    matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown)
 }
 
 fn error(status: tonic::Status) -> CoordinatorError {
@@ -129,13 +190,65 @@ fn bucket_of(placement: pb::BucketPlacement) -> Bucket {
     }
 }
 
+fn repair_status(repair: pb::RepairStatus) -> RepairStatus {
+    RepairStatus {
+        levels: repair.levels.into_iter().map(|level| (level.missing, (level.extents, level.bytes))).collect(),
+        queue_extents: repair.queue_extents,
+        queue_bytes: repair.queue_bytes,
+        in_flight: repair.in_flight,
+        oldest_wait_ms: repair.oldest_wait_ms,
+        bytes_per_sec: repair.bytes_per_sec,
+        repaired_bytes_total: repair.repaired_bytes_total,
+        repaired_total: repair.repaired_total,
+        background_bytes_per_sec: repair.background_bytes_per_sec,
+    }
+}
+
 impl CoordinatorClient {
     /// A client of the coordinator at `addr`; TLS refuses any other server.
     /// The connection is made on the first call.
     pub fn connect(tls: &pocket_transport::Tls, addr: &str) -> Result<CoordinatorClient, CoordinatorError> {
+        CoordinatorClient::connect_any(tls, &[addr.to_string()])
+    }
+
+    /// A client of the cell's coordinators at `addrs`: a call goes to the
+    /// one that answered last, and on to the next while one is unreachable.
+    pub fn connect_any(tls: &pocket_transport::Tls, addrs: &[String]) -> Result<CoordinatorClient, CoordinatorError> {
+        if addrs.is_empty() {
+            return Err(CoordinatorError::Address("no coordinator address".into()));
+        }
         let name = pocket_transport::role_dns_name(pocket_transport::Role::Coordinator);
-        let channel = tls.channel(addr, &name).map_err(|e| CoordinatorError::Address(e.to_string()))?;
-        Ok(CoordinatorClient { grpc: pb::coordinator_client::CoordinatorClient::new(channel) })
+        let endpoints = addrs
+            .iter()
+            .map(|addr| {
+                let channel = tls.channel(addr, &name).map_err(|e| CoordinatorError::Address(e.to_string()))?;
+                Ok(pb::coordinator_client::CoordinatorClient::new(channel))
+            })
+            .collect::<Result<Vec<_>, CoordinatorError>>()?;
+        Ok(CoordinatorClient { endpoints: Arc::new(endpoints), current: Arc::new(AtomicUsize::new(0)) })
+    }
+
+    /// Runs `call` on the endpoint that answered last, then on each other
+    /// one while the answer is that the coordinator is unreachable.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
+    where
+        F: Fn(pb::coordinator_client::CoordinatorClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let n = self.endpoints.len();
+        let first = self.current.load(Ordering::Relaxed) % n;
+        let mut last = None;
+        for i in 0..n {
+            let index = (first + i) % n;
+            match call(self.endpoints[index].clone()).await {
+                Err(status) if unreachable(&status) => last = Some(status),
+                result => {
+                    self.current.store(index, Ordering::Relaxed);
+                    return result;
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| tonic::Status::unavailable("no coordinator")))
     }
 
     /// `Coordinator.RegisterOsd`.
@@ -146,22 +259,45 @@ impl CoordinatorClient {
             failure_domain: osd.failure_domain,
             capacity_bytes: osd.capacity_bytes,
             used_bytes: osd.used_bytes,
+            disks: disk_states(&osd.disks),
         };
-        let response = self.grpc.clone().register_osd(request).await.map_err(error)?.into_inner();
-        Ok(Registered { cell_id: response.cell_id, heartbeat_interval_ms: response.heartbeat_interval_ms })
+        let response = self.call(|mut grpc| {
+            let request = request.clone();
+            async move { grpc.register_osd(with_deadline(request, COORDINATOR_CALL_TIMEOUT)).await }
+        }).await.map_err(error)?.into_inner();
+        Ok(Registered {
+            cell_id: response.cell_id,
+            heartbeat_interval_ms: response.heartbeat_interval_ms,
+            generation: response.generation,
+        })
     }
 
     /// `Coordinator.Heartbeat`; returns whether the coordinator knows the
-    /// OSD (false: register again).
-    pub async fn rpc_heartbeat(&self, osd_id: OsdId, used_bytes: u64, capacity_bytes: u64) -> Result<bool, CoordinatorError> {
-        let request = pb::HeartbeatRequest { osd_id, used_bytes, capacity_bytes };
-        Ok(self.grpc.clone().heartbeat(request).await.map_err(error)?.into_inner().known)
+    /// OSD (false: register again) and the leadership generation.
+    pub async fn rpc_heartbeat(
+        &self,
+        osd_id: OsdId,
+        used_bytes: u64,
+        capacity_bytes: u64,
+        disks: &[DiskState],
+    ) -> Result<(bool, u64), CoordinatorError> {
+        let request = pb::HeartbeatRequest { osd_id, used_bytes, capacity_bytes, disks: disk_states(disks) };
+        let response = self.call(|mut grpc| {
+            let request = request.clone();
+            async move { grpc.heartbeat(with_deadline(request, HEARTBEAT_TIMEOUT)).await }
+        }).await.map_err(error)?.into_inner();
+        Ok((response.known, response.generation))
     }
 
     /// `Coordinator.WritableBuckets`: the cell's id and its open buckets.
     pub async fn rpc_writable_buckets(&self) -> Result<(CellId, Vec<Bucket>), CoordinatorError> {
-        let request = with_deadline(pb::WritableBucketsRequest {}, COORDINATOR_CALL_TIMEOUT);
-        let response = self.grpc.clone().writable_buckets(request).await.map_err(error)?.into_inner();
+        let response = self
+            .call(|mut grpc| async move {
+                grpc.writable_buckets(with_deadline(pb::WritableBucketsRequest {}, COORDINATOR_CALL_TIMEOUT)).await
+            })
+            .await
+            .map_err(error)?
+            .into_inner();
         Ok((response.cell_id, response.buckets.into_iter().map(bucket_of).collect()))
     }
 
@@ -173,14 +309,19 @@ impl CoordinatorClient {
             BucketProblem::ReplicaFailed => pb::BucketProblem::ReplicaFailed,
         };
         let request = pb::ReportBucketRequest { bucket_id, problem: problem as i32, osd_id, detail };
-        self.grpc.clone().report_bucket(request).await.map_err(error)?;
+        self.call(|mut grpc| {
+            let request = request.clone();
+            async move { grpc.report_bucket(with_deadline(request, COORDINATOR_CALL_TIMEOUT)).await }
+        }).await.map_err(error)?;
         Ok(())
     }
 
     /// `Coordinator.LocateBucket`.
     pub async fn rpc_locate(&self, bucket_id: BucketId) -> Result<Bucket, CoordinatorError> {
-        let request = with_deadline(pb::LocateBucketRequest { bucket_id }, COORDINATOR_CALL_TIMEOUT);
-        let response = self.grpc.clone().locate_bucket(request).await.map_err(|status| match status.code() {
+        let call = |mut grpc: pb::coordinator_client::CoordinatorClient<Channel>| async move {
+            grpc.locate_bucket(with_deadline(pb::LocateBucketRequest { bucket_id }, COORDINATOR_CALL_TIMEOUT)).await
+        };
+        let response = self.call(call).await.map_err(|status| match status.code() {
             Code::NotFound => CoordinatorError::UnknownBucket(bucket_id),
             _ => error(status),
         })?;
@@ -190,8 +331,11 @@ impl CoordinatorClient {
 
     /// `Coordinator.CellStatus`.
     pub async fn rpc_status(&self) -> Result<CellStatus, CoordinatorError> {
-        let request = with_deadline(pb::CellStatusRequest {}, CELL_STATUS_TIMEOUT);
-        let status = self.grpc.clone().cell_status(request).await.map_err(error)?.into_inner();
+        let status = self
+            .call(|mut grpc| async move { grpc.cell_status(with_deadline(pb::CellStatusRequest {}, CELL_STATUS_TIMEOUT)).await })
+            .await
+            .map_err(error)?
+            .into_inner();
         Ok(CellStatus {
             cell_id: status.cell_id,
             osds: status
@@ -201,6 +345,7 @@ impl CoordinatorClient {
                     osd_id: osd.osd_id,
                     grpc_addr: osd.grpc_addr,
                     alive: osd.alive,
+                    health: osd.health,
                     used_bytes: osd.used_bytes,
                     capacity_bytes: osd.capacity_bytes,
                 })
@@ -210,6 +355,20 @@ impl CoordinatorClient {
             sealed_logical_bytes: status.sealed_logical_bytes,
             data_shards: status.data_shards,
             parity_shards: status.parity_shards,
+            repair: status.repair.map(repair_status).unwrap_or_default(),
+            leader: status.leader,
+            leader_addr: status.leader_addr,
+            generation: status.generation,
+            answered_by: status.answered_by,
         })
+    }
+
+    /// `Coordinator.SetBackgroundRate` (operators): the byte rate repair and
+    /// erasure coding share; 0 = no limit.
+    pub async fn rpc_set_background_rate(&self, bytes_per_sec: u64) -> Result<u64, CoordinatorError> {
+        let call = |mut grpc: pb::coordinator_client::CoordinatorClient<Channel>| async move {
+            grpc.set_background_rate(with_deadline(pb::SetBackgroundRateRequest { bytes_per_sec }, COORDINATOR_CALL_TIMEOUT)).await
+        };
+        Ok(self.call(call).await.map_err(error)?.into_inner().bytes_per_sec)
     }
 }

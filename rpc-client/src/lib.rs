@@ -24,7 +24,9 @@ mod osd;
 
 use std::time::Duration;
 
-pub use coordinator::{Bucket, BucketProblem, CellStatus, CoordinatorClient, EcShape, OsdStatus, Registered, Registration, Replica};
+pub use coordinator::{
+    Bucket, BucketProblem, CellStatus, CoordinatorClient, DiskState, EcShape, OsdStatus, Registered, Registration, RepairStatus, Replica,
+};
 pub use error::{CoordinatorError, OsdError};
 pub use osd::{ExtentKind, ExtentReader, ExtentStatus, ExtentWriter, OsdClient, OsdClients, VerifiedExtent};
 
@@ -36,6 +38,9 @@ pub const MAX_CACHED_CHANNELS: usize = 4_096;
 /// Deadline of a call to the coordinator on the request path (writable
 /// buckets, locate): a PUT or GET must not wait for a stalled coordinator.
 pub const COORDINATOR_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of an OSD's heartbeat: well inside the down threshold, so that
+/// a coordinator that hangs is passed over for another in time.
+pub const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Deadline of `Coordinator.CellStatus` (it sums the whole cell database).
 pub const CELL_STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of one lifecycle call (CreateExtent, Seal) to an OSD: a stalled

@@ -1,5 +1,8 @@
 //! The outbound calls to OSDs.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use pocket_proto::framed::{self, Frames};
 use pocket_proto::{pb, Body, BodyCollector, ExtentId, Key, OsdId};
@@ -20,11 +23,20 @@ const WRITER_QUEUE_MESSAGES: usize = 4;
 /// A process's clients of its cell's OSDs, over one channel cache.
 pub struct OsdClients {
     channels: Channels,
+    /// The coordinator leadership's generation its mutating calls carry
+    /// (ADR 19); 0 for processes that make none.
+    generation: Arc<AtomicU64>,
 }
 
 impl OsdClients {
     pub fn new(tls: pocket_transport::Tls) -> OsdClients {
-        OsdClients { channels: Channels::new(tls) }
+        OsdClients { channels: Channels::new(tls), generation: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// Clients whose mutating calls (create, seal, whole writes, delete)
+    /// carry the generation `generation` holds when each call is made.
+    pub fn with_generation(tls: pocket_transport::Tls, generation: Arc<AtomicU64>) -> OsdClients {
+        OsdClients { channels: Channels::new(tls), generation }
     }
 
     /// The client of OSD `osd_id` at `grpc_addr`; TLS refuses any other server.
@@ -34,7 +46,7 @@ impl OsdClients {
             addr: grpc_addr.to_string(),
             detail: e.to_string(),
         })?;
-        Ok(OsdClient { osd_id, addr: grpc_addr.to_string(), channel })
+        Ok(OsdClient { osd_id, addr: grpc_addr.to_string(), channel, generation: self.generation.clone() })
     }
 }
 
@@ -56,13 +68,16 @@ pub struct VerifiedExtent {
 }
 
 /// One extent as `Osd.ExtentStatus` reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtentStatus {
     pub extent_id: ExtentId,
     pub found: bool,
     pub sealed: bool,
     pub size_bytes: u64,
     pub record_count: u64,
+    /// The uuid of the disk holding it, also when that disk failed; empty
+    /// if the OSD does not know the extent.
+    pub disk: String,
 }
 
 /// The outbound calls to one OSD. Cloning clones a channel handle.
@@ -71,6 +86,7 @@ pub struct OsdClient {
     osd_id: OsdId,
     addr: String,
     channel: Channel,
+    generation: Arc<AtomicU64>,
 }
 
 fn with_deadline<T>(message: T, timeout: std::time::Duration) -> tonic::Request<T> {
@@ -82,6 +98,10 @@ fn with_deadline<T>(message: T, timeout: std::time::Duration) -> tonic::Request<
 impl OsdClient {
     pub fn osd_id(&self) -> OsdId {
         self.osd_id
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     fn grpc(&self) -> pb::osd_client::OsdClient<Channel> {
@@ -111,14 +131,14 @@ impl OsdClient {
 
     /// `Osd.CreateExtent`: a new, empty, open extent of at most `max_size_bytes`.
     pub async fn rpc_create(&self, extent_id: ExtentId, max_size_bytes: u64) -> Result<(), OsdError> {
-        let request = pb::CreateExtentRequest { extent_id, max_size_bytes, osd_id: self.osd_id };
+        let request = pb::CreateExtentRequest { extent_id, max_size_bytes, osd_id: self.osd_id, generation: self.generation() };
         self.grpc().create_extent(with_deadline(request, OSD_LIFECYCLE_TIMEOUT)).await.map_err(|s| self.error(&s))?;
         Ok(())
     }
 
     /// `Osd.Seal`: no more appends; returns the sealed extent's size.
     pub async fn rpc_seal(&self, extent_id: ExtentId) -> Result<u64, OsdError> {
-        let request = pb::SealRequest { extent_id, osd_id: self.osd_id };
+        let request = pb::SealRequest { extent_id, osd_id: self.osd_id, generation: self.generation() };
         let response = self.grpc().seal(with_deadline(request, OSD_LIFECYCLE_TIMEOUT)).await.map_err(|s| self.error(&s))?;
         Ok(response.into_inner().size_bytes)
     }
@@ -245,6 +265,7 @@ impl OsdClient {
                 sealed: info.sealed,
                 size_bytes: info.size_bytes,
                 record_count: info.record_count,
+                disk: info.disk,
             })
             .collect())
     }
@@ -260,7 +281,7 @@ impl OsdClient {
 
     /// `Osd.DeleteExtent`; returns whether the extent existed.
     pub async fn rpc_delete(&self, extent_id: ExtentId) -> Result<bool, OsdError> {
-        let request = pb::DeleteExtentRequest { extent_id, osd_id: self.osd_id };
+        let request = pb::DeleteExtentRequest { extent_id, osd_id: self.osd_id, generation: self.generation() };
         let response = self.grpc().delete_extent(with_deadline(request, DELETE_TIMEOUT)).await.map_err(|s| self.error(&s))?;
         Ok(response.into_inner().existed)
     }
@@ -279,6 +300,7 @@ impl OsdClient {
                 kind: kind as i32,
                 size_bytes,
                 osd_id: self.osd_id,
+                generation: self.generation(),
             })),
         };
         tx.send(header).await.map_err(|_| self.malformed("the write stream closed before its header"))?;

@@ -219,3 +219,16 @@ pub fn put_header(key: &[u8], length_bytes: u64) -> pb::PutRequest {
 pub fn put_chunk(data: &[u8]) -> pb::PutRequest {
     pb::PutRequest { part: Some(pb::put_request::Part::Chunk(Bytes::copy_from_slice(data))) }
 }
+
+/// The cell's state as `pocket cell status --json` reports it, or None
+/// while no coordinator answers within 5 s (one may be restarting).
+pub async fn try_report(pocket: &LocalPocket) -> Option<pocket::cell_status::CellReport> {
+    tokio::time::timeout(Duration::from_secs(5), async {
+        let text = std::fs::read_to_string(pocket.dir.join("operator.toml")).ok()?;
+        let config: pocket_daemon::operator::OperatorConfig = toml::from_str(&text).ok()?;
+        pocket::cell_status::fetch(&config).await.ok()
+    })
+    .await
+    .ok()
+    .flatten()
+}

@@ -83,6 +83,8 @@ struct Inner {
 
 #[derive(Default)]
 struct State {
+    /// The byte rate in force: the configured one until an operator sets another.
+    bytes_per_sec: Option<u64>,
     ops_in_use: usize,
     /// Waiting requests by (tag, sequence number).
     op_waiters: BTreeMap<(u64, u64), Class>,
@@ -164,7 +166,27 @@ pub struct ClassGranted {
 
 impl Budget {
     pub fn new(config: BudgetConfig) -> Budget {
-        Budget { inner: Arc::new(Inner { config, state: Mutex::new(State::default()), changed: Notify::new() }) }
+        let state = State { bytes_per_sec: config.bytes_per_sec, ..State::default() };
+        Budget { inner: Arc::new(Inner { config, state: Mutex::new(state), changed: Notify::new() }) }
+    }
+
+    /// Changes the byte rate from now on (None or 0: no limit). Requests
+    /// waiting are re-examined at once.
+    pub fn set_bytes_per_sec(&self, bytes_per_sec: Option<u64>) {
+        let rate = bytes_per_sec.filter(|rate| *rate > 0);
+        {
+            let mut state = self.inner.lock();
+            state.bytes_per_sec = rate;
+            if let Some(rate) = rate {
+                state.tokens = state.tokens.min(rate as f64 * BURST.as_secs_f64());
+            }
+        }
+        self.inner.changed.notify_waiters();
+    }
+
+    /// The byte rate in force (None: no limit).
+    pub fn bytes_per_sec(&self) -> Option<u64> {
+        self.inner.lock().bytes_per_sec
     }
 
     pub fn config(&self) -> &BudgetConfig {
@@ -216,12 +238,10 @@ impl Budget {
     /// it returns at once. A request larger than a second's worth waits
     /// until the bucket is full and then takes it into debt.
     pub async fn bytes(&self, class: Class, bytes: u64) {
-        let Some(rate) = self.inner.config.bytes_per_sec.filter(|rate| *rate > 0) else {
+        if self.bytes_per_sec().is_none() {
             self.inner.lock().bytes_granted[class.index()] += bytes;
             return;
-        };
-        let rate = rate as f64;
-        let burst = rate * BURST.as_secs_f64();
+        }
         let weight = self.weight(class);
         let key = {
             let mut state = self.inner.lock();
@@ -232,13 +252,20 @@ impl Budget {
             (tag, seq)
         };
         let place = Place { budget: self, key, bytes: true };
-        let need = (bytes as f64).min(burst);
         loop {
             let changed = self.inner.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
             let wait = {
                 let mut state = self.inner.lock();
+                let Some(rate) = state.bytes_per_sec else {
+                    // The limit was lifted while this request waited.
+                    self.grant_bytes(state, place, class, bytes);
+                    return;
+                };
+                let rate = rate as f64;
+                let burst = rate * BURST.as_secs_f64();
+                let need = (bytes as f64).min(burst);
                 let now = Instant::now();
                 let elapsed = state.refilled.map_or(BURST.as_secs_f64(), |at| now.duration_since(at).as_secs_f64());
                 state.tokens = (state.tokens + elapsed * rate).min(burst);
@@ -247,12 +274,7 @@ impl Budget {
                     None
                 } else if state.tokens >= need {
                     state.tokens -= bytes as f64;
-                    state.byte_waiters.remove(&key);
-                    state.byte_clock.system = key.0;
-                    state.bytes_granted[class.index()] += bytes;
-                    drop(state);
-                    std::mem::forget(place);
-                    self.inner.changed.notify_waiters();
+                    self.grant_bytes(state, place, class, bytes);
                     return;
                 } else {
                     Some(Duration::from_secs_f64((need - state.tokens) / rate))
@@ -270,10 +292,21 @@ impl Budget {
         }
     }
 
+    /// Grants a waiting byte request: out of the queue, the system's
+    /// virtual time advanced to its tag, counted; the next waiter may go.
+    fn grant_bytes(&self, mut state: MutexGuard<'_, State>, place: Place<'_>, class: Class, bytes: u64) {
+        state.byte_waiters.remove(&place.key);
+        state.byte_clock.system = place.key.0;
+        state.bytes_granted[class.index()] += bytes;
+        drop(state);
+        std::mem::forget(place);
+        self.inner.changed.notify_waiters();
+    }
+
     pub fn status(&self) -> BudgetStatus {
         let state = self.inner.lock();
         BudgetStatus {
-            config: self.inner.config.clone(),
+            config: BudgetConfig { bytes_per_sec: state.bytes_per_sec, ..self.inner.config.clone() },
             ops_in_use: state.ops_in_use,
             ops_waiting: state.op_waiters.len(),
             bytes_waiting: state.byte_waiters.len(),
@@ -379,6 +412,35 @@ mod tests {
         assert!(took >= Duration::from_millis(380), "1.4 MB at 1 MB/s with a 1 MB burst took only {took:?}");
         let granted = budget.status().granted;
         assert_eq!(granted.iter().map(|g| g.bytes).sum::<u64>(), 1_400_000);
+    }
+
+    #[tokio::test]
+    async fn a_rate_changed_at_runtime_applies_to_requests_already_waiting() {
+        let budget = Budget::new(config(4, Some(1_000), [1; 5]));
+        budget.bytes(Class::Repair, 1_000).await;
+        // 10 MB at 1 kB/s would wait hours.
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.bytes(Class::Repair, 10_000_000).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        budget.set_bytes_per_sec(Some(1_000_000_000));
+        assert_eq!(budget.status().config.bytes_per_sec, Some(1_000_000_000));
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("granted at the new rate").expect("task");
+        // Lifting the limit altogether lets the next request through at once.
+        budget.set_bytes_per_sec(Some(1));
+        // Takes what the bucket holds and more, into debt.
+        budget.bytes(Class::Repair, 1_000).await;
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.bytes(Class::Repair, 1 << 30).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        budget.set_bytes_per_sec(None);
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("no limit").expect("task");
+        assert_eq!(budget.bytes_per_sec(), None);
     }
 
     #[tokio::test]

@@ -201,7 +201,7 @@ impl CellDb {
     /// data position, and an `extents` row per shard (a replica that became
     /// a data shard keeps its row, moved to the new volume). False (and
     /// nothing changed) if any state was not as expected.
-    pub async fn switch_to_ec(&self, volume: &EcVolume) -> Result<bool, DbError> {
+    pub async fn switch_to_ec(&self, volume: &EcVolume, hashes: &[[u8; 32]]) -> Result<bool, DbError> {
         let mut tx = self.pool.begin().await.ctx("begin switch")?;
         let mut changes = vec![(volume.volume_id, VolumeState::Building, VolumeState::Ec)];
         changes.extend(volume.source_volumes().into_iter().map(|id| (id, VolumeState::Encoding, VolumeState::Retiring)));
@@ -209,7 +209,8 @@ impl CellDb {
             tx.rollback().await.ctx("roll back switch")?;
             return Ok(false);
         }
-        for row in &volume.layout {
+        for (i, row) in volume.layout.iter().enumerate() {
+            let blake3 = hashes.get(i).map(hex::encode);
             if let Some(bucket_id) = row.bucket_id {
                 sqlx::query("UPDATE buckets SET volume_id = ?, position = ? WHERE bucket_id = ?")
                     .bind(to_i64(volume.volume_id))
@@ -220,23 +221,25 @@ impl CellDb {
                     .ctx("move bucket")?;
             }
             let moved = sqlx::query(
-                "UPDATE extents SET volume_id = ?, position = ?, sealed_size_bytes = ? WHERE extent_id = ? AND osd_id = ?",
+                "UPDATE extents SET volume_id = ?, position = ?, sealed_size_bytes = ?, blake3 = ? WHERE extent_id = ? AND osd_id = ?",
             )
             .bind(to_i64(volume.volume_id))
             .bind(i64::from(row.position))
             .bind(to_i64(row.size_bytes))
+            .bind(blake3.clone())
             .bind(to_i64(row.extent_id))
             .bind(to_i64(row.osd_id))
             .execute(&mut *tx)
             .await
             .ctx("move reused extent")?;
             if moved.rows_affected() == 0 {
-                sqlx::query("INSERT INTO extents (extent_id, osd_id, volume_id, position, sealed_size_bytes) VALUES (?, ?, ?, ?, ?)")
+                sqlx::query("INSERT INTO extents (extent_id, osd_id, volume_id, position, sealed_size_bytes, blake3) VALUES (?, ?, ?, ?, ?, ?)")
                     .bind(to_i64(row.extent_id))
                     .bind(to_i64(row.osd_id))
                     .bind(to_i64(volume.volume_id))
                     .bind(i64::from(row.position))
                     .bind(to_i64(row.size_bytes))
+                    .bind(blake3)
                     .execute(&mut *tx)
                     .await
                     .ctx("insert ec extent")?;
@@ -259,6 +262,25 @@ impl CellDb {
         }
         tx.commit().await.ctx("commit abandon")?;
         Ok(true)
+    }
+
+    /// Counts one more failed attempt to build `volume_id`; returns the count
+    /// (kept in the database, so a new leader goes on counting).
+    pub async fn count_ec_attempt(&self, volume_id: VolumeId) -> Result<u32, DbError> {
+        let mut tx = self.pool.begin().await.ctx("begin count attempt")?;
+        sqlx::query("UPDATE volumes SET ec_attempts = ec_attempts + 1 WHERE volume_id = ?")
+            .bind(to_i64(volume_id))
+            .execute(&mut *tx)
+            .await
+            .ctx("count attempt")?;
+        let row = sqlx::query("SELECT ec_attempts FROM volumes WHERE volume_id = ?")
+            .bind(to_i64(volume_id))
+            .fetch_one(&mut *tx)
+            .await
+            .ctx("read attempts")?;
+        let attempts = Columns::of(&row, "volumes").u32("ec_attempts")?;
+        tx.commit().await.ctx("commit count attempt")?;
+        Ok(attempts)
     }
 
     /// Layout rows of abandoned erasure-coded volumes: shards to delete.

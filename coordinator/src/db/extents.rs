@@ -50,6 +50,57 @@ impl CellDb {
         Ok(Columns::of(&row, "extents").u64("n")? > 0)
     }
 
+    /// Whether anything still names this copy: an `extents` row, a repair
+    /// writing it, or the layout of an erasure-coded volume being built
+    /// (once switched, its shards are named by `extents` rows, which repair
+    /// moves; its layout is history). Only a copy nothing names may be deleted as garbage.
+    pub async fn copy_is_named(&self, extent_id: ExtentId, osd_id: OsdId) -> Result<bool, DbError> {
+        let row = sqlx::query(
+            "SELECT (SELECT COUNT(*) FROM extents WHERE extent_id = ? AND osd_id = ?) + (SELECT COUNT(*) FROM repairs WHERE extent_id = ? AND target_osd_id = ?) + (SELECT COUNT(*) FROM ec_layout l JOIN volumes v ON l.volume_id = v.volume_id WHERE l.extent_id = ? AND l.osd_id = ? AND v.state = 'building') AS n",
+        )
+        .bind(to_i64(extent_id))
+        .bind(to_i64(osd_id))
+        .bind(to_i64(extent_id))
+        .bind(to_i64(osd_id))
+        .bind(to_i64(extent_id))
+        .bind(to_i64(osd_id))
+        .fetch_one(&self.pool)
+        .await
+        .ctx("check copy names")?;
+        Ok(Columns::of(&row, "extents").u64("n")? > 0)
+    }
+
+    /// Records the BLAKE3 of a copy (a shard verified by its OSD).
+    pub async fn record_extent_hash(&self, extent_id: ExtentId, osd_id: OsdId, blake3: [u8; 32]) -> Result<(), DbError> {
+        sqlx::query("UPDATE extents SET blake3 = ? WHERE extent_id = ? AND osd_id = ?")
+            .bind(hex::encode(blake3))
+            .bind(to_i64(extent_id))
+            .bind(to_i64(osd_id))
+            .execute(&self.pool)
+            .await
+            .ctx("record extent hash")?;
+        Ok(())
+    }
+
+    /// Shards of erasure-coded volumes in service whose BLAKE3 is not
+    /// recorded yet (switched before hashes were kept): (extent, OSD,
+    /// size), at most `limit`.
+    pub async fn shards_without_hash(&self, limit: u32) -> Result<Vec<(ExtentId, OsdId, u64)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT e.extent_id, e.osd_id, e.sealed_size_bytes FROM extents e JOIN volumes v ON e.volume_id = v.volume_id WHERE v.kind = 'ec' AND v.state = 'ec' AND e.blake3 IS NULL ORDER BY e.extent_id LIMIT ?",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .ctx("list shards without hash")?;
+        rows.iter()
+            .map(|row| {
+                let extent = Columns::of(row, "extents");
+                Ok((extent.u64("extent_id")?, extent.u64("osd_id")?, extent.u64("sealed_size_bytes")?))
+            })
+            .collect()
+    }
+
     /// Forgets one copy of an extent of `volume_id` once the OSD deleted it.
     pub async fn delete_extent_row(&self, volume_id: VolumeId, extent_id: ExtentId, osd_id: OsdId) -> Result<(), DbError> {
         sqlx::query("DELETE FROM extents WHERE volume_id = ? AND extent_id = ? AND osd_id = ?")

@@ -9,14 +9,19 @@
 //! Layout, by what each module stores: `osds` (the OSD registry),
 //! `volumes` (volumes and buckets, and the compare-and-set of a volume's
 //! state), `extents` (the stored copies of extents), `ec_layout`
-//! (erasure-coded volumes and their shards);
+//! (erasure-coded volumes and their shards), `meta` (settings an operator changed at runtime), `leadership` (the
+//! leader's lease and generation), `repairs` (lost copies being
+//! rebuilt, and the switch onto their new copy);
 //! `sql` holds what they share (the error type, opening and migrating,
 //! decoding columns; the dialect of a URL is `pocket-sql`'s). Every type
 //! callers use is re-exported here.
 
 mod ec_layout;
 mod extents;
+mod leadership;
+mod meta;
 mod osds;
+mod repairs;
 mod sql;
 mod volumes;
 
@@ -24,7 +29,10 @@ use sqlx::AnyPool;
 
 pub use ec_layout::{EcVolume, LayoutRow, PlannedData};
 pub use extents::StoredExtent;
+pub use leadership::Lease;
+pub use meta::BACKGROUND_BYTES_PER_SEC;
 pub use osds::OsdRow;
+pub use repairs::{RepairRow, RepairedCopy};
 pub use sql::{DbError, RowProblem};
 pub use volumes::{ExtentRow, VolumeKind, VolumeRow, VolumeState};
 

@@ -133,6 +133,19 @@ impl<'r> Columns<'r> {
         self.row.try_get(column).map_err(self.decode_error(column))
     }
 
+    pub(super) fn opt_string(&self, column: &'static str) -> Result<Option<String>, DbError> {
+        self.row.try_get(column).map_err(self.decode_error(column))
+    }
+
+    /// A nullable BLAKE3 hash stored as 64 hex characters.
+    pub(super) fn opt_blake3(&self, column: &'static str) -> Result<Option<[u8; 32]>, DbError> {
+        let Some(text) = self.opt_string(column)? else { return Ok(None) };
+        let mut hash = [0u8; 32];
+        hex::decode_to_slice(&text, &mut hash)
+            .map_err(|_| self.corrupt(column, RowProblem::Unknown { value: text.chars().take(80).collect() }))?;
+        Ok(Some(hash))
+    }
+
     /// A `BIGINT` that is never negative.
     pub(super) fn u64(&self, column: &'static str) -> Result<u64, DbError> {
         let value = self.i64(column)?;

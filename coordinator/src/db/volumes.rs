@@ -114,12 +114,14 @@ impl VolumeKind {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtentRow {
     pub extent_id: ExtentId,
     pub osd_id: OsdId,
     pub position: u32,
     pub sealed_size_bytes: u64,
+    /// The BLAKE3 of the copy's bytes, where recorded (erasure-coded shards).
+    pub blake3: Option<[u8; 32]>,
 }
 
 #[derive(Debug, Clone)]
@@ -223,7 +225,7 @@ impl CellDb {
             buckets: vec![id],
             extents: osds
                 .iter()
-                .map(|osd_id| ExtentRow { extent_id: id, osd_id: *osd_id, position: 0, sealed_size_bytes: 0 })
+                .map(|osd_id| ExtentRow { extent_id: id, osd_id: *osd_id, position: 0, sealed_size_bytes: 0, blake3: None })
                 .collect(),
         })
     }
@@ -271,7 +273,7 @@ impl CellDb {
             .map(|row| Columns::of(row, "buckets").u64("bucket_id"))
             .collect::<Result<Vec<_>, _>>()?;
         let extents = sqlx::query(
-            "SELECT extent_id, osd_id, position, sealed_size_bytes FROM extents WHERE volume_id = ? ORDER BY position, osd_id",
+            "SELECT extent_id, osd_id, position, sealed_size_bytes, blake3 FROM extents WHERE volume_id = ? ORDER BY position, osd_id",
         )
         .bind(to_i64(volume_id))
         .fetch_all(&self.pool)
@@ -285,6 +287,7 @@ impl CellDb {
                 osd_id: extent.u64("osd_id")?,
                 position: extent.u32("position")?,
                 sealed_size_bytes: extent.u64("sealed_size_bytes")?,
+                blake3: extent.opt_blake3("blake3")?,
             })
         })
         .collect::<Result<Vec<_>, DbError>>()?;

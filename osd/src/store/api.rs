@@ -21,7 +21,7 @@ use tracing::{error, info, warn};
 
 use super::error::{io_err, StoreError};
 use super::extent::{open_direct, Extent, ExtentMut};
-use super::layout::{fs_space, open_disk, sync_dir, tmp_path, EXTENTS_DIR};
+use super::layout::{fs_space, open_disk, read_identity, sync_dir, tmp_path, EXTENTS_DIR};
 use super::lock;
 use super::recovery::recover_disk;
 use super::types::{AppendOutcome, DiskInfo, ExtentInfo, SealInfo, StoreOptions};
@@ -58,6 +58,12 @@ pub(super) struct Disk {
     /// Taken (closing the queue) at shutdown.
     tx: Mutex<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    /// Why the disk was failed (never cleared while the process runs): its
+    /// extents are no longer served and it takes no new ones.
+    failed: Mutex<Option<String>>,
+    /// Test-only fault hook: every read and append on this disk fails with
+    /// EIO (set by [`Store::check_disks`] when fault injection is enabled).
+    inject_io_errors: std::sync::atomic::AtomicBool,
 }
 
 impl Disk {
@@ -158,6 +164,8 @@ impl Store {
                 db: Arc::new(db),
                 tx: Mutex::new(Some(tx)),
                 writer: Mutex::new(None),
+                failed: Mutex::new(None),
+                inject_io_errors: std::sync::atomic::AtomicBool::new(false),
             });
         }
         for (index, (disk, rx)) in disks.iter_mut().zip(receivers).enumerate() {
@@ -202,7 +210,7 @@ impl Store {
                 requested_max_size_bytes: max_size_bytes,
             });
         }
-        let disk_index = self.pick_disk();
+        let disk_index = self.pick_disk()?;
         let disk = &self.inner.disks[disk_index];
         let extents_dir = disk.dir.join(EXTENTS_DIR);
         let path = extents_dir.join(format::extent_file_name(id));
@@ -255,12 +263,16 @@ impl Store {
         if ext.snapshot().sealed {
             return Err(StoreError::Sealed(id));
         }
+        let disk = ext.disk;
+        self.injected_fault(disk)?;
         let (resp, rx) = oneshot::channel();
         let tx = self.inner.disks[ext.disk].sender()?;
         tx.send(Request::Append { extent: ext, key, data, resp }).await.map_err(|_| StoreError::ShuttingDown)?;
         // Hold no sender while waiting: shutdown waits for every sender to go.
         drop(tx);
-        rx.await.map_err(|_| StoreError::ShuttingDown)?
+        let result = rx.await.map_err(|_| StoreError::ShuttingDown)?;
+        self.note_io_error(disk, &result);
+        result
     }
 
     /// Seals extent `id`: after every append queued before it, writes the
@@ -321,7 +333,9 @@ impl Store {
         let record_len = RECORD_HEADER_LEN + loc.data_len as usize;
         let permits = u32::try_from(record_len.min(READ_BUFFER_BUDGET_BYTES)).unwrap_or(u32::MAX);
         let _budget = self.inner.read_budget.acquire_many(permits).await.map_err(|_| StoreError::ShuttingDown)?;
-        tokio::task::spawn_blocking(move || {
+        let disk = ext.disk;
+        self.injected_fault(disk)?;
+        let result = tokio::task::spawn_blocking(move || {
             let mut buf = vec![0u8; record_len];
             match ext.file.read_exact_at(&mut buf, loc.offset) {
                 Ok(()) => {}
@@ -345,7 +359,82 @@ impl Store {
             Ok(Bytes::from(buf).slice(RECORD_HEADER_LEN..))
         })
         .await
-        .map_err(|_| StoreError::ShuttingDown)?
+        .map_err(|_| StoreError::ShuttingDown)?;
+        self.note_io_error(disk, &result);
+        result
+    }
+
+    /// The test-only fault hook: EIO (and the disk failed) if injected.
+    fn injected_fault(&self, disk: usize) -> Result<(), StoreError> {
+        if self.inner.disks[disk].inject_io_errors.load(std::sync::atomic::Ordering::Relaxed) {
+            let error = StoreError::Io { context: "injected fault", source: io::Error::from_raw_os_error(libc::EIO) };
+            self.fail_disk(disk, &error.to_string());
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// A disk that returned an I/O error is failed: its data is repaired
+    /// elsewhere rather than trusted.
+    fn note_io_error<T>(&self, disk: usize, result: &Result<T, StoreError>) {
+        if let Err(error @ StoreError::Io { .. }) = result {
+            self.fail_disk(disk, &error.to_string());
+        }
+    }
+
+    /// Fails disk `index` for `reason` (the first reason stays): its
+    /// extents are no longer served, and no new extent goes to it.
+    pub fn fail_disk(&self, index: usize, reason: &str) {
+        let disk = &self.inner.disks[index];
+        let mut failed = lock(&disk.failed);
+        if failed.is_none() {
+            error!(disk = %disk.dir.display(), reason, "disk failed: its extents are no longer served");
+            metrics::counter!("pocket_osd_disks_failed_total").increment(1);
+            *failed = Some(reason.to_string());
+        }
+    }
+
+    /// The uuid of the disk holding extent or parity extent `id`, whether
+    /// or not that disk failed; None if this OSD never had it (or lost it
+    /// with a disk that was replaced).
+    pub fn extent_disk(&self, id: ExtentId) -> Option<u128> {
+        let index = {
+            let map = self.inner.extents.read().unwrap_or_else(|p| p.into_inner());
+            map.get(&id).map(|ext| ext.disk)
+        };
+        let index = index.or_else(|| self.whole_extents().parity().get(&id).map(|parity| parity.disk))?;
+        Some(self.inner.disks[index].uuid)
+    }
+
+    /// Why disk `index` failed, if it did.
+    pub fn disk_failure(&self, index: usize) -> Option<String> {
+        lock(&self.inner.disks[index].failed).clone()
+    }
+
+    /// Checks every disk by path: its directory and identity file must still
+    /// be there and name the disk that was opened (open descriptors keep
+    /// working after a directory is removed, so they prove nothing). With
+    /// `fault_injection`, a file `DISK.inject-eio` beside a disk makes its
+    /// reads and appends fail with EIO (tests only). Blocking.
+    pub fn check_disks(&self, fault_injection: bool) {
+        for (index, disk) in self.inner.disks.iter().enumerate() {
+            if lock(&disk.failed).is_some() {
+                continue;
+            }
+            match read_identity(&disk.dir) {
+                Ok(uuid) if uuid == disk.uuid => {}
+                Ok(uuid) => self.fail_disk(index, &format!("identity changed to {uuid:032x} behind the OSD's back")),
+                Err(reason) => self.fail_disk(index, &format!("identity unreadable: {reason}")),
+            }
+            if fault_injection {
+                let mut trigger = disk.dir.clone().into_os_string();
+                trigger.push(".inject-eio");
+                let inject = std::path::Path::new(&trigger).exists();
+                disk.inject_io_errors.store(inject, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let failed = self.inner.disks.iter().filter(|disk| lock(&disk.failed).is_some()).count();
+        metrics::gauge!("pocket_osd_disks_failed").set(failed as f64);
     }
 
     /// Whether extent `id` holds `key`, from metadata only (no extent I/O).
@@ -422,6 +511,7 @@ impl Store {
                     used_bytes: on_disk.iter().map(|e| e.snapshot().size_bytes).sum(),
                     capacity_bytes: space.map_or(0, |s| s.total_bytes),
                     free_bytes: space.map_or(0, |s| s.free_bytes),
+                    failed: lock(&d.failed).clone(),
                 }
             })
             .collect()
@@ -461,7 +551,18 @@ impl Drop for Inner {
 impl Store {
     pub(super) fn extent(&self, id: ExtentId) -> Result<Arc<Extent>, StoreError> {
         let map = self.inner.extents.read().unwrap_or_else(|p| p.into_inner());
-        map.get(&id).cloned().ok_or(StoreError::UnknownExtent(id))
+        let ext = map.get(&id).cloned().ok_or(StoreError::UnknownExtent(id))?;
+        drop(map);
+        self.check_disk_ok(ext.disk)?;
+        Ok(ext)
+    }
+
+    /// An error if disk `index` failed.
+    pub(super) fn check_disk_ok(&self, index: usize) -> Result<(), StoreError> {
+        match lock(&self.inner.disks[index].failed).as_ref() {
+            None => Ok(()),
+            Some(reason) => Err(StoreError::DiskFailed { disk: self.inner.disks[index].dir.clone(), reason: reason.clone() }),
+        }
     }
 
     /// Starts serving a loaded extent.
@@ -476,7 +577,7 @@ impl Store {
 
     /// The disk a new extent goes to: the one holding the fewest extents,
     /// then the one with the most free space.
-    pub(super) fn pick_disk(&self) -> usize {
+    pub(super) fn pick_disk(&self) -> Result<usize, StoreError> {
         let mut counts = vec![0u64; self.inner.disks.len()];
         for ext in self.inner.extents.read().unwrap_or_else(|p| p.into_inner()).values() {
             counts[ext.disk] += 1;
@@ -484,8 +585,9 @@ impl Store {
         let free: Vec<u64> =
             self.inner.disks.iter().map(|d| fs_space(&d.dir).map(|s| s.free_bytes).unwrap_or(0)).collect();
         (0..self.inner.disks.len())
+            .filter(|&i| lock(&self.inner.disks[i].failed).is_none())
             .min_by_key(|&i| (counts[i], std::cmp::Reverse(free[i])))
-            .expect("a store has at least one disk")
+            .ok_or(StoreError::NoHealthyDisk)
     }
 
     /// Disk number `index`, in the order the disks were given to [`Store::open`].

@@ -10,6 +10,12 @@ use pocket_proto::{ExtentId, Key};
 pub enum StoreError {
     #[error("unknown extent {0}")]
     UnknownExtent(ExtentId),
+    /// The disk holding the extent was failed (gone, replaced, or returning
+    /// I/O errors): nothing on it is served.
+    #[error("disk {} failed: {reason}", disk.display())]
+    DiskFailed { disk: std::path::PathBuf, reason: String },
+    #[error("no disk of this OSD is healthy")]
+    NoHealthyDisk,
     #[error("extent {extent} is full: {size_bytes} bytes + a {record_bytes}-byte record > {max_size_bytes}")]
     ExtentFull { extent: ExtentId, size_bytes: u64, record_bytes: u64, max_size_bytes: u64 },
     #[error("extent {0} is sealed")]

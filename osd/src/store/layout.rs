@@ -112,6 +112,15 @@ fn load_or_create_identity(dir: &Path) -> Result<u128, StoreError> {
     }
 }
 
+/// Reads the uuid of the disk at `dir` by path (not through any open
+/// descriptor): what a disk health check compares with the uuid the disk
+/// was opened with. An error if the file is gone, unreadable or malformed.
+pub(super) fn read_identity(dir: &Path) -> Result<u128, String> {
+    let path = dir.join(DISK_IDENTITY_FILE);
+    let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    parse_identity(&text).map_err(|reason| format!("{}: {reason}", path.display()))
+}
+
 fn parse_identity(text: &str) -> Result<u128, &'static str> {
     let mut lines = text.lines();
     if lines.next() != Some(DISK_IDENTITY_MAGIC) {

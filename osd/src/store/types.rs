@@ -92,4 +92,6 @@ pub struct DiskInfo {
     pub used_bytes: u64,
     pub capacity_bytes: u64,
     pub free_bytes: u64,
+    /// Why the disk was failed, if it was.
+    pub failed: Option<String>,
 }

@@ -65,7 +65,7 @@ pub struct WholeInfo {
 
 /// A parity extent: raw bytes, their length and BLAKE3 kept in RocksDB.
 pub(super) struct ParityExtent {
-    disk: usize,
+    pub(super) disk: usize,
     file: File,
     size_bytes: u64,
     blake3: [u8; 32],
@@ -89,7 +89,7 @@ impl WholeExtents {
         WholeExtents { parity: RwLock::new(parity), writes: Mutex::new(HashSet::new()) }
     }
 
-    fn parity(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ExtentId, Arc<ParityExtent>>> {
+    pub(super) fn parity(&self) -> std::sync::RwLockReadGuard<'_, HashMap<ExtentId, Arc<ParityExtent>>> {
         self.parity.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -248,7 +248,8 @@ impl Drop for WholeWrite {
 
 impl Store {
     pub(super) fn parity_extent(&self, id: ExtentId) -> Option<Arc<ParityExtent>> {
-        self.whole_extents().parity().get(&id).cloned()
+        // A parity extent on a failed disk is not served.
+        self.whole_extents().parity().get(&id).cloned().filter(|parity| self.check_disk_ok(parity.disk).is_ok())
     }
 
     /// Starts receiving extent `id` whole (`size_bytes` of it). Refuses a
@@ -278,7 +279,7 @@ impl Store {
             (_, None, None) => {}
             _ => return Err(StoreError::ContentConflict(id)),
         }
-        let disk_index = self.pick_disk();
+        let disk_index = self.pick_disk()?;
         let disk = self.disk(disk_index);
         let free = fs_space(disk.dir()).map(|s| s.free_bytes).unwrap_or(0);
         if free < size_bytes.saturating_add(FREE_SPACE_MARGIN_BYTES) {

@@ -1,0 +1,189 @@
+//! Self-healing against real `pocket` processes (issue 19): an OSD killed
+//! for good goes down, then out, and every copy it held is rebuilt on the
+//! others, verified, until the cell is back at full redundancy with every
+//! blob intact; the background byte rate is an operator's to set.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::{assert_all_readable, signal, try_report, LocalPocket, UpOptions};
+use pocket::cell_status::CellReport;
+use pocket_proto::{pb, Key};
+use pocket_transport::Role;
+use rand::{Rng, SeedableRng};
+
+/// Five OSDs, three replicas, no erasure coding; down after 2 s of
+/// silence, out after 5 s.
+fn healing_cell() -> UpOptions {
+    UpOptions {
+        osds: 5,
+        extent_size: "2MiB",
+        extra: [
+            "--max-blob-size",
+            "512KiB",
+            "--no-erasure",
+            "--osd-down-after",
+            "2s",
+            "--osd-out-after",
+            "5s",
+        ]
+        .map(String::from)
+        .to_vec(),
+    }
+}
+
+
+/// Waits until `done` holds of the cell's report.
+async fn wait_for(pocket: &LocalPocket, what: &str, within: Duration, done: impl Fn(&CellReport) -> bool) -> CellReport {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    loop {
+        if let Some(report) = try_report(pocket).await {
+            if done(&report) {
+                return report;
+            }
+            last = Some(report);
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}; last report: {last:#?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+fn closed(report: &CellReport) -> u64 {
+    report.volumes.get("replicated/closed").copied().unwrap_or(0)
+}
+
+async fn put_blobs(pocket: &LocalPocket, count: usize, rng: &mut impl Rng) -> Vec<(Key, Bytes)> {
+    let mut stored = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut data = vec![0u8; rng.random_range(100_000..400_000)];
+        rng.fill_bytes(&mut data);
+        let data = Bytes::from(data);
+        let (key, _) = pocket.client.put(data.clone()).await.expect("put");
+        assert_eq!(key, Key::of(&data));
+        stored.push((key, data));
+    }
+    stored
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_osd_killed_for_good_is_repaired_to_full_redundancy() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pocket");
+    let pocket = LocalPocket::start(&dir, healing_cell()).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(19);
+    // About 15 MiB: several closed volumes, and two open ones.
+    let mut stored = put_blobs(&pocket, 60, &mut rng).await;
+    let before = wait_for(&pocket, "volumes closed", Duration::from_secs(60), |r| closed(r) >= 4).await;
+    assert!(before.redundancy.full(), "a healthy cell is at full redundancy: {:#?}", before.redundancy);
+
+    // OSD 1 dies and stays dead.
+    std::fs::create_dir_all(dir.join("hold")).expect("hold dir");
+    std::fs::write(dir.join("hold").join("osd-1"), b"").expect("hold osd-1");
+    signal(pocket.run_info("osd-1").pid, libc::SIGKILL);
+    let killed = Instant::now();
+    let down = wait_for(&pocket, "OSD 1 down", Duration::from_secs(30), |r| {
+        r.osds.iter().any(|o| o.osd_id == 1 && o.health != "up")
+    })
+    .await;
+    eprintln!("OSD 1 {} after {:?}", down.osds[0].health, killed.elapsed());
+
+    // Writes go on meanwhile, to the four OSDs left.
+    stored.extend(put_blobs(&pocket, 10, &mut rng).await);
+
+    let healed = wait_for(&pocket, "full redundancy", Duration::from_secs(180), |r| {
+        r.osds.iter().any(|o| o.osd_id == 1 && o.health == "out") && r.redundancy.full() && r.redundancy.repaired_total > 0
+    })
+    .await;
+    eprintln!(
+        "full redundancy {:?} after the kill: {} copies repaired ({} bytes); {:?}",
+        killed.elapsed(),
+        healed.redundancy.repaired_total,
+        healed.redundancy.repaired_bytes_total,
+        healed.redundancy.extents_by_missing
+    );
+    // No volume waits in a transitional state, and no copy is left on OSD 1
+    // (a copy there would count as missing).
+    assert_eq!(healed.volumes.get("replicated/closing").copied().unwrap_or(0), 0, "{:?}", healed.volumes);
+    assert!(healed.redundancy.extents_by_missing.keys().all(|missing| *missing == 0), "{:?}", healed.redundancy);
+    let status = pocket.coordinator_as_operator().cell_status(pb::CellStatusRequest {}).await.expect("status").into_inner();
+    assert!(status.osds.iter().any(|o| o.osd_id == 1 && o.health == "out" && !o.alive));
+    let metrics = common::metrics(&pocket.tls(Role::Operator, "admin"), &pocket.run_info("coordinator").http).await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("pocket_coordinator_repairs_total{outcome=\"repaired\"}")),
+        "repairs counted in /metrics"
+    );
+    assert!(common::counter(&metrics, "pocket_coordinator_repair_bytes_total") > 0);
+
+    // Every blob reads back, from the copies left and the repaired ones.
+    assert_all_readable(&pocket.client, &stored, 4, "after repair").await;
+    // A second OSD lost now: the repaired copies carry the data.
+    let repaired_first = healed.redundancy.repaired_total;
+    std::fs::write(dir.join("hold").join("osd-2"), b"").expect("hold osd-2");
+    signal(pocket.run_info("osd-2").pid, libc::SIGKILL);
+    let healed = wait_for(&pocket, "full redundancy after a second loss", Duration::from_secs(180), |r| {
+        r.osds.iter().any(|o| o.osd_id == 2 && o.health == "out") && r.redundancy.full()
+    })
+    .await;
+    assert!(healed.redundancy.repaired_total > repaired_first, "the second loss was repaired too");
+    assert_all_readable(&pocket.client, &stored, 4, "after a second repair").await;
+    drop(pocket);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_background_rate_is_an_operators_to_set_and_survives_a_restart() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pocket");
+    let pocket = LocalPocket::start(&dir, healing_cell()).await;
+    let mut coordinator = pocket.coordinator_as_operator();
+    // Below the floor: refused, nothing changes.
+    let err = coordinator
+        .set_background_rate(pb::SetBackgroundRateRequest { bytes_per_sec: 5 })
+        .await
+        .expect_err("5 bytes/s is refused");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    let report = try_report(&pocket).await.expect("report");
+    assert_eq!(report.redundancy.background_bytes_per_sec, 0, "no limit until set");
+    // A frontend may not set it.
+    let channel = pocket
+        .tls(Role::Frontend, "frontend-1")
+        .channel(&pocket.run_info("coordinator").grpc, &pocket_transport::role_dns_name(Role::Coordinator))
+        .expect("channel");
+    let err = pb::coordinator_client::CoordinatorClient::new(channel)
+        .set_background_rate(pb::SetBackgroundRateRequest { bytes_per_sec: 64 << 20 })
+        .await
+        .expect_err("frontends are refused");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+
+    // Through the CLI, as an operator would.
+    let output = std::process::Command::new(common::POCKET)
+        .args(["cell", "background-rate", "--config"])
+        .arg(dir.join("operator.toml"))
+        .arg("40MiB")
+        .output()
+        .expect("run pocket cell background-rate");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("41943040 bytes/s"), "{}", String::from_utf8_lossy(&output.stdout));
+    let report = try_report(&pocket).await.expect("report");
+    assert_eq!(report.redundancy.background_bytes_per_sec, 40 << 20);
+
+    // Kept in the cell database: a restarted coordinator applies it.
+    pocket.kill_and_wait_restart("coordinator").await;
+    let report = wait_for(&pocket, "coordinator back", Duration::from_secs(60), |_| true).await;
+    assert_eq!(report.redundancy.background_bytes_per_sec, 40 << 20);
+    let audit = std::fs::read_to_string(dir.join("coordinator").join("audit.log")).expect("audit log");
+    assert!(audit.contains("SetBackgroundRate bytes_per_sec=41943040"), "the change is audited");
+
+    // `unlimited` lifts it.
+    let output = std::process::Command::new(common::POCKET)
+        .args(["cell", "background-rate", "--config"])
+        .arg(dir.join("operator.toml"))
+        .arg("unlimited")
+        .output()
+        .expect("run pocket cell background-rate");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(try_report(&pocket).await.expect("report").redundancy.background_bytes_per_sec, 0);
+    pocket.stop().await;
+}

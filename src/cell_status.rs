@@ -39,6 +39,8 @@ pub struct OsdReport {
     pub osd_id: u64,
     pub health: String,
     pub used_bytes: u64,
+    /// Its disks that failed or were lost.
+    pub failed_disks: u32,
 }
 
 /// Redundancy left and the repair queue.
@@ -118,7 +120,7 @@ pub async fn fetch(config: &OperatorConfig) -> anyhow::Result<CellReport> {
         osds: status
             .osds
             .iter()
-            .map(|o| OsdReport { osd_id: o.osd_id, health: o.health.clone(), used_bytes: o.used_bytes })
+            .map(|o| OsdReport { osd_id: o.osd_id, health: o.health.clone(), used_bytes: o.used_bytes, failed_disks: o.failed_disks })
             .collect(),
         redundancy,
     })
@@ -179,6 +181,11 @@ pub fn render(report: &CellReport, progress: Option<u64>) -> String {
     }
     if !out_osds.is_empty() {
         out.push_str(&format!("; out: {}", out_osds.join(", ")));
+    }
+    let failed: Vec<String> =
+        report.osds.iter().filter(|o| o.failed_disks > 0).map(|o| format!("{} on OSD {}", o.failed_disks, o.osd_id)).collect();
+    if !failed.is_empty() {
+        out.push_str(&format!("; failed disks: {}", failed.join(", ")));
     }
     out.push('\n');
     let r = &report.redundancy;

@@ -70,6 +70,13 @@ enum Command {
         /// over within seconds if it dies.
         #[arg(long, default_value_t = 2)]
         coordinators: u32,
+        /// Disk directories per OSD (first run only).
+        #[arg(long, default_value_t = 1)]
+        disks_per_osd: u32,
+        /// Tests only: a file DIR/osd-N/disk-K.inject-eio makes that disk's
+        /// reads and appends fail with EIO.
+        #[arg(long, hide = true)]
+        fault_injection: bool,
     },
     /// Run an OSD daemon.
     Osd(DaemonArgs),
@@ -343,6 +350,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             osd_out_after,
             no_erasure,
             coordinators,
+            disks_per_osd,
+            fault_injection,
         } => {
             let settings = pocket::up::UpSettings {
                 osds,
@@ -359,6 +368,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 osd_out_after_ms: osd_out_after.as_millis() as u64,
                 erasure: !no_erasure,
                 coordinators,
+                disks_per_osd,
+                fault_injection,
                 standby_coordinator_ports: Vec::new(),
             };
             pocket::up::Up::prepare(&dir, settings)?.run(pocket_daemon::shutdown_signal()).await

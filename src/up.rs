@@ -10,7 +10,7 @@
 //! etc/<role>.toml     generated daemon configs
 //! coordinator/        cell database
 //! index/              index shard(s)
-//! osd-<n>/disk-0/     each OSD's disk
+//! osd-<n>/disk-<k>/   each OSD's disks (--disks-per-osd)
 //! pki/                the local CA and each identity's certificate and key
 //! run/<role>.run      address and pid of each running daemon (coordinator,
 //!                     coordinator-2, osd-N, frontend)
@@ -34,6 +34,8 @@ use tokio::process::{Child, Command};
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a daemon may take to exit after SIGTERM before it gets SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most disk directories per OSD of a local pocket.
+const MAX_DISKS_PER_OSD: u32 = 16;
 /// Most coordinator processes a local pocket runs.
 const MAX_COORDINATORS: u32 = 5;
 /// Delay before restarting a daemon that died, so a crash loop does not spin.
@@ -81,9 +83,19 @@ pub struct UpSettings {
     /// Coordinator processes (one leads, the others stand by; ADR 19).
     #[serde(default = "default_coordinators")]
     pub coordinators: u32,
+    /// Disks (directories) per OSD, fixed on first run.
+    #[serde(default = "default_disks_per_osd")]
+    pub disks_per_osd: u32,
+    /// Test-only fault hook of the OSDs (`DISK.inject-eio`); never in production.
+    #[serde(default)]
+    pub fault_injection: bool,
     /// Loopback ports of the standby coordinators, fixed on first run.
     #[serde(default)]
     pub standby_coordinator_ports: Vec<u16>,
+}
+
+fn default_disks_per_osd() -> u32 {
+    1
 }
 
 fn default_coordinators() -> u32 {
@@ -190,6 +202,7 @@ impl Up {
                 stored.osd_out_after_ms = overrides.osd_out_after_ms;
                 stored.erasure = overrides.erasure;
                 stored.coordinators = overrides.coordinators;
+                stored.fault_injection = overrides.fault_injection;
                 stored
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => overrides,
@@ -224,6 +237,9 @@ impl Up {
         }
         if settings.coordinator_port == 0 {
             settings.coordinator_port = free_port()?;
+        }
+        if !(1..=MAX_DISKS_PER_OSD).contains(&settings.disks_per_osd) {
+            bail!("--disks-per-osd must be between 1 and {MAX_DISKS_PER_OSD}");
         }
         if !(1..=MAX_COORDINATORS).contains(&settings.coordinators) {
             bail!("--coordinators must be between 1 and {MAX_COORDINATORS}");
@@ -338,12 +354,15 @@ impl Up {
         let standbys = toml_list(&coordinator_addrs[1..]);
 
         for n in 1..=self.settings.osds {
-            let disk = self.dir.join(format!("osd-{n}")).join("disk-0");
+            let disks: Vec<String> = (0..self.settings.disks_per_osd)
+                .map(|d| format!("\"{}\"", self.dir.join(format!("osd-{n}")).join(format!("disk-{d}")).display()))
+                .collect();
             let config = self.write_config(
                 &format!("osd-{n}"),
                 format!(
-                    "osd_id = {n}\ndisks = [\"{}\"]\ncoordinator = \"{coordinator_addr}\"\ncoordinators = {standbys}\nmax_blob_size_bytes = {}\nstream_idle_timeout_ms = {}\n{}",
-                    disk.display(),
+                    "osd_id = {n}\ndisks = [{}]\ncoordinator = \"{coordinator_addr}\"\ncoordinators = {standbys}\nfault_injection = {}\nmax_blob_size_bytes = {}\nstream_idle_timeout_ms = {}\n{}",
+                    disks.join(", "),
+                    self.settings.fault_injection,
                     self.settings.max_blob_size_bytes,
                     self.settings.stream_idle_timeout_ms,
                     self.tls_table(&Identity::new(Role::Osd, &format!("osd-{n}"))),

@@ -13,7 +13,7 @@ use rand::SeedableRng;
 use tokio::sync::Notify;
 
 use crate::config::CoordinatorConfig;
-use crate::db::{CellDb, DbError, OsdRow, VolumeKind, VolumeRow, VolumeState};
+use crate::db::{CellDb, DbError, DiskConflict, DiskReport, OsdRow, VolumeKind, VolumeRow, VolumeState};
 use crate::health::{HealthClock, OsdHealth};
 use crate::leadership::Leadership;
 use crate::repair::RepairSummary;
@@ -43,6 +43,17 @@ pub enum CellError {
     Db(#[from] DbError),
     #[error("unknown bucket {0}")]
     UnknownBucket(BucketId),
+    #[error("{0}")]
+    DiskConflict(String),
+}
+
+impl CellError {
+    fn from_disks(error: DiskConflict) -> CellError {
+        match error {
+            DiskConflict::Db(e) => CellError::Db(e),
+            conflict @ DiskConflict::OtherOsd { .. } => CellError::DiskConflict(conflict.to_string()),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -117,15 +128,23 @@ impl Cell {
     }
 
 
-    pub async fn register(&self, osd: OsdRow) -> Result<(), CellError> {
-        tracing::info!(osd_id = osd.osd_id, addr = %osd.grpc_addr, domain = %osd.failure_domain, "OSD registered");
+    /// Registers an OSD with every disk it has now: a disk it registered
+    /// before and lacks now is lost. Refused, changing nothing, if one of
+    /// its disks belongs to another OSD.
+    pub async fn register(&self, osd: OsdRow, disks: &[DiskReport]) -> Result<(), CellError> {
+        self.inner.db.record_disks(osd.osd_id, disks, true).await.map_err(CellError::from_disks)?;
+        tracing::info!(osd_id = osd.osd_id, addr = %osd.grpc_addr, domain = %osd.failure_domain, disks = disks.len(), "OSD registered");
         self.inner.db.upsert_osd(&osd).await?;
         self.inner.wake.notify_one();
         Ok(())
     }
 
-    pub async fn heartbeat(&self, osd_id: OsdId, used_bytes: u64, capacity_bytes: u64) -> Result<bool, CellError> {
-        Ok(self.inner.db.heartbeat(osd_id, used_bytes, capacity_bytes).await?)
+    pub async fn heartbeat(&self, osd_id: OsdId, used_bytes: u64, capacity_bytes: u64, disks: &[DiskReport]) -> Result<bool, CellError> {
+        let known = self.inner.db.heartbeat(osd_id, used_bytes, capacity_bytes).await?;
+        if known {
+            self.inner.db.record_disks(osd_id, disks, false).await.map_err(CellError::from_disks)?;
+        }
+        Ok(known)
     }
 
     /// The down and out thresholds, counted from when this coordinator began watching.
@@ -272,16 +291,24 @@ impl Cell {
         for volume in db.volumes_in_state(VolumeState::Creating).await? {
             self.finish_creating(volume, &alive).await?;
         }
+        let lost_disks = db.lost_disks().await?;
+        let on_lost_disk = |extent: &crate::db::ExtentRow| extent.disk.as_ref().is_some_and(|disk| lost_disks.contains(disk));
         for volume in db.volumes_in_state(VolumeState::Open).await? {
-            if let Some(dead) = volume.extents.iter().find(|extent| !alive.contains_key(&extent.osd_id)) {
+            if let Some(dead) = volume.extents.iter().find(|extent| !alive.contains_key(&extent.osd_id) || on_lost_disk(extent)) {
                 if db.transition(volume.volume_id, VolumeState::Open, VolumeState::Closing).await? {
-                    tracing::warn!(volume_id = volume.volume_id, osd_id = dead.osd_id, "closing volume: replica OSD is dead");
+                    tracing::warn!(volume_id = volume.volume_id, osd_id = dead.osd_id, "closing volume: a replica's OSD is down or its disk failed");
                 }
             }
         }
         let health = self.health(&osds);
         for volume in db.volumes_in_state(VolumeState::Closing).await? {
-            self.seal_volume(volume, &alive, &health).await?;
+            // A replica on a failed or lost disk is lost, like one on an OSD that is out.
+            let lost: Vec<OsdId> = volume.extents.iter().filter(|e| on_lost_disk(e)).map(|e| e.osd_id).collect();
+            let mut view = health.clone();
+            for osd_id in lost {
+                view.insert(osd_id, OsdHealth::Out);
+            }
+            self.seal_volume(volume, &alive, &view).await?;
         }
         let open = db.volumes_in_state(VolumeState::Open).await?;
         let mut open_load: HashMap<OsdId, usize> = HashMap::new();

@@ -9,7 +9,7 @@ use pocket_transport::{authorize, peer_identity, Identity, Role, RoleGate};
 
 use crate::audit::AuditLog;
 use crate::cell::{Cell, CellError, Placement};
-use crate::db::OsdRow;
+use crate::db::{DiskReport, OsdRow};
 use crate::health::OsdHealth;
 
 /// Largest request the coordinator decodes: its requests are ids and names.
@@ -67,6 +67,7 @@ impl CoordinatorService {
 fn status_of(error: CellError) -> Status {
     match error {
         CellError::UnknownBucket(_) => Status::not_found(error.to_string()),
+        CellError::DiskConflict(_) => Status::failed_precondition(error.to_string()),
         CellError::Db(e) => {
             tracing::error!(error = %e, "cell database failure");
             Status::unavailable(e.to_string())
@@ -111,6 +112,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         if request.failure_domain.is_empty() || request.failure_domain.len() > MAX_NAME_LEN {
             return Err(Status::invalid_argument("failure_domain must be 1 to 255 bytes"));
         }
+        let disks = disk_reports(&request.disks)?;
+        check_space(request.used_bytes, request.capacity_bytes)?;
         self.cell
             .register(OsdRow {
                 osd_id: request.osd_id,
@@ -119,7 +122,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                 capacity_bytes: request.capacity_bytes,
                 used_bytes: request.used_bytes,
                 last_heartbeat_unix_ms: 0,
-            })
+            }, &disks)
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::RegisterOsdResponse {
@@ -133,9 +136,11 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let who = self.authorize(&request, &[Role::Osd], "Heartbeat")?;
         let request = request.into_inner();
         check_osd_identity(&who, request.osd_id)?;
+        let disks = disk_reports(&request.disks)?;
+        check_space(request.used_bytes, request.capacity_bytes)?;
         let known = self
             .cell
-            .heartbeat(request.osd_id, request.used_bytes, request.capacity_bytes)
+            .heartbeat(request.osd_id, request.used_bytes, request.capacity_bytes, &disks)
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::HeartbeatResponse { known, generation: self.newest_generation() }))
@@ -217,6 +222,8 @@ impl CoordinatorService {
     async fn cell_status_inner(&self) -> Result<pb::CellStatusResponse, Status> {
         let osds = self.cell.osd_health().await.map_err(status_of)?;
         let repair = self.cell.repair_summary();
+        let failed_disks: HashMap<u64, u64> =
+            self.cell.db().failed_disk_counts().await.map_err(|e| status_of(e.into()))?.into_iter().collect();
         // Expired leases name no leader.
         let lease = self
             .cell
@@ -238,6 +245,7 @@ impl CoordinatorService {
                     osd_id: osd.osd_id,
                     grpc_addr: osd.grpc_addr,
                     alive: health == OsdHealth::Up,
+                    failed_disks: u32::try_from(failed_disks.get(&osd.osd_id).copied().unwrap_or(0)).unwrap_or(u32::MAX),
                     health: health.as_str().to_string(),
                     used_bytes: osd.used_bytes,
                     capacity_bytes: osd.capacity_bytes,
@@ -269,6 +277,45 @@ impl CoordinatorService {
             answered_by: self.cell.leadership().holder().to_string(),
         })
     }
+}
+
+/// Largest capacity one OSD may claim: 1 EiB.
+const MAX_OSD_CAPACITY_BYTES: u64 = 1 << 60;
+
+/// Refuses impossible space figures: more than [`MAX_OSD_CAPACITY_BYTES`],
+/// or more used than there is.
+fn check_space(used_bytes: u64, capacity_bytes: u64) -> Result<(), Status> {
+    if capacity_bytes > MAX_OSD_CAPACITY_BYTES {
+        return Err(Status::invalid_argument(format!("capacity_bytes above {MAX_OSD_CAPACITY_BYTES} is not a disk this cell can have")));
+    }
+    if used_bytes > capacity_bytes {
+        return Err(Status::invalid_argument("used_bytes exceeds capacity_bytes"));
+    }
+    Ok(())
+}
+
+/// Most disks one OSD may report.
+const MAX_DISKS_PER_OSD: usize = 256;
+
+/// The disks an OSD reports, checked: at most [`MAX_DISKS_PER_OSD`], each
+/// uuid 32 hex digits, none twice.
+fn disk_reports(disks: &[pb::DiskState]) -> Result<Vec<DiskReport>, Status> {
+    if disks.len() > MAX_DISKS_PER_OSD {
+        return Err(Status::invalid_argument(format!("at most {MAX_DISKS_PER_OSD} disks per OSD")));
+    }
+    let mut out: Vec<DiskReport> = Vec::with_capacity(disks.len());
+    for disk in disks {
+        if disk.uuid.len() != 32 || !disk.uuid.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument("a disk uuid is 32 hex digits"));
+        }
+        let uuid = disk.uuid.to_ascii_lowercase();
+        if out.iter().any(|seen| seen.uuid == uuid) {
+            return Err(Status::invalid_argument(format!("disk {uuid} reported twice")));
+        }
+        let failed = disk.failed.then(|| disk.reason.chars().take(255).collect::<String>());
+        out.push(DiskReport { uuid, failed });
+    }
+    Ok(out)
 }
 
 /// An OSD certificate speaks only for its own id: `osd:osd-<id>`.

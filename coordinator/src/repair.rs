@@ -37,8 +37,11 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 use crate::cell::{Cell, CellError};
-use crate::db::{ExtentRow, OsdRow, RepairRow, RepairedCopy, VolumeKind, VolumeRow, VolumeState};
+use crate::db::{ExtentRow, OsdRow, RepairRow, RepairedCopy, VolumeKind, VolumeRow, VolumeState, MISSING_DISK};
 use crate::health::{HealthClock, OsdHealth};
+
+/// Copies per OSD whose disk is asked for per pass.
+const DISK_ATTRIBUTION_BATCH: u32 = 1000;
 
 /// One lost copy, waiting for repair: a replica of a sealed replicated
 /// volume, or a shard of an erasure-coded one.
@@ -103,12 +106,26 @@ pub struct Survey {
 
 /// The survey of `volumes` (replicated volumes that hold data, and
 /// erasure-coded volumes in service) against the OSDs' health.
-pub fn survey(volumes: &[VolumeRow], osds: &[OsdRow], clock: &HealthClock, now_unix_ms: i64) -> Survey {
+///
+/// A copy is lost when its OSD is out, or its disk failed or was lost
+/// (`lost_disks`), or its OSD no longer knows it ([`MISSING_DISK`]).
+pub fn survey(
+    volumes: &[VolumeRow],
+    osds: &[OsdRow],
+    lost_disks: &HashSet<String>,
+    clock: &HealthClock,
+    now_unix_ms: i64,
+) -> Survey {
     let rows: HashMap<OsdId, &OsdRow> = osds.iter().map(|osd| (osd.osd_id, osd)).collect();
-    let health = |osd_id: OsdId| rows.get(&osd_id).map_or(OsdHealth::Out, |osd| clock.health(osd, now_unix_ms));
+    let health = |copy: &ExtentRow| {
+        if copy.disk.as_deref().is_some_and(|disk| disk == MISSING_DISK || lost_disks.contains(disk)) {
+            return OsdHealth::Out;
+        }
+        rows.get(&copy.osd_id).map_or(OsdHealth::Out, |osd| clock.health(osd, now_unix_ms))
+    };
     let mut out = Survey::default();
     for volume in volumes {
-        let missing = volume.extents.iter().filter(|e| health(e.osd_id) != OsdHealth::Up).count() as u32;
+        let missing = volume.extents.iter().filter(|e| health(e) != OsdHealth::Up).count() as u32;
         let (extents, bytes) = match volume.kind {
             VolumeKind::Replicated => (1, volume.extents.iter().map(|e| e.sealed_size_bytes).max().unwrap_or(0)),
             VolumeKind::Ec => (
@@ -129,7 +146,7 @@ pub fn survey(volumes: &[VolumeRow], osds: &[OsdRow], clock: &HealthClock, now_u
         let sources: Vec<OsdId> = volume
             .extents
             .iter()
-            .filter(|e| health(e.osd_id) == OsdHealth::Up && e.sealed_size_bytes > 0)
+            .filter(|e| health(e) == OsdHealth::Up && e.sealed_size_bytes > 0)
             .map(|e| e.osd_id)
             .collect();
         let (tolerance_left, shard_of) = match volume.kind {
@@ -157,7 +174,7 @@ pub fn survey(volumes: &[VolumeRow], osds: &[OsdRow], clock: &HealthClock, now_u
             VolumeKind::Ec => sources,
         };
         for extent in &volume.extents {
-            match health(extent.osd_id) {
+            match health(extent) {
                 OsdHealth::Out => out.tasks.push(RepairTask {
                     volume_id: volume.volume_id,
                     extent_id: extent.extent_id,
@@ -167,7 +184,7 @@ pub fn survey(volumes: &[VolumeRow], osds: &[OsdRow], clock: &HealthClock, now_u
                     size_bytes: if shard_of.is_some() { extent.sealed_size_bytes } else { replica_size },
                     sources: sources.clone(),
                     holders: holders.clone(),
-                    lost_since_unix_ms: rows.get(&extent.osd_id).map_or(0, |osd| clock.out_since_unix_ms(osd)),
+                    lost_since_unix_ms: rows.get(&extent.osd_id).map_or(0, |osd| clock.out_since_unix_ms(osd).min(now_unix_ms)),
                     shard: shard_of.map(|volume| ShardTask {
                         position: extent.position,
                         data_count: volume.data_count,
@@ -533,6 +550,36 @@ impl RepairJob {
         Ok(())
     }
 
+    /// Learns which disk holds each copy not yet attributed, a bounded
+    /// batch per up OSD per pass (`Osd.ExtentStatus`): a copy on a disk
+    /// that fails later is then known to be lost. A copy its OSD does not
+    /// know at all is recorded as missing.
+    async fn attribute_disks(&self, up: &HashMap<OsdId, OsdRow>) -> Result<(), CellError> {
+        let db = self.cell.db();
+        for osd in up.values() {
+            let ids = db.copies_without_disk(osd.osd_id, DISK_ATTRIBUTION_BATCH).await?;
+            if ids.is_empty() {
+                continue;
+            }
+            let Ok(client) = self.cell.osd_client(osd.osd_id, &osd.grpc_addr) else { continue };
+            match client.rpc_extent_status(&ids).await {
+                Ok(statuses) => {
+                    for status in statuses {
+                        let disk = if status.disk.is_empty() && !status.found { MISSING_DISK.to_string() } else { status.disk };
+                        if disk == MISSING_DISK {
+                            tracing::warn!(extent_id = status.extent_id, osd_id = osd.osd_id, "the OSD does not hold a copy the cell database names: lost");
+                        }
+                        if !disk.is_empty() {
+                            db.record_copy_disk(status.extent_id, osd.osd_id, &disk).await?;
+                        }
+                    }
+                }
+                Err(error) => tracing::debug!(osd_id = osd.osd_id, %error, "disk attribution failed; next pass"),
+            }
+        }
+        Ok(())
+    }
+
     async fn pass(&mut self) -> Result<pocket_worker::Step, CellError> {
         // Repairs that ended since the last step.
         let mut failures = Vec::new();
@@ -554,7 +601,9 @@ impl RepairJob {
             volumes.extend(db.volumes_in_state(state).await?.into_iter().filter(|v| v.kind == VolumeKind::Replicated));
         }
         volumes.extend(db.volumes_in_state(VolumeState::Ec).await?);
-        let mut survey = survey(&volumes, &osds, &clock, now);
+        self.attribute_disks(&up).await?;
+        let lost_disks = db.lost_disks().await?;
+        let mut survey = survey(&volumes, &osds, &lost_disks, &clock, now);
         // Garbage of abandoned erasure-coding attempts is about to be
         // deleted: never a target for the same extent.
         let garbage: Vec<(ExtentId, OsdId)> =
@@ -848,7 +897,7 @@ mod tests {
             buckets: vec![volume_id],
             extents: on
                 .iter()
-                .map(|osd| ExtentRow { extent_id: volume_id, osd_id: *osd, position: 0, sealed_size_bytes: 1000, blake3: None })
+                .map(|osd| ExtentRow { extent_id: volume_id, osd_id: *osd, position: 0, sealed_size_bytes: 1000, blake3: None, disk: None })
                 .collect(),
         }
     }
@@ -863,7 +912,7 @@ mod tests {
             replicated(13, VolumeState::Open, &[2, 4, 5]),   // open: closes first, no task yet
             replicated(14, VolumeState::Closed, &[4, 5, 6]), // healthy
         ];
-        let survey = survey(&volumes, &osds, &clock(), NOW);
+        let survey = survey(&volumes, &osds, &HashSet::new(), &clock(), NOW);
         let queued: Vec<(u64, u64, u32)> = survey.tasks.iter().map(|t| (t.volume_id, t.lost_osd_id, t.missing)).collect();
         assert_eq!(queued, vec![(11, 1, 2), (11, 2, 2), (10, 1, 1)]);
         assert_eq!(survey.tasks[0].sources, vec![6]);
@@ -887,7 +936,7 @@ mod tests {
             extent.extent_id = 20 + i as u64;
         }
         let volumes = vec![replicated(10, VolumeState::Closed, &[1, 4, 5]), ec];
-        let survey = survey(&volumes, &osds, &clock(), NOW);
+        let survey = survey(&volumes, &osds, &HashSet::new(), &clock(), NOW);
         let queued: Vec<(u64, i64)> = survey.tasks.iter().map(|t| (t.volume_id, t.tolerance_left)).collect();
         assert_eq!(queued, vec![(20, 0), (10, 1)]);
         let shard = survey.tasks[0].shard.as_ref().expect("a shard task");
@@ -898,18 +947,36 @@ mod tests {
     }
 
     #[test]
+    fn copies_on_a_lost_disk_or_missing_are_lost_while_their_osd_is_up() {
+        let osds = osds(6, &[], &[]);
+        let mut on_failed_disk = replicated(10, VolumeState::Closed, &[1, 2, 3]);
+        on_failed_disk.extents[0].disk = Some("aa".into());
+        on_failed_disk.extents[1].disk = Some("bb".into());
+        let mut missing = replicated(11, VolumeState::Closed, &[4, 5, 6]);
+        missing.extents[2].disk = Some(MISSING_DISK.into());
+        let lost: HashSet<String> = ["aa".to_string()].into_iter().collect();
+        let survey = survey(&[on_failed_disk, missing], &osds, &lost, &clock(), NOW);
+        let queued: Vec<(u64, u64)> = survey.tasks.iter().map(|t| (t.volume_id, t.lost_osd_id)).collect();
+        assert_eq!(queued, vec![(10, 1), (11, 6)]);
+        assert_eq!(survey.tasks[0].sources, vec![2, 3]);
+        // The OSD of a lost copy is never its target.
+        assert!(survey.tasks[0].holders.contains(&1));
+        assert_eq!(survey.levels[&1].extents, 2);
+    }
+
+    #[test]
     fn a_copy_that_came_back_unsealed_is_sealed_not_repaired() {
         let osds = osds(5, &[], &[]);
         let mut volume = replicated(10, VolumeState::Closed, &[1, 2, 3]);
         volume.extents[2].sealed_size_bytes = 0;
-        let survey = survey(&[volume], &osds, &clock(), NOW);
+        let survey = survey(&[volume], &osds, &HashSet::new(), &clock(), NOW);
         assert!(survey.tasks.is_empty());
         assert_eq!(survey.unsealed, vec![(10, 10, 3)]);
         // A sealed copy of size 0 is not a source.
         let osds_out = self::osds(5, &[1], &[]);
         let mut volume = replicated(11, VolumeState::Closed, &[1, 2, 3]);
         volume.extents[2].sealed_size_bytes = 0;
-        let survey = super::survey(&[volume], &osds_out, &clock(), NOW);
+        let survey = super::survey(&[volume], &osds_out, &HashSet::new(), &clock(), NOW);
         assert_eq!(survey.tasks[0].sources, vec![2]);
     }
 
@@ -919,7 +986,7 @@ mod tests {
         let up: HashMap<OsdId, OsdRow> =
             rows.iter().filter(|o| o.osd_id != 1).map(|o| (o.osd_id, o.clone())).collect();
         let volumes = vec![replicated(10, VolumeState::Closed, &[1, 2, 3])];
-        let task = survey(&volumes, &rows, &clock(), NOW).tasks.remove(0);
+        let task = survey(&volumes, &rows, &HashSet::new(), &clock(), NOW).tasks.remove(0);
         let busy: HashMap<OsdId, usize> = [(4, 2)].into_iter().collect();
         for seed in 0..50 {
             let target = choose_target(&mut StdRng::seed_from_u64(seed), &task, &up, &busy, 2).expect("5 and 6 are free");

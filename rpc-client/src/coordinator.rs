@@ -100,6 +100,8 @@ pub struct OsdStatus {
     pub alive: bool,
     /// `up`, `down` or `out`.
     pub health: String,
+    /// Its disks that failed or were lost.
+    pub failed_disks: u32,
     pub used_bytes: u64,
     pub capacity_bytes: u64,
 }
@@ -346,6 +348,7 @@ impl CoordinatorClient {
                     grpc_addr: osd.grpc_addr,
                     alive: osd.alive,
                     health: osd.health,
+                    failed_disks: osd.failed_disks,
                     used_bytes: osd.used_bytes,
                     capacity_bytes: osd.capacity_bytes,
                 })

@@ -19,3 +19,16 @@ CREATE TABLE repairs (
 -- erasure-coded volume (recorded at its switch, backfilled for volumes
 -- switched before), so that a rebuilt shard is checked against it.
 ALTER TABLE extents ADD COLUMN blake3 VARCHAR(64) NULL;
+-- The disk (uuid in its POCKET_DISK) holding a copy, learned from its OSD;
+-- 'missing' when the OSD no longer knows the copy. NULL until learned.
+ALTER TABLE extents ADD COLUMN disk VARCHAR(40) NULL;
+-- Every disk OSDs reported. state: 'ok', 'failed' (its OSD failed it: gone,
+-- replaced behind its back, I/O errors) or 'lost' (its OSD registered
+-- without it: wiped or replaced). Copies on a failed or lost disk are lost.
+CREATE TABLE disks (
+    disk_uuid VARCHAR(40) NOT NULL PRIMARY KEY,
+    osd_id BIGINT NOT NULL,
+    state VARCHAR(16) NOT NULL,
+    reason VARCHAR(255) NOT NULL,
+    changed_unix_ms BIGINT NOT NULL
+);

@@ -17,6 +17,7 @@
 //! callers use is re-exported here.
 
 mod ec_layout;
+mod disks;
 mod extents;
 mod leadership;
 mod meta;
@@ -28,6 +29,7 @@ mod volumes;
 use sqlx::AnyPool;
 
 pub use ec_layout::{EcVolume, LayoutRow, PlannedData};
+pub use disks::{DiskConflict, DiskReport, MISSING_DISK};
 pub use extents::StoredExtent;
 pub use leadership::Lease;
 pub use meta::BACKGROUND_BYTES_PER_SEC;

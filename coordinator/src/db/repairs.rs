@@ -181,7 +181,7 @@ impl CellDb {
         // (an UPDATE's subquery is a locking read), so erasure coding's
         // claim of the volume and this switch are ordered.
         let moved = sqlx::query(
-            "UPDATE extents SET osd_id = ?, sealed_size_bytes = ?, blake3 = COALESCE(?, blake3) WHERE extent_id = ? AND osd_id = ? AND volume_id = ? AND EXISTS (SELECT 1 FROM volumes WHERE volume_id = ? AND state = ?) AND (? = 0 OR EXISTS (SELECT 1 FROM leadership WHERE name = 'leader' AND generation = ?))",
+            "UPDATE extents SET osd_id = ?, sealed_size_bytes = ?, blake3 = COALESCE(?, blake3), disk = NULL WHERE extent_id = ? AND osd_id = ? AND volume_id = ? AND EXISTS (SELECT 1 FROM volumes WHERE volume_id = ? AND state = ?) AND (? = 0 OR EXISTS (SELECT 1 FROM leadership WHERE name = 'leader' AND generation = ?))",
         )
         .bind(to_i64(repaired.target_osd_id))
         .bind(to_i64(repaired.size_bytes))

@@ -122,6 +122,9 @@ pub struct ExtentRow {
     pub sealed_size_bytes: u64,
     /// The BLAKE3 of the copy's bytes, where recorded (erasure-coded shards).
     pub blake3: Option<[u8; 32]>,
+    /// The disk holding the copy, once its OSD said ([`super::MISSING_DISK`]
+    /// if it no longer knows it).
+    pub disk: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -225,7 +228,7 @@ impl CellDb {
             buckets: vec![id],
             extents: osds
                 .iter()
-                .map(|osd_id| ExtentRow { extent_id: id, osd_id: *osd_id, position: 0, sealed_size_bytes: 0, blake3: None })
+                .map(|osd_id| ExtentRow { extent_id: id, osd_id: *osd_id, position: 0, sealed_size_bytes: 0, blake3: None, disk: None })
                 .collect(),
         })
     }
@@ -273,7 +276,7 @@ impl CellDb {
             .map(|row| Columns::of(row, "buckets").u64("bucket_id"))
             .collect::<Result<Vec<_>, _>>()?;
         let extents = sqlx::query(
-            "SELECT extent_id, osd_id, position, sealed_size_bytes, blake3 FROM extents WHERE volume_id = ? ORDER BY position, osd_id",
+            "SELECT extent_id, osd_id, position, sealed_size_bytes, blake3, disk FROM extents WHERE volume_id = ? ORDER BY position, osd_id",
         )
         .bind(to_i64(volume_id))
         .fetch_all(&self.pool)
@@ -288,6 +291,7 @@ impl CellDb {
                 position: extent.u32("position")?,
                 sealed_size_bytes: extent.u64("sealed_size_bytes")?,
                 blake3: extent.opt_blake3("blake3")?,
+                disk: extent.opt_string("disk")?,
             })
         })
         .collect::<Result<Vec<_>, DbError>>()?;

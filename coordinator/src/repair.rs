@@ -463,6 +463,8 @@ async fn delete_unnamed(cell: &Cell, up: &HashMap<OsdId, OsdRow>, extent_id: Ext
 struct Running {
     sources: Vec<OsdId>,
     target: OsdId,
+    /// "shard" or "replica", for metrics.
+    kind: &'static str,
 }
 
 /// Repair as a background job (ADR 16, class `Repair`): each step reaps the
@@ -504,16 +506,16 @@ impl RepairJob {
         match result {
             Ok(Outcome::Repaired(bytes)) => {
                 self.repaired_total += 1;
-                metrics::counter!("pocket_coordinator_repairs_total", "outcome" => "repaired").increment(1);
+                metrics::counter!("pocket_coordinator_repairs_total", "kind" => running.kind, "outcome" => "repaired").increment(1);
                 tracing::info!(extent_id = key.0, lost_osd_id = key.1, target_osd_id = running.target, bytes, "copy repaired and verified");
             }
             Ok(Outcome::Superseded) => {
-                metrics::counter!("pocket_coordinator_repairs_total", "outcome" => "superseded").increment(1);
+                metrics::counter!("pocket_coordinator_repairs_total", "kind" => running.kind, "outcome" => "superseded").increment(1);
                 tracing::info!(extent_id = key.0, lost_osd_id = key.1, "repair superseded: the volume left closed");
                 failures.push((key, running.target, String::new()));
             }
             Err(error) => {
-                metrics::counter!("pocket_coordinator_repairs_total", "outcome" => "failed").increment(1);
+                metrics::counter!("pocket_coordinator_repairs_total", "kind" => running.kind, "outcome" => "failed").increment(1);
                 tracing::warn!(extent_id = key.0, lost_osd_id = key.1, sources = ?running.sources, target = running.target, %error, "repair attempt failed");
                 failures.push((key, running.target, error.to_string()));
             }
@@ -712,7 +714,8 @@ impl RepairJob {
                     *busy.entry(*source).or_default() += 1;
                 }
                 *busy.entry(target).or_default() += 1;
-                self.in_flight.insert(task.key(), Running { sources: sources.clone(), target });
+                let kind = if task.shard.is_some() { "shard" } else { "replica" };
+                self.in_flight.insert(task.key(), Running { sources: sources.clone(), target, kind });
                 let (cell, task, meter) = (cell.clone(), task.clone(), self.meter.clone());
                 let target = (target, target_row.grpc_addr.clone());
                 tracing::info!(

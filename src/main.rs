@@ -236,6 +236,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure coordinator failover over a running `pocket up --dir DIR`:
+    /// SIGKILL the leader --kills times under a PUT load; time until a new
+    /// leader is elected and until its first mutating call to an OSD.
+    FailoverBench {
+        #[arg(long, default_value = "pocket-data")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 10)]
+        kills: u32,
+        /// Seconds between kills (more than the anti-flap term, 10 s).
+        #[arg(long, default_value_t = 15)]
+        interval_secs: u64,
+        /// Size of each PUT of the background load.
+        #[arg(long, default_value = "256KiB", value_parser = parse_size)]
+        blob_size: u64,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a stored blob's length, cell, bucket and creation time (JSON).
     Stat {
         key: String,
@@ -442,6 +459,15 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             pocket::cell_status::set_background_rate(&config, rate).await
         }
         Command::Workers { config, json } => pocket::workers::run(&config, json).await,
+        Command::FailoverBench { dir, kills, interval_secs, blob_size, json } => {
+            let options = pocket_bench::failover_bench::FailoverBenchOptions {
+                dir,
+                kills,
+                interval: std::time::Duration::from_secs(interval_secs),
+                blob_bytes: usize::try_from(blob_size).context("blob size")?,
+            };
+            pocket_bench::failover_bench::command(options, json).await
+        }
         Command::RestartBench { dir, records, record_size, extent_size, json } => {
             let options = pocket_bench::restart_bench::RestartBenchOptions {
                 dir,

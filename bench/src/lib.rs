@@ -19,6 +19,7 @@
 
 pub mod bench;
 pub mod ec_bench;
+pub mod failover_bench;
 pub mod limits;
 pub mod machine;
 pub mod restart_bench;

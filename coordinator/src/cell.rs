@@ -351,7 +351,11 @@ impl Cell {
             let created = match alive.get(&extent.osd_id) {
                 Some(osd) => match self.osd_client(osd.osd_id, &osd.grpc_addr) {
                     Ok(client) => {
-                        client.rpc_create(extent.extent_id, volume.extent_size_bytes).await.map_err(|error| error.to_string())
+                        let created = client.rpc_create(extent.extent_id, volume.extent_size_bytes).await;
+                        if created.is_ok() {
+                            metrics::counter!("pocket_coordinator_osd_mutations_total", "call" => "create").increment(1);
+                        }
+                        created.map_err(|error| error.to_string())
                     }
                     Err(error) => Err(error.to_string()),
                 },
@@ -394,6 +398,7 @@ impl Cell {
             };
             match client.rpc_seal(extent.extent_id).await {
                 Ok(size_bytes) => {
+                    metrics::counter!("pocket_coordinator_osd_mutations_total", "call" => "seal").increment(1);
                     self.inner.db.record_sealed_size(extent.extent_id, extent.osd_id, size_bytes).await?;
                     sealed += 1;
                 }

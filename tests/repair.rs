@@ -265,3 +265,64 @@ async fn lost_shards_of_erasure_coded_volumes_are_rebuilt_from_the_others() {
     assert_all_readable(&pocket.client, &stored, 4, "after shards were rebuilt").await;
     drop(pocket);
 }
+
+/// An operator's client of every coordinator of the pocket.
+fn operator_client(pocket: &LocalPocket) -> pocket_rpc_client::CoordinatorClient {
+    let text = std::fs::read_to_string(pocket.dir.join("operator.toml")).expect("operator.toml");
+    let config: pocket_daemon::operator::OperatorConfig = toml::from_str(&text).expect("parse operator.toml");
+    let tls = pocket_transport::Tls::load(&config.tls).expect("TLS");
+    pocket_rpc_client::CoordinatorClient::connect_any(&tls, &config.coordinator_addrs()).expect("client")
+}
+
+/// The leading coordinator dies in the middle of a repair: the new leader
+/// resumes it (from the `repairs` rows) and the cell reaches full redundancy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repair_goes_on_when_the_leader_dies_in_the_middle() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pocket");
+    let pocket = LocalPocket::start(&dir, healing_cell()).await;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+    let stored = put_blobs(&pocket, 60, &mut rng).await;
+    wait_for(&pocket, "volumes closed", Duration::from_secs(60), |r| closed(r) >= 4).await;
+    // Repair at the floor rate, 1 MiB/s, so that it is still running when the leader dies.
+    let mut coordinator = pocket.coordinator_as_operator();
+    coordinator
+        .set_background_rate(pb::SetBackgroundRateRequest { bytes_per_sec: 1 << 20 })
+        .await
+        .expect("slow the background down");
+
+    std::fs::create_dir_all(dir.join("hold")).expect("hold dir");
+    std::fs::write(dir.join("hold").join("osd-1"), b"").expect("hold osd-1");
+    signal(pocket.run_info("osd-1").pid, libc::SIGKILL);
+    let repairing = wait_for(&pocket, "repair under way", Duration::from_secs(60), |r| {
+        r.redundancy.repairs_in_flight > 0 && r.redundancy.repaired_bytes_total > 0
+    })
+    .await;
+    eprintln!("repairing: {:?}", repairing.redundancy);
+
+    // The leader dies for good.
+    let leader = operator_client(&pocket).rpc_status().await.expect("status").leader;
+    assert!(["coordinator", "coordinator-2"].contains(&leader.as_str()), "{leader}");
+    let leader = leader.as_str();
+    std::fs::write(dir.join("hold").join(leader), b"").expect("hold the leader");
+    signal(pocket.run_info(leader).pid, libc::SIGKILL);
+    let killed = Instant::now();
+    // The new leader finishes the repair (the rate, kept in the database, is
+    // lifted now to keep the test short).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lifted = operator_client(&pocket).rpc_set_background_rate(0).await;
+        if lifted.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no coordinator took the rate change");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let healed = wait_for(&pocket, "full redundancy under the new leader", Duration::from_secs(120), |r| {
+        r.osds.iter().any(|o| o.osd_id == 1 && o.health == "out") && r.redundancy.full() && r.redundancy.repaired_total > 0
+    })
+    .await;
+    eprintln!("full redundancy {:?} after the leader died: {:?}", killed.elapsed(), healed.redundancy);
+    assert_all_readable(&pocket.client, &stored, 4, "after the leader died mid-repair").await;
+    drop(pocket);
+}

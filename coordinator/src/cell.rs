@@ -252,13 +252,17 @@ impl Cell {
         }
     }
 
-    /// Applies the background byte rate an operator stored, if any (at start).
+    /// Applies the background byte rate an operator stored, if any (at start,
+    /// and on each maintenance pass of the leader).
     pub async fn load_background_rate(&self) -> Result<(), CellError> {
         if let Some(value) = self.inner.db.meta(crate::db::BACKGROUND_BYTES_PER_SEC).await? {
             match value.parse::<u64>() {
                 Ok(rate) => {
-                    self.inner.budget.set_bytes_per_sec(Some(rate));
-                    tracing::info!(bytes_per_sec = rate, "background byte rate set by an operator (0: no limit)");
+                    let rate = Some(rate).filter(|rate| *rate > 0);
+                    if self.inner.budget.bytes_per_sec() != rate {
+                        self.inner.budget.set_bytes_per_sec(rate);
+                        tracing::info!(bytes_per_sec = rate.unwrap_or(0), "background byte rate set by an operator (0: no limit)");
+                    }
                 }
                 Err(_) => tracing::warn!(value, "ignoring an unreadable stored background byte rate"),
             }
@@ -286,6 +290,8 @@ impl Cell {
         let osds = db.list_osds().await?;
         let alive = self.alive(&osds);
         metrics::gauge!("pocket_coordinator_osds_alive").set(alive.len() as f64);
+        // An operator may have changed the rate through another coordinator.
+        self.load_background_rate().await?;
         metrics::gauge!("pocket_coordinator_osds_registered").set(osds.len() as f64);
 
         for volume in db.volumes_in_state(VolumeState::Creating).await? {

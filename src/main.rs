@@ -236,6 +236,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inject faults into a running `pocket up --dir DIR` under a PUT/GET
+    /// load (OSD kills, OSDs held down, wiped and failed disks, leader
+    /// kills), then check that every acknowledged PUT reads back and the
+    /// cell returns to full redundancy. One summary line.
+    Chaos {
+        #[arg(long, default_value = "pocket-data")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        faults: u32,
+        /// Seconds the faults are spread over.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// OSDs held down or disks failed at most (default: OSDs beyond k + m).
+        #[arg(long)]
+        max_down: Option<u32>,
+        #[arg(long, default_value = "64KiB", value_parser = parse_size)]
+        blob_size: u64,
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+        /// Seconds to wait for full redundancy after the last fault.
+        #[arg(long, default_value_t = 300)]
+        heal_timeout_secs: u64,
+        #[arg(long)]
+        seed: Option<u64>,
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure coordinator failover over a running `pocket up --dir DIR`:
     /// SIGKILL the leader --kills times under a PUT load; time until a new
     /// leader is elected and until its first mutating call to an OSD.
@@ -459,6 +486,19 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             pocket::cell_status::set_background_rate(&config, rate).await
         }
         Command::Workers { config, json } => pocket::workers::run(&config, json).await,
+        Command::Chaos { dir, faults, seconds, max_down, blob_size, concurrency, heal_timeout_secs, seed, json } => {
+            let options = pocket_bench::chaos::ChaosOptions {
+                dir,
+                faults,
+                seconds,
+                max_down,
+                blob_bytes: usize::try_from(blob_size).context("blob size")?,
+                concurrency,
+                heal_timeout: std::time::Duration::from_secs(heal_timeout_secs),
+                seed,
+            };
+            pocket_bench::chaos::command(options, json).await
+        }
         Command::FailoverBench { dir, kills, interval_secs, blob_size, json } => {
             let options = pocket_bench::failover_bench::FailoverBenchOptions {
                 dir,

@@ -18,6 +18,7 @@
 //! prints (a table, or JSON with `--json`).
 
 pub mod bench;
+pub mod chaos;
 pub mod ec_bench;
 pub mod failover_bench;
 pub mod limits;

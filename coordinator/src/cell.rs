@@ -298,7 +298,10 @@ impl Cell {
             self.finish_creating(volume, &alive).await?;
         }
         let lost_disks = db.lost_disks().await?;
-        let on_lost_disk = |extent: &crate::db::ExtentRow| extent.disk.as_ref().is_some_and(|disk| lost_disks.contains(disk));
+        // A copy on a failed or lost disk, or one its OSD no longer knows.
+        let on_lost_disk = |extent: &crate::db::ExtentRow| {
+            extent.disk.as_ref().is_some_and(|disk| disk == crate::db::MISSING_DISK || lost_disks.contains(disk))
+        };
         for volume in db.volumes_in_state(VolumeState::Open).await? {
             if let Some(dead) = volume.extents.iter().find(|extent| !alive.contains_key(&extent.osd_id) || on_lost_disk(extent)) {
                 if db.transition(volume.volume_id, VolumeState::Open, VolumeState::Closing).await? {

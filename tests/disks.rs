@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{assert_all_readable, signal, try_report, LocalPocket, UpOptions};
+use common::{assert_all_readable, signal, try_report, wait_for, LocalPocket, UpOptions};
 use pocket::cell_status::CellReport;
 use pocket_proto::Key;
 use rand::{Rng, SeedableRng};
@@ -22,21 +22,6 @@ fn cell() -> UpOptions {
         extra: ["--max-blob-size", "512KiB", "--no-erasure", "--disks-per-osd", "2", "--fault-injection"]
             .map(String::from)
             .to_vec(),
-    }
-}
-
-async fn wait_for(pocket: &LocalPocket, what: &str, within: Duration, done: impl Fn(&CellReport) -> bool) -> CellReport {
-    let deadline = Instant::now() + within;
-    let mut last = None;
-    loop {
-        if let Some(report) = try_report(pocket).await {
-            if done(&report) {
-                return report;
-            }
-            last = Some(report);
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}; last report: {last:#?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{assert_all_readable, signal, try_report, LocalPocket, UpOptions};
+use common::{assert_all_readable, signal, try_report, wait_for, LocalPocket, UpOptions};
 use pocket::cell_status::CellReport;
 use pocket_proto::{pb, Key};
 use pocket_transport::Role;
@@ -34,22 +34,6 @@ fn healing_cell() -> UpOptions {
     }
 }
 
-
-/// Waits until `done` holds of the cell's report.
-async fn wait_for(pocket: &LocalPocket, what: &str, within: Duration, done: impl Fn(&CellReport) -> bool) -> CellReport {
-    let deadline = Instant::now() + within;
-    let mut last = None;
-    loop {
-        if let Some(report) = try_report(pocket).await {
-            if done(&report) {
-                return report;
-            }
-            last = Some(report);
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}; last report: {last:#?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
 
 fn closed(report: &CellReport) -> u64 {
     report.volumes.get("replicated/closed").copied().unwrap_or(0)

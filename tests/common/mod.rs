@@ -232,3 +232,20 @@ pub async fn try_report(pocket: &LocalPocket) -> Option<pocket::cell_status::Cel
     .ok()
     .flatten()
 }
+
+/// Waits until `done` holds of the cell's report; fails naming `what` and
+/// the last report after `within`.
+pub async fn wait_for(pocket: &LocalPocket, what: &str, within: Duration, done: impl Fn(&pocket::cell_status::CellReport) -> bool) -> pocket::cell_status::CellReport {
+    let deadline = Instant::now() + within;
+    let mut last = None;
+    loop {
+        if let Some(report) = try_report(pocket).await {
+            if done(&report) {
+                return report;
+            }
+            last = Some(report);
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}; last report: {last:#?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -26,6 +26,20 @@ pub struct CellReport {
     pub overhead: f64,
     /// (k + m) ÷ k: the overhead once every sealed volume is erasure-coded.
     pub erasure_overhead: f64,
+    /// implied ÷ logical: the overhead the sealed volumes' kinds imply (R for
+    /// closed replicated volumes, their shards for erasure-coded ones).
+    /// Storage above it is extra copies; 0 when there is no sealed data.
+    #[serde(default)]
+    pub implied_overhead: f64,
+    /// Copies on OSDs that nothing names, not deleted yet (the leader's last
+    /// reconciliation pass), and their bytes.
+    #[serde(default)]
+    pub unnamed_copies: u64,
+    #[serde(default)]
+    pub unnamed_bytes: u64,
+    /// Copies reconciliation moved to trash since the leader started.
+    #[serde(default)]
+    pub reconciled_copies: u64,
     pub osds_registered: usize,
     pub osds_alive: usize,
     pub osd_used_bytes: u64,
@@ -114,6 +128,14 @@ pub async fn fetch(config: &OperatorConfig) -> anyhow::Result<CellReport> {
         sealed_stored_bytes: status.sealed_stored_bytes,
         overhead,
         erasure_overhead: f64::from(status.data_shards + status.parity_shards) / f64::from(status.data_shards.max(1)),
+        implied_overhead: if status.sealed_logical_bytes == 0 {
+            0.0
+        } else {
+            status.storage.implied_bytes as f64 / status.sealed_logical_bytes as f64
+        },
+        unnamed_copies: status.storage.unnamed_copies,
+        unnamed_bytes: status.storage.unnamed_bytes,
+        reconciled_copies: status.storage.reconciled_copies,
         osds_registered: status.osds.len(),
         osds_alive: status.osds.iter().filter(|o| o.alive).count(),
         osd_used_bytes: status.osds.iter().map(|o| o.used_bytes).sum(),
@@ -163,11 +185,20 @@ pub fn render(report: &CellReport, progress: Option<u64>) -> String {
         out.push_str(&format!("{kind:<12} {state:<10} {count:>8}\n"));
     }
     out.push_str(&format!(
-        "\nsealed data   {:>12.1} MiB logical  {:>12.1} MiB stored  overhead {:.3}x\n",
+        "\nsealed data   {:>12.1} MiB logical  {:>12.1} MiB stored  overhead {:.3}x (the volumes' kinds imply {:.3}x)\n",
         mib(report.sealed_logical_bytes),
         mib(report.sealed_stored_bytes),
-        report.overhead
+        report.overhead,
+        report.implied_overhead
     ));
+    if report.unnamed_copies > 0 || report.reconciled_copies > 0 {
+        out.push_str(&format!(
+            "reconcile     {} copies nothing names ({:.1} MiB) wait for deletion; {} moved to trash\n",
+            grouped(report.unnamed_copies),
+            mib(report.unnamed_bytes),
+            grouped(report.reconciled_copies)
+        ));
+    }
     let down: Vec<String> = report.osds.iter().filter(|o| o.health == "down").map(|o| o.osd_id.to_string()).collect();
     let out_osds: Vec<String> = report.osds.iter().filter(|o| o.health == "out").map(|o| o.osd_id.to_string()).collect();
     out.push_str(&format!(

@@ -77,6 +77,15 @@ enum Command {
         /// reads and appends fail with EIO.
         #[arg(long, hide = true)]
         fault_injection: bool,
+        /// How long an OSD keeps a deleted extent in its trash, where an
+        /// operator can still restore it, before purging it (e.g. 1d, 0s).
+        #[arg(long, default_value = "1d", value_parser = parse_duration)]
+        trash_delay: std::time::Duration,
+        /// Bytes per second of background work (erasure coding, repair)
+        /// each OSD serves, beside the coordinator's own rate (e.g. 64MiB;
+        /// 0: no limit). Live traffic is never paced.
+        #[arg(long, default_value = "0", value_parser = parse_size)]
+        osd_background_rate: u64,
     },
     /// Run an OSD daemon.
     Osd(DaemonArgs),
@@ -280,6 +289,30 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure what background work costs live traffic over a running
+    /// `pocket up --dir DIR`: 4 MiB GETs while closed volumes are
+    /// erasure-coded against the same with none, and (--repair) PUTs while
+    /// a killed OSD's copies are repaired against the same with none.
+    BackgroundBench {
+        #[arg(long, default_value = "pocket-data")]
+        dir: PathBuf,
+        /// Longest measured phase, in seconds.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        #[arg(long, default_value = "4MiB", value_parser = parse_size)]
+        blob_size: u64,
+        /// The coordinator's background rate while encoding (e.g. 64MiB; 0: no limit).
+        #[arg(long, default_value = "0", value_parser = parse_size)]
+        rate: u64,
+        /// Also measure PUTs during a repair (kills and holds the last OSD;
+        /// run the pocket with a short --osd-out-after).
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a stored blob's length, cell, bucket and creation time (JSON).
     Stat {
         key: String,
@@ -396,6 +429,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             coordinators,
             disks_per_osd,
             fault_injection,
+            trash_delay,
+            osd_background_rate,
         } => {
             let settings = pocket::up::UpSettings {
                 osds,
@@ -414,6 +449,8 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 coordinators,
                 disks_per_osd,
                 fault_injection,
+                trash_delay_ms: trash_delay.as_millis() as u64,
+                osd_background_bytes_per_sec: osd_background_rate,
                 standby_coordinator_ports: Vec::new(),
             };
             pocket::up::Up::prepare(&dir, settings)?.run(pocket_daemon::shutdown_signal()).await
@@ -498,6 +535,17 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 seed,
             };
             pocket_bench::chaos::command(options, json).await
+        }
+        Command::BackgroundBench { dir, seconds, concurrency, blob_size, rate, repair, json } => {
+            let options = pocket_bench::background_bench::BackgroundBenchOptions {
+                dir,
+                seconds,
+                concurrency,
+                blob_bytes: blob_size as usize,
+                rate_bytes_per_sec: rate,
+                repair,
+            };
+            pocket_bench::background_bench::command(options, json).await
         }
         Command::FailoverBench { dir, kills, interval_secs, blob_size, json } => {
             let options = pocket_bench::failover_bench::FailoverBenchOptions {

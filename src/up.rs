@@ -89,9 +89,19 @@ pub struct UpSettings {
     /// Test-only fault hook of the OSDs (`DISK.inject-eio`); never in production.
     #[serde(default)]
     pub fault_injection: bool,
+    /// Bytes/s of background work (erasure coding, repair) through each OSD; 0: no limit.
+    #[serde(default)]
+    pub osd_background_bytes_per_sec: u64,
+    /// How long an OSD keeps a deleted extent in its trash before purging it.
+    #[serde(default = "default_trash_delay_ms")]
+    pub trash_delay_ms: u64,
     /// Loopback ports of the standby coordinators, fixed on first run.
     #[serde(default)]
     pub standby_coordinator_ports: Vec<u16>,
+}
+
+fn default_trash_delay_ms() -> u64 {
+    86_400_000
 }
 
 fn default_disks_per_osd() -> u32 {
@@ -203,6 +213,8 @@ impl Up {
                 stored.erasure = overrides.erasure;
                 stored.coordinators = overrides.coordinators;
                 stored.fault_injection = overrides.fault_injection;
+                stored.trash_delay_ms = overrides.trash_delay_ms;
+                stored.osd_background_bytes_per_sec = overrides.osd_background_bytes_per_sec;
                 stored
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => overrides,
@@ -266,7 +278,7 @@ impl Up {
     fn coordinator_config(&self, name: &str, port: u16) -> String {
         let db = self.dir.join("coordinator").join("cell.db");
         format!(
-            "cell_id = 1\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\ndatabase_url = \"sqlite://{}?mode=rwc\"\naudit_log = \"{}\"\nreplication_factor = {}\nextent_size_bytes = {}\nosd_down_after_ms = {}\nosd_out_after_ms = {}\n{}\n[erasure]\nenabled = {}\ndata_shards = {}\nparity_shards = {}\n",
+            "cell_id = 1\nname = \"{name}\"\nlisten = \"127.0.0.1:{port}\"\ndatabase_url = \"sqlite://{}?mode=rwc\"\naudit_log = \"{}\"\nreplication_factor = {}\nextent_size_bytes = {}\nosd_down_after_ms = {}\nosd_out_after_ms = {}\n{}\n[erasure]\nenabled = {}\ndata_shards = {}\nparity_shards = {}\n\n[reconcile]\ninterval_ms = {}\ngrace_ms = {}\n",
             db.display(),
             self.dir.join("coordinator").join("audit.log").display(),
             self.settings.replication_factor,
@@ -277,7 +289,16 @@ impl Up {
             self.settings.erasure,
             self.settings.ec_data_shards,
             self.settings.ec_parity_shards,
+            self.reconcile_interval_ms(),
+            2 * self.reconcile_interval_ms(),
         )
+    }
+
+    /// Reconciliation looks for copies nothing names every half of
+    /// `--osd-out-after`, at most every 15 s: a cell that repairs quickly
+    /// also collects the duplicates of an OSD that comes back quickly.
+    fn reconcile_interval_ms(&self) -> u64 {
+        (self.settings.osd_out_after_ms / 2).clamp(1_000, 15_000)
     }
 
     /// The `[tls]` table of `identity`'s config.
@@ -360,9 +381,14 @@ impl Up {
             let config = self.write_config(
                 &format!("osd-{n}"),
                 format!(
-                    "osd_id = {n}\ndisks = [{}]\ncoordinator = \"{coordinator_addr}\"\ncoordinators = {standbys}\nfault_injection = {}\nmax_blob_size_bytes = {}\nstream_idle_timeout_ms = {}\n{}",
+                    "osd_id = {n}\ndisks = [{}]\ncoordinator = \"{coordinator_addr}\"\ncoordinators = {standbys}\nfault_injection = {}\ntrash_delay_secs = {}\n{}max_blob_size_bytes = {}\nstream_idle_timeout_ms = {}\n{}",
                     disks.join(", "),
                     self.settings.fault_injection,
+                    self.settings.trash_delay_ms.div_ceil(1000),
+                    match self.settings.osd_background_bytes_per_sec {
+                        0 => String::new(),
+                        rate => format!("background_bytes_per_sec = {rate}\n"),
+                    },
                     self.settings.max_blob_size_bytes,
                     self.settings.stream_idle_timeout_ms,
                     self.tls_table(&Identity::new(Role::Osd, &format!("osd-{n}"))),

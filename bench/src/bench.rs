@@ -200,7 +200,7 @@ pub async fn run(client: Client, options: BenchOptions) -> anyhow::Result<Vec<Ph
         // The unmeasured load phase stores `count` blobs, even in --duration mode.
         let load_options = BenchOptions { duration: None, ..options.clone() };
         let phase_options = if *measured { &options } else { &load_options };
-        let (report, first_error) = phase_run(&client, &pool, &keys, phase_options, phase, *op).await?;
+        let (report, first_error) = phase_run(&client, &pool, &keys, phase_options, phase, *op, None).await?;
         if let Some(error) = first_error {
             tracing::warn!(phase, errors = report.errors, first = %error, "operations failed");
         }
@@ -211,6 +211,24 @@ pub async fn run(client: Client, options: BenchOptions) -> anyhow::Result<Vec<Ph
     Ok(reports)
 }
 
+/// One timed phase of PUTs (of fresh `options.size_bytes` blobs, their keys
+/// added to `keys`) or of GETs (of `keys`, each checked against its key),
+/// for `options.duration`, or until `stop` turns true if sooner. For other
+/// commands that measure live traffic beside something else.
+pub async fn timed_phase(
+    client: &Client,
+    keys: &Arc<Mutex<Vec<Key>>>,
+    options: &BenchOptions,
+    phase: &str,
+    put: bool,
+    stop: Option<Arc<AtomicBool>>,
+) -> anyhow::Result<PhaseReport> {
+    let pool = Arc::new(Pool::new(options.size_bytes, options.seed ^ keys.lock().expect("keys lock").len() as u64));
+    let op = if put { Op::Put } else { Op::Get };
+    let options = BenchOptions { duration: Some(options.duration.unwrap_or(Duration::from_secs(10))), progress: false, ..options.clone() };
+    Ok(phase_run(client, &pool, keys, &options, phase, op, stop).await?.0)
+}
+
 async fn phase_run(
     client: &Client,
     pool: &Arc<Pool>,
@@ -218,6 +236,7 @@ async fn phase_run(
     options: &BenchOptions,
     phase: &str,
     op: Op,
+    end_early: Option<Arc<AtomicBool>>,
 ) -> anyhow::Result<(PhaseReport, Option<String>)> {
     let recorder = Arc::new(Recorder::new()?);
     let issued = Arc::new(AtomicU64::new(0));
@@ -308,7 +327,7 @@ async fn phase_run(
     }
     if let Some(duration) = options.duration {
         let deadline = started + duration;
-        while Instant::now() < deadline {
+        while Instant::now() < deadline && !end_early.as_ref().is_some_and(|end| end.load(Ordering::Relaxed)) {
             tokio::time::sleep(Duration::from_millis(250).min(deadline.saturating_duration_since(Instant::now()))).await;
             progress.set_position(started.elapsed().as_secs());
         }

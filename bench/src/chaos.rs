@@ -14,7 +14,16 @@
 //! default the OSDs beyond k + m). At
 //! the end the load stops, the command waits for full redundancy, and every
 //! acknowledged PUT is read back and checked against its key (a blob's key
-//! is its BLAKE3, so a match is a byte-identical blob). One summary line.
+//! is its BLAKE3, so a match is a byte-identical blob).
+//!
+//! Then convergence: the OSDs held down come back with their data, and the
+//! command waits until every OSD is up, no volume is in a transitional state
+//! (creating, closing, encoding, building, retiring), reconciliation has
+//! deleted every copy nothing names, and storage is within 5% of what the
+//! volumes' kinds imply — in the cell database, and on disk (the extent and
+//! parity files of every OSD, less the open extents; deleted extents wait in
+//! each disk's `trash/` for the trash delay and are reported apart). One
+//! summary line.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,11 +65,133 @@ pub struct ChaosReport {
     pub get_errors: u64,
     /// Acknowledged PUTs that did not read back intact at the end (must be 0).
     pub acked_lost: u64,
+    /// The same, read again after convergence (reconciliation deleted copies).
+    pub acked_lost_after_convergence: u64,
     /// From the last fault to full redundancy; None if not reached.
     pub seconds_to_full_redundancy: Option<f64>,
     /// When full redundancy was not reached: what the cell looked like last
     /// (volumes by state, extents by copies missing, the repair queue).
     pub last_state: Option<String>,
+    /// After the held OSDs came back: how the cell converged.
+    pub convergence: Option<Convergence>,
+}
+
+/// Storage once the cell has converged (or when the wait ended).
+#[derive(Debug, Default, Serialize)]
+pub struct Convergence {
+    /// From releasing the held OSDs to convergence; None if not reached.
+    pub seconds: Option<f64>,
+    /// Stored ÷ logical bytes of sealed data in the cell database.
+    pub db_overhead: f64,
+    /// Extent and parity files on the OSDs' disks, less open extents, ÷ logical.
+    pub disk_overhead: f64,
+    /// What the volumes' kinds imply ÷ logical.
+    pub implied_overhead: f64,
+    /// Copies nothing names left on OSDs, and volumes in a transitional state.
+    pub unnamed_copies: u64,
+    pub transitional_volumes: u64,
+    /// Files left in the OSDs' trash.
+    pub trash_bytes: u64,
+    /// Copies reconciliation moved to trash (by the last leader).
+    pub reconciled_copies: u64,
+}
+
+/// States a converged cell has no volume in.
+const TRANSITIONAL: [&str; 5] = ["creating", "closing", "encoding", "building", "retiring"];
+
+fn transitional_volumes(status: &pocket_rpc_client::CellStatus) -> u64 {
+    status
+        .volumes_by_state
+        .iter()
+        .filter(|(key, _)| key.split_once('/').is_some_and(|(_, state)| TRANSITIONAL.contains(&state)))
+        .map(|(_, count)| *count)
+        .sum()
+}
+
+/// Bytes of the files directly under `dir` (none if it is missing).
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| entries.flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum())
+        .unwrap_or(0)
+}
+
+/// (extent and parity files, trash files) over every disk of every OSD.
+fn disk_bytes(dir: &Path) -> (u64, u64) {
+    let mut stored = 0;
+    let mut trash = 0;
+    for (_, disks) in osds(dir) {
+        for disk in disks {
+            stored += dir_bytes(&disk.join("extents")) + dir_bytes(&disk.join("parity"));
+            trash += dir_bytes(&disk.join("trash"));
+        }
+    }
+    (stored, trash)
+}
+
+/// Within 5% of what the volumes' kinds imply.
+const CONVERGED_TOLERANCE: f64 = 1.05;
+
+/// Releases the held OSDs and waits until the cell converges (module docs).
+async fn converge(
+    dir: &Path,
+    coordinator: &pocket_rpc_client::CoordinatorClient,
+    timeout: Duration,
+) -> Convergence {
+    let released = Instant::now();
+    if let Ok(entries) = std::fs::read_dir(dir.join("hold")) {
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with("osd-") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+    let mut convergence = Convergence::default();
+    // When every OSD was first seen up, and the first reconciliation pass
+    // that ended after that: a later pass began after every OSD was up.
+    let mut all_up_since: Option<i64> = None;
+    let mut first_pass_after_up: Option<i64> = None;
+    while released.elapsed() < timeout {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let Ok(status) = coordinator.rpc_status().await else { continue };
+        let all_up = !status.osds.is_empty() && status.osds.iter().all(|osd| osd.health == "up");
+        let logical = status.sealed_logical_bytes.max(1) as f64;
+        let (files, trash) = disk_bytes(dir);
+        let storage = &status.storage;
+        convergence.db_overhead = status.sealed_stored_bytes as f64 / logical;
+        convergence.implied_overhead = storage.implied_bytes as f64 / logical;
+        convergence.disk_overhead = files.saturating_sub(storage.open_bytes) as f64 / logical;
+        convergence.unnamed_copies = storage.unnamed_copies;
+        convergence.transitional_volumes = transitional_volumes(&status);
+        convergence.trash_bytes = trash;
+        convergence.reconciled_copies = storage.reconciled_copies;
+        if !all_up {
+            all_up_since = None;
+            first_pass_after_up = None;
+            continue;
+        }
+        let up_since = *all_up_since.get_or_insert_with(pocket_proto::now_unix_ms);
+        let reconciled_since_up = match first_pass_after_up {
+            None => {
+                if storage.reconciled_unix_ms > up_since {
+                    first_pass_after_up = Some(storage.reconciled_unix_ms);
+                }
+                false
+            }
+            Some(first) => storage.reconciled_unix_ms > first,
+        };
+        let bound = storage.implied_bytes as f64 * CONVERGED_TOLERANCE;
+        if reconciled_since_up
+            && storage.unnamed_copies == 0
+            && convergence.transitional_volumes == 0
+            && no_copy_missing(&status)
+            && status.sealed_stored_bytes as f64 <= bound
+            && files.saturating_sub(storage.open_bytes) as f64 <= bound
+        {
+            convergence.seconds = Some(released.elapsed().as_secs_f64());
+            break;
+        }
+    }
+    convergence
 }
 
 fn signal(pid: u32, signal: i32) {
@@ -262,7 +393,22 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let keys = acked.lock().expect("acked lock").clone();
-    for key in &keys {
+    report.acked_lost = lost(&client, &keys).await;
+    report.convergence = Some(converge(&dir, &coordinator, options.heal_timeout).await);
+    // Reconciliation deleted copies: every acknowledged PUT must still read back.
+    report.acked_lost_after_convergence = lost(&client, &keys).await;
+    report.puts_acked = counts[0].load(Ordering::Relaxed);
+    report.puts_failed = counts[1].load(Ordering::Relaxed);
+    report.gets_ok = counts[2].load(Ordering::Relaxed);
+    report.get_errors = counts[3].load(Ordering::Relaxed);
+    Ok(report)
+}
+
+/// How many of `keys` do not read back intact (three tries each; a blob's
+/// key is its BLAKE3, so a match is a byte-identical blob).
+async fn lost(client: &pocket_client::Client, keys: &[Key]) -> u64 {
+    let mut lost = 0;
+    for key in keys {
         let mut intact = false;
         for _ in 0..3 {
             match client.get(key).await {
@@ -274,14 +420,10 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
             }
         }
         if !intact {
-            report.acked_lost += 1;
+            lost += 1;
         }
     }
-    report.puts_acked = counts[0].load(Ordering::Relaxed);
-    report.puts_failed = counts[1].load(Ordering::Relaxed);
-    report.gets_ok = counts[2].load(Ordering::Relaxed);
-    report.get_errors = counts[3].load(Ordering::Relaxed);
-    Ok(report)
+    lost
 }
 
 /// Every logical extent at full redundancy and nothing queued for repair.
@@ -311,13 +453,35 @@ pub fn render(r: &ChaosReport) -> String {
         r.get_errors,
         r.seconds_to_full_redundancy.map_or("NOT reached".to_string(), |s| format!("{s:.1} s after the last fault"))
     ) + &r.last_state.as_ref().map(|state| format!("last state: {state}\n")).unwrap_or_default()
+        + &r.convergence.as_ref().map(|c| render_convergence(c, r.acked_lost_after_convergence)).unwrap_or_default()
+}
+
+fn render_convergence(c: &Convergence, lost_after: u64) -> String {
+    format!(
+        "convergence: {}; acked PUTs lost after it {lost_after}; overhead {:.3}x in the cell database, {:.3}x on disk, the volumes' kinds imply {:.3}x; {} copies reconciled to trash; left: {} unnamed copies, {} transitional volumes, {} trash bytes\n",
+        c.seconds.map_or("NOT reached".to_string(), |s| format!("{s:.1} s after the held OSDs came back")),
+        c.db_overhead,
+        c.disk_overhead,
+        c.implied_overhead,
+        c.reconciled_copies,
+        c.unnamed_copies,
+        c.transitional_volumes,
+        c.trash_bytes
+    )
 }
 
 pub async fn command(options: ChaosOptions, json: bool) -> anyhow::Result<()> {
     let report = run(options).await?;
     crate::print_report(&report, json, render)?;
-    if report.acked_lost > 0 || report.seconds_to_full_redundancy.is_none() {
-        bail!("chaos run failed: {} acknowledged PUTs lost; full redundancy {}", report.acked_lost, if report.seconds_to_full_redundancy.is_some() { "reached" } else { "not reached" });
+    let converged = report.convergence.as_ref().is_some_and(|c| c.seconds.is_some());
+    let lost = report.acked_lost + report.acked_lost_after_convergence;
+    if lost > 0 || report.seconds_to_full_redundancy.is_none() || !converged {
+        bail!(
+            "chaos run failed: {} acknowledged PUTs lost; full redundancy {}; convergence {}",
+            lost,
+            if report.seconds_to_full_redundancy.is_some() { "reached" } else { "not reached" },
+            if converged { "reached" } else { "not reached" }
+        );
     }
     Ok(())
 }

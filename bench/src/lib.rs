@@ -13,10 +13,15 @@
 //!   coding library.
 //! - `restart_bench`: `pocket restart-bench`, an OSD store's reopening
 //!   after many records.
+//! - `chaos`, `failover_bench`, `background_bench`: `pocket chaos`,
+//!   `pocket failover-bench`, `pocket background-bench`, over a running
+//!   `pocket up` (faults and convergence; leader failover; what erasure
+//!   coding and repair cost live traffic).
 //!
 //! Each command's `command` function measures and prints what `pocket`
 //! prints (a table, or JSON with `--json`).
 
+pub mod background_bench;
 pub mod bench;
 pub mod chaos;
 pub mod ec_bench;

@@ -216,6 +216,33 @@ fn cpu_ms_per_mib(cpu_ms: f64, bytes: u64) -> f64 {
     cpu_ms / (bytes as f64 / (1024.0 * 1024.0)).max(1e-9)
 }
 
+/// The disk's write bound in MiB/s as another command measures it beside
+/// its own figures: `bytes` written sequentially to a file in `dir` the way
+/// an OSD writes, synced every 64 MiB (a whole extent's write). Blocking.
+pub fn write_bound_mib_per_sec(dir: &Path, bytes: u64) -> anyhow::Result<f64> {
+    let path = dir.join(format!("pocket-write-bound-{}.tmp", std::process::id()));
+    let mut buffer = vec![0u8; IO_BUFFER_BYTES];
+    rand::rng().fill_bytes(&mut buffer);
+    let result = (|| -> anyhow::Result<f64> {
+        let mut file = OsdLikeWriter::create(&path)?;
+        let started = Instant::now();
+        let (mut written, mut unsynced) = (0u64, 0u64);
+        while written < bytes {
+            file.write(&buffer)?;
+            written += buffer.len() as u64;
+            unsynced += buffer.len() as u64;
+            if unsynced >= 64 * 1024 * 1024 {
+                file.sync()?;
+                unsynced = 0;
+            }
+        }
+        file.sync()?;
+        Ok(mib_per_sec(written, started.elapsed()))
+    })();
+    let _ = std::fs::remove_file(&path);
+    result
+}
+
 fn mib_per_sec(bytes: u64, elapsed: Duration) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / elapsed.as_secs_f64().max(1e-9)
 }

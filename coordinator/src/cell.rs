@@ -78,6 +78,14 @@ struct Inner {
     leadership: Leadership,
     /// Whether planning last found too few failure domains (to warn once).
     ec_blocked: std::sync::atomic::AtomicBool,
+    /// Held while a copy gets a new name on an OSD that may hold an unnamed
+    /// one of the same extent (repair claiming a target), and while
+    /// reconciliation checks that a copy is unnamed and deletes it.
+    naming: tokio::sync::Mutex<()>,
+    /// What the last reconciliation pass found, for `CellStatus`.
+    reconcile_summary: Mutex<crate::reconcile::ReconcileSummary>,
+    /// Summaries last published in `cell_meta`: name → (JSON, when).
+    published: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 impl Cell {
@@ -102,6 +110,9 @@ impl Cell {
                 repair_summary: Mutex::new(RepairSummary::default()),
                 leadership,
                 ec_blocked: std::sync::atomic::AtomicBool::new(false),
+                naming: tokio::sync::Mutex::new(()),
+                reconcile_summary: Mutex::new(crate::reconcile::ReconcileSummary::default()),
+                published: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -182,12 +193,78 @@ impl Cell {
         }).collect())
     }
 
-    pub(crate) fn set_repair_summary(&self, summary: RepairSummary) {
+    /// The naming lock (see [`crate::reconcile`]).
+    pub(crate) async fn naming_lock(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.inner.naming.lock().await
+    }
+
+    /// Records what the last reconciliation pass found, in memory and in
+    /// the cell database, where a standby's `CellStatus` reads it.
+    pub(crate) async fn set_reconcile_summary(&self, summary: crate::reconcile::ReconcileSummary) {
+        self.publish(crate::db::RECONCILE_SUMMARY, &summary).await;
+        *self.inner.reconcile_summary.lock().expect("reconcile summary lock poisoned") = summary;
+    }
+
+    /// What the leader's last reconciliation pass found (a standby reads
+    /// what the leader published).
+    pub async fn reconcile_summary(&self) -> crate::reconcile::ReconcileSummary {
+        if self.inner.leadership.leading().is_some() {
+            return self.inner.reconcile_summary.lock().expect("reconcile summary lock poisoned").clone();
+        }
+        self.published(crate::db::RECONCILE_SUMMARY).await
+    }
+
+    /// Records what the last repair pass found, in memory and in the cell
+    /// database, where a standby's `CellStatus` reads it.
+    pub(crate) async fn set_repair_summary(&self, summary: RepairSummary) {
+        self.publish(crate::db::REPAIR_SUMMARY, &summary).await;
         *self.inner.repair_summary.lock().expect("repair summary lock poisoned") = summary;
     }
 
-    pub fn repair_summary(&self) -> RepairSummary {
-        self.inner.repair_summary.lock().expect("repair summary lock poisoned").clone()
+    /// What the leader's last repair pass found (a standby reads what the
+    /// leader published).
+    pub async fn repair_summary(&self) -> RepairSummary {
+        if self.inner.leadership.leading().is_some() {
+            return self.inner.repair_summary.lock().expect("repair summary lock poisoned").clone();
+        }
+        self.published(crate::db::REPAIR_SUMMARY).await
+    }
+
+    /// Stores a leader's summary for standbys: when it changed, at most
+    /// once a second, and every ten seconds regardless. A failure only costs
+    /// standbys freshness.
+    async fn publish(&self, name: &str, summary: &impl serde::Serialize) {
+        let text = match serde_json::to_string(summary) {
+            Ok(text) => text,
+            Err(error) => {
+                tracing::warn!(name, %error, "summary not serialisable");
+                return;
+            }
+        };
+        {
+            let published = self.inner.published.lock().expect("published lock poisoned");
+            if let Some((last, at)) = published.get(name) {
+                let age = at.elapsed();
+                let due = (*last != text && age >= Duration::from_secs(1)) || age >= Duration::from_secs(10);
+                if !due {
+                    return;
+                }
+            }
+        }
+        match self.inner.db.set_meta(name, &text).await {
+            Ok(()) => {
+                self.inner.published.lock().expect("published lock poisoned").insert(name.to_string(), (text, std::time::Instant::now()));
+            }
+            Err(error) => tracing::debug!(name, %error, "summary not published"),
+        }
+    }
+
+    /// A summary the leader published, or an empty one.
+    async fn published<T: serde::de::DeserializeOwned + Default>(&self, name: &str) -> T {
+        match self.inner.db.meta(name).await {
+            Ok(Some(text)) => serde_json::from_str(&text).unwrap_or_default(),
+            _ => T::default(),
+        }
     }
 
     fn place(&self, volume: VolumeRow, bucket_id: BucketId, osds: &HashMap<OsdId, OsdRow>) -> Placement {
@@ -297,6 +374,12 @@ impl Cell {
         for volume in db.volumes_in_state(VolumeState::Creating).await? {
             self.finish_creating(volume, &alive).await?;
         }
+        // Abandoned while being created: never writable, so their copies hold
+        // nothing; once forgotten, reconciliation deletes them.
+        let forgotten = db.forget_abandoned_replicas().await?;
+        if forgotten > 0 {
+            tracing::info!(copies = forgotten, "forgot the copies of volumes abandoned while being created");
+        }
         let lost_disks = db.lost_disks().await?;
         // A copy on a failed or lost disk, or one its OSD no longer knows.
         let on_lost_disk = |extent: &crate::db::ExtentRow| {
@@ -371,8 +454,8 @@ impl Cell {
                 None => Err("OSD is dead".to_string()),
             };
             if let Err(reason) = created {
-                // Never writable, so it holds no data: give it up; the empty
-                // extents left on OSDs are garbage for a later sweep.
+                // Never writable, so it holds no data: give it up; its copies
+                // are forgotten next pass and reconciliation deletes them.
                 tracing::warn!(volume_id = volume.volume_id, osd_id = extent.osd_id, %reason, "abandoning new volume");
                 self.inner.db.transition(volume.volume_id, VolumeState::Creating, VolumeState::Abandoned).await?;
                 return Ok(());
@@ -432,12 +515,17 @@ impl Cell {
     }
 }
 
-/// Bytes of sealed data in the cell: what its extents take on disk, and one
-/// copy of each bucket (the logical size).
+/// Bytes of sealed data in the cell: what its extents take on disk, one
+/// copy of each bucket (the logical size), and what the volumes' kinds imply.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StorageTotals {
     pub stored_bytes: u64,
     pub logical_bytes: u64,
+    /// R copies of each closed (or encoding) replicated volume's longest
+    /// replica; for an erasure-coded volume its data shards and m parity
+    /// shards as long as its longest data shard. Retiring replicas imply
+    /// nothing: they are on their way out.
+    pub implied_bytes: u64,
 }
 
 impl StorageTotals {
@@ -456,11 +544,22 @@ impl Cell {
         let states = [VolumeState::Closed, VolumeState::Encoding, VolumeState::Retiring, VolumeState::Ec];
         let extents = self.inner.db.stored_extents(&states).await?;
         let mut totals = StorageTotals::default();
+        // Per replicated volume: its longest replica. Per erasure-coded
+        // volume: (parity shards, longest data shard).
         let mut replicated_copy: HashMap<u64, u64> = HashMap::new();
+        let mut ec_volumes: HashMap<u64, (u64, u64)> = HashMap::new();
         for extent in &extents {
             totals.stored_bytes += extent.sealed_size_bytes;
             match (extent.kind, extent.state) {
-                (VolumeKind::Ec, _) if extent.position < extent.data_count => totals.logical_bytes += extent.sealed_size_bytes,
+                (VolumeKind::Ec, _) => {
+                    let volume = ec_volumes.entry(extent.volume_id).or_default();
+                    volume.0 = u64::from(extent.parity_count);
+                    if extent.position < extent.data_count {
+                        totals.logical_bytes += extent.sealed_size_bytes;
+                        totals.implied_bytes += extent.sealed_size_bytes;
+                        volume.1 = volume.1.max(extent.sealed_size_bytes);
+                    }
+                }
                 (VolumeKind::Replicated, VolumeState::Closed | VolumeState::Encoding) => {
                     let copy = replicated_copy.entry(extent.volume_id).or_default();
                     *copy = (*copy).max(extent.sealed_size_bytes);
@@ -468,7 +567,12 @@ impl Cell {
                 _ => {}
             }
         }
+        for (parity, longest) in ec_volumes.values() {
+            totals.implied_bytes += parity * longest;
+        }
+        let replicas = u64::from(self.inner.config.replication_factor);
         totals.logical_bytes += replicated_copy.values().sum::<u64>();
+        totals.implied_bytes += replicated_copy.values().map(|copy| copy * replicas).sum::<u64>();
         Ok(totals)
     }
 }

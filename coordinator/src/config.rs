@@ -64,6 +64,41 @@ pub struct CoordinatorConfig {
     /// Leadership among the cell's coordinators (`[leadership]`, ADR 19).
     #[serde(default)]
     pub leadership: LeadershipConfig,
+    /// Reconciliation of copies nothing names (`[reconcile]`).
+    #[serde(default)]
+    pub reconcile: ReconcileConfig,
+}
+
+/// Reconciliation (`[reconcile]`): the leader lists every up OSD's extents
+/// and deletes, to the OSD's trash, the copies the cell database does not
+/// name (copies repaired elsewhere while their OSD was out, extents of
+/// volumes never opened, leftovers of failed attempts).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReconcileConfig {
+    /// Reconcile at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Period of the pass over the OSDs.
+    #[serde(default = "default_reconcile_interval_ms")]
+    pub interval_ms: u64,
+    /// How long a copy must have been seen unnamed, by passes of this
+    /// leader, before it is deleted.
+    #[serde(default = "default_reconcile_grace_ms")]
+    pub grace_ms: u64,
+}
+
+impl Default for ReconcileConfig {
+    fn default() -> Self {
+        ReconcileConfig { enabled: true, interval_ms: default_reconcile_interval_ms(), grace_ms: default_reconcile_grace_ms() }
+    }
+}
+
+fn default_reconcile_interval_ms() -> u64 {
+    15_000
+}
+fn default_reconcile_grace_ms() -> u64 {
+    30_000
 }
 
 /// The leader's lease (`[leadership]`).
@@ -270,6 +305,8 @@ pub enum ConfigError {
     OsdDownAfter,
     #[error("coordinator config: leadership needs renew_interval_ms < renew_deadline_ms < lease_ttl_ms, each at least 100 ms")]
     Leadership,
+    #[error("coordinator config: reconcile interval_ms must be at least 100 and grace_ms at least interval_ms")]
+    Reconcile,
     #[error("coordinator config: name must be 1 to 64 characters of [A-Za-z0-9._-]")]
     Name,
     #[error("coordinator config: osd_out_after_ms must be at least osd_down_after_ms")]
@@ -306,6 +343,9 @@ impl CoordinatorConfig {
         }
         if self.osd_out_after_ms < self.osd_down_after_ms {
             return Err(ConfigError::OsdOutAfter);
+        }
+        if self.reconcile.interval_ms < 100 || self.reconcile.grace_ms < self.reconcile.interval_ms {
+            return Err(ConfigError::Reconcile);
         }
         let lease = &self.leadership;
         if lease.renew_interval_ms < 100

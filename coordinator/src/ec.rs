@@ -230,7 +230,13 @@ impl Cell {
         if self.ec_blocked(false) {
             tracing::info!(k, m, alive = alive.len(), "enough failure domains again; erasure coding resumes");
         }
-        let volume_id = db.plan_ec_volume(&data, &parity).await?;
+        // Under the naming lock: a data shard keeps its extent's id, and
+        // reconciliation may be deleting an unnamed copy of it on the
+        // target (ADR 20).
+        let volume_id = {
+            let _naming = self.naming_lock().await;
+            db.plan_ec_volume(&data, &parity).await?
+        };
         if let Some(id) = volume_id {
             tracing::info!(
                 volume_id = id,
@@ -279,7 +285,9 @@ impl Cell {
 
     fn client_of(&self, alive: &HashMap<OsdId, OsdRow>, osd_id: OsdId) -> Result<OsdClient, EncodeError> {
         let osd = alive.get(&osd_id).ok_or(EncodeError::OsdDead(osd_id))?;
-        self.osd_client(osd_id, &osd.grpc_addr).map_err(|_| EncodeError::OsdDead(osd_id))
+        self.osd_client(osd_id, &osd.grpc_addr)
+            .map(|client| client.for_purpose(pocket_rpc_client::Purpose::ErasureCoding))
+            .map_err(|_| EncodeError::OsdDead(osd_id))
     }
 
     async fn verify(&self, alive: &HashMap<OsdId, OsdRow>, osd_id: OsdId, extent_id: ExtentId) -> Result<VerifiedExtent, EncodeError> {
@@ -470,6 +478,8 @@ impl Cell {
     async fn collect_abandoned(&self, alive: &HashMap<OsdId, OsdRow>, health: &HashMap<OsdId, OsdHealth>) -> Result<(), CellError> {
         for (volume_id, row) in self.db().abandoned_layout().await? {
             let out = health.get(&row.osd_id).is_none_or(|h| *h == OsdHealth::Out);
+            // Checked and deleted under the naming lock (ADR 20).
+            let _naming = self.naming_lock().await;
             if out || self.db().copy_is_named(row.extent_id, row.osd_id).await? {
                 self.db().delete_layout_row(volume_id, row.position).await?;
                 continue;

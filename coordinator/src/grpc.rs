@@ -221,7 +221,8 @@ impl CoordinatorService {
 
     async fn cell_status_inner(&self) -> Result<pb::CellStatusResponse, Status> {
         let osds = self.cell.osd_health().await.map_err(status_of)?;
-        let repair = self.cell.repair_summary();
+        let repair = self.cell.repair_summary().await;
+        let reconcile = self.cell.reconcile_summary().await;
         let failed_disks: HashMap<u64, u64> =
             self.cell.db().failed_disk_counts().await.map_err(|e| status_of(e.into()))?.into_iter().collect();
         // Expired leases name no leader.
@@ -254,6 +255,14 @@ impl CoordinatorService {
             volumes_by_state,
             sealed_stored_bytes: totals.stored_bytes,
             sealed_logical_bytes: totals.logical_bytes,
+            storage: Some(pb::StorageStatus {
+                implied_bytes: totals.implied_bytes,
+                open_bytes: reconcile.open_bytes,
+                unnamed_bytes: reconcile.unnamed_bytes,
+                unnamed_copies: reconcile.unnamed_copies,
+                reconciled_unix_ms: reconcile.reconciled_unix_ms,
+                reconciled_copies: reconcile.deleted_copies,
+            }),
             data_shards: erasure.data_shards,
             parity_shards: erasure.parity_shards,
             repair: Some(pb::RepairStatus {

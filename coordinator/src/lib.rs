@@ -15,7 +15,8 @@
 //!
 //! Layout: [`config`], [`db`] (cell database), [`cell`] (decisions and the
 //! maintenance loop), [`health`] (up, down, out), [`ec`] (erasure coding),
-//! [`repair`] (lost copies rebuilt), [`grpc`] (the wire edge).
+//! [`repair`] (lost copies rebuilt), [`reconcile`] (copies nothing names
+//! deleted), [`grpc`] (the wire edge).
 
 pub mod audit;
 pub mod cell;
@@ -25,6 +26,7 @@ pub mod ec;
 pub mod grpc;
 pub mod health;
 pub mod leadership;
+pub mod reconcile;
 pub mod repair;
 
 use std::future::Future;
@@ -90,6 +92,7 @@ pub async fn run(
     workers.start(leadership::Led::new(cell::MaintenanceJob::new(cell.clone()), leadership.clone()));
     workers.start(leadership::Led::new(ec::ErasureJob::new(cell.clone()), leadership.clone()));
     workers.start(leadership::Led::new(repair::RepairJob::new(cell.clone()), leadership.clone()));
+    workers.start(leadership::Led::new(reconcile::ReconcileJob::new(cell.clone()), leadership.clone()));
     let settings = pocket_transport::ServerSettings {
         caps: pocket_transport::ConnectionCaps::default(),
         max_concurrent_streams: MAX_CONCURRENT_REQUESTS_PER_CONNECTION as u32,

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pocket_proto::{now_unix_ms, ExtentId, OsdId, VolumeId};
-use pocket_rpc_client::{ExtentKind, OsdClient, OsdError};
+use pocket_rpc_client::{ExtentKind, OsdClient, OsdError, Purpose};
 use rand::seq::SliceRandom;
 use serde::Serialize;
 use tokio::sync::Notify;
@@ -84,7 +84,7 @@ impl RepairTask {
 }
 
 /// Logical extents and bytes with `missing` copies or shards not on an up OSD.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Level {
     pub extents: u64,
     pub bytes: u64,
@@ -231,7 +231,7 @@ pub fn choose_target(
 }
 
 /// The repair queue and redundancy as `CellStatus` and `/metrics` show them.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
 pub struct RepairSummary {
     /// Missing copies → logical extents and bytes at that level.
     pub levels: BTreeMap<u32, Level>,
@@ -443,13 +443,17 @@ async fn repair_shard(
     switch(&cell, &repaired).await
 }
 
+/// The client of a repair's source or target: its whole-extent calls are
+/// paced by each OSD as repair (its `repair` budget class).
 fn client(cell: &Cell, (osd_id, addr): &(OsdId, String)) -> Result<OsdClient, RepairError> {
-    cell.osd_client(*osd_id, addr).map_err(|_| RepairError::NotUp(*osd_id))
+    cell.osd_client(*osd_id, addr).map(|client| client.for_purpose(Purpose::Repair)).map_err(|_| RepairError::NotUp(*osd_id))
 }
 
 /// Deletes `extent_id` on `osd_id` unless something names that copy
 /// ([`crate::db::CellDb::copy_is_named`]).
 async fn delete_unnamed(cell: &Cell, up: &HashMap<OsdId, OsdRow>, extent_id: ExtentId, osd_id: OsdId) -> Result<(), RepairError> {
+    // Checked and deleted under the naming lock (ADR 20).
+    let _naming = cell.naming_lock().await;
     if cell.db().copy_is_named(extent_id, osd_id).await? {
         return Ok(());
     }
@@ -704,7 +708,12 @@ impl RepairJob {
                     blocked += 1;
                     continue;
                 };
-                let target = db.claim_repair_target(task.volume_id, task.extent_id, task.lost_osd_id, target).await?;
+                // Under the naming lock: reconciliation may be deleting an
+                // unnamed copy of this extent on the target (ADR 20).
+                let target = {
+                    let _naming = cell.naming_lock().await;
+                    db.claim_repair_target(task.volume_id, task.extent_id, task.lost_osd_id, target).await?
+                };
                 let Some(target_row) = up.get(&target) else { continue };
                 let Some(source_rows) = sources.iter().map(|osd| up.get(osd).map(|row| (*osd, row.grpc_addr.clone()))).collect::<Option<Vec<_>>>()
                 else {
@@ -769,7 +778,7 @@ impl RepairJob {
             repaired_total: self.repaired_total,
         };
         publish_metrics(&summary);
-        cell.set_repair_summary(summary);
+        cell.set_repair_summary(summary).await;
 
         if self.running.is_empty() {
             return Ok(pocket_worker::Step::Idle(self.tick()));

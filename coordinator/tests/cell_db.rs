@@ -256,6 +256,51 @@ async fn a_repair_records_its_target_and_switches_once_on_both_backends() {
 }
 
 #[tokio::test]
+async fn reconciliation_sees_what_names_a_copy_on_both_backends() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (backend, db, mysql) in backends(&tmp).await {
+        let sources = two_closed_volumes(&db).await;
+        // Extent ids are volume ids here; volume 1 is on OSDs 1, 2, 3.
+        let volume_id = sources[0].0;
+        let extent_id = volume_id;
+        // OSD 1 holds volume 1's copies: named by their rows.
+        let on_1 = db.named_copies_on(1).await.expect("named");
+        assert!(on_1.contains(&extent_id), "{backend}: {on_1:?}");
+        let on_4 = db.named_copies_on(4).await.expect("named");
+        assert!(!on_4.contains(&extent_id), "{backend}");
+        // A repair target is named on its OSD before any byte moves.
+        db.claim_repair_target(volume_id, extent_id, 1, 4).await.expect("claim");
+        assert!(db.named_copies_on(4).await.expect("named").contains(&extent_id), "{backend}: a repair target");
+        db.drop_repair(extent_id, 1).await.expect("drop");
+        // Holders of a copy with what was recorded of it.
+        db.record_sealed_size(extent_id, 2, 777).await.expect("size");
+        db.record_extent_hash(extent_id, 2, [9; 32]).await.expect("hash");
+        let holders = db.named_holders(extent_id).await.expect("holders");
+        let on_2 = holders.iter().find(|h| h.osd_id == 2).expect("OSD 2 holds it");
+        assert_eq!((on_2.sealed_size_bytes, on_2.blake3), (777, Some([9; 32])), "{backend}");
+        assert_eq!(holders.len(), 3, "{backend}");
+
+        // A volume abandoned while being created loses its rows: nothing names its copies.
+        let abandoned = db.create_replicated_volume(&[3, 4, 5], 1 << 20).await.expect("create");
+        assert_eq!(db.forget_abandoned_replicas().await.expect("forget"), 0, "{backend}: creating is not abandoned");
+        assert!(db.transition(abandoned.volume_id, VolumeState::Creating, VolumeState::Abandoned).await.expect("abandon"), "{backend}");
+        assert_eq!(db.forget_abandoned_replicas().await.expect("forget"), 3, "{backend}");
+        let copy = abandoned.extents[0].extent_id;
+        assert!(!db.copy_is_named(copy, 3).await.expect("named"), "{backend}");
+        assert!(!db.named_copies_on(3).await.expect("named").contains(&copy), "{backend}");
+        // Volume 1's copies are untouched.
+        assert_eq!(db.volume(volume_id).await.expect("read").expect("exists").extents.len(), 3, "{backend}");
+
+        // A published summary longer than 255 characters round-trips.
+        let long = format!("{{\"levels\":\"{}\"}}", "x".repeat(4000));
+        db.set_meta(pocket_coordinator::db::REPAIR_SUMMARY, &long).await.expect("publish");
+        assert_eq!(db.meta(pocket_coordinator::db::REPAIR_SUMMARY).await.expect("read").as_deref(), Some(long.as_str()), "{backend}");
+        db.close().await;
+        drop(mysql);
+    }
+}
+
+#[tokio::test]
 async fn unknown_scheme_is_refused() {
     let error = CellDb::open("postgres://localhost/x", 1).await.err().expect("must fail");
     assert!(error.to_string().contains("unsupported cell database URL"), "{error}");

@@ -57,7 +57,8 @@ pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
         "" | "s" => 1_000,
         "m" | "min" => 60_000,
         "h" => 3_600_000,
-        other => return Err(format!("unknown duration unit {other:?} in {text:?} (ms, s, m or h)")),
+        "d" => 86_400_000,
+        other => return Err(format!("unknown duration unit {other:?} in {text:?} (ms, s, m, h or d)")),
     };
     number
         .checked_mul(millis)
@@ -73,6 +74,7 @@ mod tests {
         assert_eq!(super::parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(super::parse_duration("30"), Ok(Duration::from_secs(30)));
         assert_eq!(super::parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(super::parse_duration("1d"), Ok(Duration::from_secs(86_400)));
         assert_eq!(super::parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert!(super::parse_duration("3 weeks").is_err());
         assert!(super::parse_duration("-1s").is_err());

@@ -67,6 +67,19 @@ pub struct OsdConfig {
     /// through it (then `page_cache_window_bytes` applies).
     #[serde(default = "default_direct_io")]
     pub direct_io: bool,
+    /// How long a deleted extent stays in its disk's `trash/` before it is
+    /// purged (an operator can restore it until then). One day by default.
+    #[serde(default = "default_trash_delay_secs")]
+    pub trash_delay_secs: u64,
+    /// Bytes per second a coordinator's background work (erasure coding,
+    /// repair, verification) may read from or write to this OSD; none: no
+    /// limit (as is 0). Live traffic is never counted against it.
+    #[serde(default)]
+    pub background_bytes_per_sec: Option<u64>,
+}
+
+fn default_trash_delay_secs() -> u64 {
+    24 * 60 * 60
 }
 
 fn default_listen() -> String {

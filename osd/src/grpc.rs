@@ -30,6 +30,8 @@ const MAX_READ_STREAM_DURATION: std::time::Duration = std::time::Duration::from_
 const MAX_STATUS_BATCH: usize = 10_000;
 /// Most keys one Has call may ask about.
 const MAX_HAS_BATCH: usize = 10_000;
+/// Most extents one ListExtents page lists.
+const MAX_LIST_PAGE: usize = 10_000;
 /// Largest whole extent WriteExtent accepts: the largest extent, plus as
 /// much again for its footer (an index entry is smaller than a record).
 const MAX_WHOLE_EXTENT_BYTES: u64 = 2 * MAX_EXTENT_SIZE_BYTES;
@@ -39,20 +41,34 @@ pub struct OsdService {
     store: Store,
     fence: Fence,
     budget: ByteBudget,
+    /// The OSD's background budget: a coordinator's whole-extent reads,
+    /// writes and verifications are paced by it (ADR 16, issue 19).
+    background: pocket_worker::Budget,
     max_blob_size_bytes: u64,
     stream_idle_timeout: std::time::Duration,
 }
 
 impl OsdService {
-    pub fn new(store: Store, fence: Fence, config: &OsdConfig) -> OsdService {
+    pub fn new(store: Store, fence: Fence, config: &OsdConfig, background: pocket_worker::Budget) -> OsdService {
         OsdService {
             osd_id: config.osd_id,
             store,
             fence,
             budget: ByteBudget::new(config.max_inflight_bytes),
+            background,
             max_blob_size_bytes: config.max_blob_size_bytes,
             stream_idle_timeout: std::time::Duration::from_millis(config.stream_idle_timeout_ms),
         }
+    }
+
+    /// The budget class a coordinator's call is charged to, if it is
+    /// background work; live traffic (a frontend's) is never paced.
+    fn background_class<T>(request: &Request<T>, purpose: i32) -> Option<pocket_worker::Class> {
+        let caller = pocket_transport::peer_identity(request).ok()?;
+        if caller.role != Role::Coordinator {
+            return None;
+        }
+        purpose_class(purpose)
     }
 
     /// Refuses a mutating call from a coordinator whose leadership is not
@@ -415,6 +431,7 @@ impl pb::osd_server::Osd for OsdService {
 
     async fn read_range(&self, request: Request<pb::ReadRangeRequest>) -> Result<Response<ReadRangeStream>, Status> {
         authorize(&request, &[Role::Frontend, Role::Coordinator])?;
+        let paced = Self::background_class(&request, request.get_ref().purpose).map(|class| (class, self.background.clone()));
         let request = request.into_inner();
         self.check_addressee(request.osd_id)?;
         let store = self.store.clone();
@@ -431,11 +448,16 @@ impl pb::osd_server::Osd for OsdService {
         metrics::counter!("pocket_osd_range_read_bytes_total").increment(request.length);
         // One chunk read at a time, when the reader asks for it: memory per
         // stream is one chunk whatever the range.
-        let chunks = futures::stream::unfold((source, request.offset), move |(source, at)| async move {
+        let chunks = futures::stream::unfold((source, request.offset), move |(source, at)| {
+            let paced = paced.clone();
+            async move {
             if at >= end {
                 return None;
             }
             let len = (end - at).min(pocket_proto::CHUNK_SIZE_BYTES as u64) as usize;
+            if let Some((class, budget)) = &paced {
+                budget.bytes(*class, len as u64).await;
+            }
             let reader = source.clone();
             let read = tokio::task::spawn_blocking(move || reader.read(at, len))
                 .await
@@ -444,6 +466,7 @@ impl pb::osd_server::Osd for OsdService {
             match read {
                 Ok(chunk) => Some((Ok(pb::ReadRangeResponse { chunk }), (source, at + len as u64))),
                 Err(status) => Some((Err(status), (source, end))),
+            }
             }
         });
         Ok(Response::new(Box::pin(chunks)))
@@ -462,6 +485,8 @@ impl pb::osd_server::Osd for OsdService {
         };
         self.check_addressee(header.osd_id)?;
         self.admit(header.generation).await?;
+        // Only coordinators may call this: its purpose decides the pacing.
+        let paced = purpose_class(header.purpose);
         let kind = whole_kind(header.kind)?;
         if header.size_bytes > MAX_WHOLE_EXTENT_BYTES {
             return Err(Status::invalid_argument(format!("an extent of {} bytes is too large", header.size_bytes)));
@@ -473,6 +498,9 @@ impl pb::osd_server::Osd for OsdService {
         while let Some(message) = pocket_proto::next_message(&mut stream, self.stream_idle_timeout).await? {
             match message.part {
                 Some(pb::write_extent_request::Part::Chunk(chunk)) if blake3.is_none() => {
+                    if let Some(class) = paced {
+                        self.background.bytes(class, chunk.len() as u64).await;
+                    }
                     let (back, result) = tokio::task::spawn_blocking(move || {
                         let result = write.write(&chunk);
                         (write, result)
@@ -504,6 +532,11 @@ impl pb::osd_server::Osd for OsdService {
         authorize(&request, &[Role::Coordinator])?;
         let request = request.into_inner();
         self.check_addressee(request.osd_id)?;
+        if let Some(class) = purpose_class(request.purpose) {
+            // The whole extent is read: its bytes are charged up front.
+            let size = self.store.extent_info(request.extent_id).map_err(status_of)?.map_or(0, |info| info.size_bytes);
+            self.background.bytes(class, size).await;
+        }
         let store = self.store.clone();
         let info = blocking(move || store.verify_whole(request.extent_id)).await?;
         Ok(Response::new(pb::VerifyExtentResponse {
@@ -522,9 +555,47 @@ impl pb::osd_server::Osd for OsdService {
         let request = request.into_inner();
         self.check_addressee(request.osd_id)?;
         self.admit(request.generation).await?;
+        if request.seal_first && self.store.extent_info(request.extent_id).map_err(status_of)?.is_some_and(|info| !info.sealed) {
+            self.store.seal(request.extent_id).await.map_err(status_of)?;
+        }
         let store = self.store.clone();
         let existed = blocking(move || store.delete_whole(request.extent_id)).await?;
         Ok(Response::new(pb::DeleteExtentResponse { existed }))
+    }
+
+    async fn list_extents(
+        &self,
+        request: Request<pb::ListExtentsRequest>,
+    ) -> Result<Response<pb::ListExtentsResponse>, Status> {
+        authorize(&request, &[Role::Coordinator])?;
+        let request = request.into_inner();
+        self.check_addressee(request.osd_id)?;
+        if request.limit == 0 || request.limit as usize > MAX_LIST_PAGE {
+            return Err(Status::invalid_argument(format!("limit must be between 1 and {MAX_LIST_PAGE}")));
+        }
+        let store = self.store.clone();
+        let (page, more) = blocking(move || Ok::<_, StoreError>(store.list_page(request.after_extent_id, request.limit as usize))).await?;
+        let extents = page
+            .into_iter()
+            .map(|listed| pb::ListedExtent {
+                extent_id: listed.id,
+                sealed: listed.sealed,
+                parity: listed.parity,
+                size_bytes: listed.size_bytes,
+            })
+            .collect();
+        Ok(Response::new(pb::ListExtentsResponse { extents, more }))
+    }
+}
+
+/// The background budget class of a coordinator call's purpose; none for
+/// live traffic (or a purpose this OSD does not know).
+fn purpose_class(purpose: i32) -> Option<pocket_worker::Class> {
+    match pb::Purpose::try_from(purpose).unwrap_or(pb::Purpose::Unspecified) {
+        pb::Purpose::Unspecified => None,
+        pb::Purpose::ErasureCoding => Some(pocket_worker::Class::ErasureCoding),
+        pb::Purpose::Repair => Some(pocket_worker::Class::Repair),
+        pb::Purpose::Verification => Some(pocket_worker::Class::Verification),
     }
 }
 

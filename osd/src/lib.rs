@@ -31,6 +31,7 @@ mod config;
 mod fence;
 mod grpc;
 mod heartbeat;
+mod purge;
 mod store;
 
 use std::future::Future;
@@ -42,7 +43,7 @@ use tokio::sync::watch;
 pub use config::{ConfigError, OsdConfig};
 pub use store::{
     AppendOutcome, ClaimDiskError, DiskInfo, ExtentInfo, LocatedRecord, RangeSource, SealInfo, Store, StoreError, StoreOptions,
-    WholeInfo, WholeKind, WholeWrite, EXTENTS_DIR, META_DIR, PARITY_DIR,
+    WholeInfo, WholeKind, WholeWrite, EXTENTS_DIR, META_DIR, PARITY_DIR, TRASH_DIR, TrashReport, ListedExtent,
 };
 
 /// Why [`run`] stopped with an error. Each variant's message is the step
@@ -94,13 +95,19 @@ pub async fn run(
     let tls = pocket_transport::Tls::load(&config.tls).map_err(RunError::LoadTls)?;
     let fence = fence::Fence::open(&config.disks);
     tracing::info!(osd_id, generation = fence.highest(), "coordinator generation obeyed");
-    let service = grpc::OsdService::new(store.clone(), fence.clone(), &config);
+    // The OSD's background budget: a coordinator's erasure coding, repair
+    // and verification bytes through this OSD are paced by it.
+    let background = pocket_worker::Budget::new(pocket_worker::BudgetConfig {
+        bytes_per_sec: config.background_bytes_per_sec.filter(|rate| *rate > 0),
+        ..pocket_worker::BudgetConfig::default()
+    });
+    let service = grpc::OsdService::new(store.clone(), fence.clone(), &config, background.clone());
     let coordinator = pocket_rpc_client::CoordinatorClient::connect_any(&tls, &config.coordinator_addrs()).map_err(RunError::CoordinatorAddress)?;
     // Background jobs (ADR 16).
-    // The OSD's background budget: unused until the scrubber (issue 20).
-    pocket_worker::Registry::global().set_budget(pocket_worker::Budget::new(pocket_worker::BudgetConfig::default()));
+    pocket_worker::Registry::global().set_budget(background);
     let mut workers = pocket_worker::Runner::new(pocket_worker::Registry::global().clone());
     workers.start(heartbeat::HeartbeatJob::new(config.clone(), coordinator, advertise, store.clone(), fence));
+    workers.start(purge::PurgeJob::new(store.clone(), Duration::from_secs(config.trash_delay_secs)));
 
     let settings = pocket_transport::ServerSettings {
         caps: pocket_transport::ConnectionCaps::default(),

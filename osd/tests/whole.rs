@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::{ensure, Context, Result};
 use bytes::Bytes;
-use pocket_osd::{Store, StoreError, WholeKind, PARITY_DIR};
+use pocket_osd::{Store, StoreError, WholeKind, PARITY_DIR, TRASH_DIR};
 use common::{blob, opts, MIB};
 use pocket_proto::{ExtentId, Key};
 
@@ -147,5 +147,59 @@ async fn delete_removes_sealed_and_parity_extents_for_good_and_refuses_open_ones
     ensure!(store.extent_info(5)?.is_none(), "deleted extents stay deleted");
     ensure!(store.range_source(50).is_err());
     ensure!(store.extent_info(6)?.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleted_extents_wait_in_the_trash_for_the_delay_then_are_purged() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().join("a");
+    let store = open(&dir)?;
+    sealed(&store, 5, 4).await?;
+    let parity = vec![7u8; 1000];
+    write_whole(&store, 50, WholeKind::Parity, &parity, *blake3::hash(&parity).as_bytes())?;
+    let extent_bytes = store.extent_info(5)?.context("extent 5")?.size_bytes;
+    ensure!(store.delete_whole(5)? && store.delete_whole(50)?);
+    let trash = dir.join(TRASH_DIR);
+    let files: Vec<String> = std::fs::read_dir(&trash)?.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    ensure!(files.len() == 2, "both deleted files are in the trash: {files:?}");
+    ensure!(files.iter().any(|f| f.starts_with(&pocket_format::extent_file_name(5))), "{files:?}");
+    ensure!(std::fs::read_dir(dir.join("extents"))?.count() == 0, "nothing left among the extents");
+    // Listing shows neither; the trash is not served.
+    let (listed, more) = store.list_page(0, 10);
+    ensure!(listed.is_empty() && !more, "{listed:?}");
+    // Within the delay: kept.
+    let now = pocket_proto::now_unix_ms();
+    let kept = store.purge_trash(std::time::Duration::from_secs(3600), now);
+    ensure!(kept.purged_files == 0 && kept.kept_files == 2 && kept.kept_bytes == extent_bytes + 1000, "{kept:?}");
+    // Past it: purged.
+    let purged = store.purge_trash(std::time::Duration::from_secs(3600), now + 3_600_001);
+    ensure!(purged.purged_files == 2 && purged.purged_bytes == extent_bytes + 1000 && purged.kept_files == 0, "{purged:?}");
+    ensure!(std::fs::read_dir(&trash)?.count() == 0);
+    // A store reopened over a trash directory is not confused by it.
+    store.create_extent(6, MIB)?;
+    ensure!(store.delete_whole(6).is_err(), "an open extent is refused");
+    drop(store);
+    let store = open(&dir)?;
+    ensure!(store.extent_info(6)?.is_some_and(|info| !info.sealed));
+    Ok(())
+}
+
+#[tokio::test]
+async fn extents_are_listed_in_pages_in_id_order() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let store = open(&tmp.path().join("a"))?;
+    for id in [3, 9, 4] {
+        store.create_extent(id, MIB)?;
+    }
+    sealed(&store, 7, 2).await?;
+    let parity = vec![1u8; 100];
+    write_whole(&store, 5, WholeKind::Parity, &parity, *blake3::hash(&parity).as_bytes())?;
+    let (first, more) = store.list_page(0, 3);
+    ensure!(first.iter().map(|e| e.id).collect::<Vec<_>>() == vec![3, 4, 5] && more, "{first:?}");
+    ensure!(first[2].parity && first[2].sealed && first[2].size_bytes == 100 && !first[0].sealed);
+    let (rest, more) = store.list_page(5, 3);
+    ensure!(rest.iter().map(|e| e.id).collect::<Vec<_>>() == vec![7, 9] && !more, "{rest:?}");
+    ensure!(rest[0].sealed && !rest[0].parity);
     Ok(())
 }

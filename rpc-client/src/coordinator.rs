@@ -125,6 +125,22 @@ pub struct CellStatus {
     pub leader_addr: String,
     pub generation: u64,
     pub answered_by: String,
+    pub storage: StorageStatus,
+}
+
+/// Storage against what the volumes' kinds imply, from `Coordinator.CellStatus`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StorageStatus {
+    /// What sealed volumes take at their kinds' overheads.
+    pub implied_bytes: u64,
+    /// From the leader's last reconciliation pass (over up OSDs): open
+    /// extents' bytes, copies nothing names, and when it ended (0: none).
+    pub open_bytes: u64,
+    pub unnamed_bytes: u64,
+    pub unnamed_copies: u64,
+    pub reconciled_unix_ms: i64,
+    /// Copies reconciliation moved to trash since the leader started.
+    pub reconciled_copies: u64,
 }
 
 /// Redundancy and repair, from `Coordinator.CellStatus`.
@@ -363,6 +379,17 @@ impl CoordinatorClient {
             leader_addr: status.leader_addr,
             generation: status.generation,
             answered_by: status.answered_by,
+            storage: status
+                .storage
+                .map(|storage| StorageStatus {
+                    implied_bytes: storage.implied_bytes,
+                    open_bytes: storage.open_bytes,
+                    unnamed_bytes: storage.unnamed_bytes,
+                    unnamed_copies: storage.unnamed_copies,
+                    reconciled_unix_ms: storage.reconciled_unix_ms,
+                    reconciled_copies: storage.reconciled_copies,
+                })
+                .unwrap_or_default(),
         })
     }
 

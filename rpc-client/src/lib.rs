@@ -25,10 +25,10 @@ mod osd;
 use std::time::Duration;
 
 pub use coordinator::{
-    Bucket, BucketProblem, CellStatus, CoordinatorClient, DiskState, EcShape, OsdStatus, Registered, Registration, RepairStatus, Replica,
+    Bucket, BucketProblem, CellStatus, CoordinatorClient, DiskState, EcShape, OsdStatus, Registered, Registration, RepairStatus, Replica, StorageStatus,
 };
 pub use error::{CoordinatorError, OsdError};
-pub use osd::{ExtentKind, ExtentReader, ExtentStatus, ExtentWriter, OsdClient, OsdClients, VerifiedExtent};
+pub use osd::{ExtentKind, ExtentReader, ExtentStatus, ExtentWriter, ListedExtent, OsdClient, Purpose, OsdClients, VerifiedExtent};
 
 /// Most cached OSD channels (one per OSD and address ever seen) before the
 /// cache is cleared: far above a cell's OSD count, so only restarts on new

@@ -46,7 +46,7 @@ impl OsdClients {
             addr: grpc_addr.to_string(),
             detail: e.to_string(),
         })?;
-        Ok(OsdClient { osd_id, addr: grpc_addr.to_string(), channel, generation: self.generation.clone() })
+        Ok(OsdClient { osd_id, addr: grpc_addr.to_string(), channel, generation: self.generation.clone(), purpose: pb::Purpose::Unspecified })
     }
 }
 
@@ -65,6 +65,15 @@ pub struct VerifiedExtent {
     pub size_bytes: u64,
     pub blake3: [u8; 32],
     pub record_count: u64,
+}
+
+/// One extent an OSD serves, as `Osd.ListExtents` lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedExtent {
+    pub extent_id: ExtentId,
+    pub sealed: bool,
+    pub parity: bool,
+    pub size_bytes: u64,
 }
 
 /// One extent as `Osd.ExtentStatus` reports it.
@@ -87,6 +96,18 @@ pub struct OsdClient {
     addr: String,
     channel: Channel,
     generation: Arc<AtomicU64>,
+    /// What this client's whole-extent calls are for (the OSD paces them).
+    purpose: pb::Purpose,
+}
+
+/// Why a coordinator moves or checks whole extents; each OSD charges those
+/// bytes to that class of its background budget. `Live` is never paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Live,
+    ErasureCoding,
+    Repair,
+    Verification,
 }
 
 fn with_deadline<T>(message: T, timeout: std::time::Duration) -> tonic::Request<T> {
@@ -102,6 +123,18 @@ impl OsdClient {
 
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
+    }
+
+    /// This client, its whole-extent reads, writes and verifications
+    /// marked as done for `purpose`.
+    pub fn for_purpose(&self, purpose: Purpose) -> OsdClient {
+        let purpose = match purpose {
+            Purpose::Live => pb::Purpose::Unspecified,
+            Purpose::ErasureCoding => pb::Purpose::ErasureCoding,
+            Purpose::Repair => pb::Purpose::Repair,
+            Purpose::Verification => pb::Purpose::Verification,
+        };
+        OsdClient { purpose, ..self.clone() }
     }
 
     fn grpc(&self) -> pb::osd_client::OsdClient<Channel> {
@@ -216,7 +249,7 @@ impl OsdClient {
     /// parity extent (degraded reads), exactly `len` of them. Checked only
     /// by what is built from them.
     pub async fn rpc_read_range(&self, extent_id: ExtentId, offset: u64, len: usize) -> Result<Bytes, OsdError> {
-        let request = pb::ReadRangeRequest { extent_id, offset, length: len as u64, osd_id: self.osd_id };
+        let request = pb::ReadRangeRequest { extent_id, offset, length: len as u64, osd_id: self.osd_id, purpose: self.purpose as i32 };
         let mut stream =
             self.grpc().read_range(with_deadline(request, RANGE_READ_TIMEOUT)).await.map_err(|s| self.error(&s))?.into_inner();
         let mut body = BodyCollector::new(len as u64);
@@ -272,7 +305,7 @@ impl OsdClient {
 
     /// `Osd.VerifyExtent`: the OSD reads the whole extent back and checks it.
     pub async fn rpc_verify(&self, extent_id: ExtentId) -> Result<VerifiedExtent, OsdError> {
-        let request = pb::VerifyExtentRequest { extent_id, osd_id: self.osd_id };
+        let request = pb::VerifyExtentRequest { extent_id, osd_id: self.osd_id, purpose: self.purpose as i32 };
         let response =
             self.grpc().verify_extent(with_deadline(request, VERIFY_TIMEOUT)).await.map_err(|s| self.error(&s))?.into_inner();
         let blake3: [u8; 32] = response.blake3.as_ref().try_into().map_err(|_| self.malformed("verify returned no BLAKE3"))?;
@@ -281,9 +314,33 @@ impl OsdClient {
 
     /// `Osd.DeleteExtent`; returns whether the extent existed.
     pub async fn rpc_delete(&self, extent_id: ExtentId) -> Result<bool, OsdError> {
-        let request = pb::DeleteExtentRequest { extent_id, osd_id: self.osd_id, generation: self.generation() };
+        self.delete(extent_id, false).await
+    }
+
+    /// `Osd.DeleteExtent` of garbage that may still be open (sealed first):
+    /// only for a copy nothing names and nothing writes to.
+    pub async fn rpc_delete_garbage(&self, extent_id: ExtentId) -> Result<bool, OsdError> {
+        self.delete(extent_id, true).await
+    }
+
+    async fn delete(&self, extent_id: ExtentId, seal_first: bool) -> Result<bool, OsdError> {
+        let request = pb::DeleteExtentRequest { extent_id, osd_id: self.osd_id, generation: self.generation(), seal_first };
         let response = self.grpc().delete_extent(with_deadline(request, DELETE_TIMEOUT)).await.map_err(|s| self.error(&s))?;
         Ok(response.into_inner().existed)
+    }
+
+    /// `Osd.ListExtents`: one page of the extents the OSD serves after
+    /// `after` (at most `limit`, 1 to 10,000), and whether more follow.
+    pub async fn rpc_list_extents(&self, after: ExtentId, limit: u32) -> Result<(Vec<ListedExtent>, bool), OsdError> {
+        let request = pb::ListExtentsRequest { osd_id: self.osd_id, after_extent_id: after, limit };
+        let response =
+            self.grpc().list_extents(with_deadline(request, OSD_LIFECYCLE_TIMEOUT)).await.map_err(|s| self.error(&s))?.into_inner();
+        let extents = response
+            .extents
+            .into_iter()
+            .map(|listed| ListedExtent { extent_id: listed.extent_id, sealed: listed.sealed, parity: listed.parity, size_bytes: listed.size_bytes })
+            .collect();
+        Ok((extents, response.more))
     }
 
     /// Starts `Osd.WriteExtent` of a whole extent of `size_bytes`, fed
@@ -301,6 +358,7 @@ impl OsdClient {
                 size_bytes,
                 osd_id: self.osd_id,
                 generation: self.generation(),
+                purpose: self.purpose as i32,
             })),
         };
         tx.send(header).await.map_err(|_| self.malformed("the write stream closed before its header"))?;
@@ -371,7 +429,7 @@ impl ExtentReader {
                     }
                     let length = (self.size - self.requested_up_to).min(READ_SEGMENT_BYTES);
                     let request =
-                        pb::ReadRangeRequest { extent_id: self.extent_id, offset: self.requested_up_to, length, osd_id };
+                        pb::ReadRangeRequest { extent_id: self.extent_id, offset: self.requested_up_to, length, osd_id, purpose: self.client.purpose as i32 };
                     let stream = self.client.grpc().read_range(request).await.map_err(|s| self.client.error(&s))?.into_inner();
                     self.stream = Some(stream);
                     self.stream_left = length;

@@ -21,8 +21,18 @@ pub struct StoredExtent {
     pub kind: VolumeKind,
     pub state: VolumeState,
     pub data_count: u32,
+    pub parity_count: u32,
     pub position: u32,
     pub sealed_size_bytes: u64,
+}
+
+/// A copy an `extents` row names, with what was recorded of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedCopy {
+    pub osd_id: OsdId,
+    pub sealed_size_bytes: u64,
+    /// Recorded for erasure-coded shards (at the switch, or backfilled).
+    pub blake3: Option<[u8; 32]>,
 }
 
 impl CellDb {
@@ -68,6 +78,53 @@ impl CellDb {
         .await
         .ctx("check copy names")?;
         Ok(Columns::of(&row, "extents").u64("n")? > 0)
+    }
+
+    /// Every copy on `osd_id` that something names, by the rules of
+    /// [`CellDb::copy_is_named`]: what reconciliation must not delete.
+    pub async fn named_copies_on(&self, osd_id: OsdId) -> Result<std::collections::HashSet<ExtentId>, DbError> {
+        let rows = sqlx::query(
+            "SELECT extent_id FROM extents WHERE osd_id = ? UNION SELECT extent_id FROM repairs WHERE target_osd_id = ? UNION SELECT l.extent_id FROM ec_layout l JOIN volumes v ON l.volume_id = v.volume_id WHERE l.osd_id = ? AND v.state = 'building'",
+        )
+        .bind(to_i64(osd_id))
+        .bind(to_i64(osd_id))
+        .bind(to_i64(osd_id))
+        .fetch_all(&self.pool)
+        .await
+        .ctx("list named copies of an OSD")?;
+        rows.iter().map(|row| Columns::of(row, "extents").u64("extent_id")).collect()
+    }
+
+    /// The copies of `extent_id` that `extents` rows name.
+    pub async fn named_holders(&self, extent_id: ExtentId) -> Result<Vec<NamedCopy>, DbError> {
+        let rows = sqlx::query("SELECT osd_id, sealed_size_bytes, blake3 FROM extents WHERE extent_id = ? ORDER BY osd_id")
+            .bind(to_i64(extent_id))
+            .fetch_all(&self.pool)
+            .await
+            .ctx("list holders of an extent")?;
+        rows.iter()
+            .map(|row| {
+                let extent = Columns::of(row, "extents");
+                Ok(NamedCopy {
+                    osd_id: extent.u64("osd_id")?,
+                    sealed_size_bytes: extent.u64("sealed_size_bytes")?,
+                    blake3: extent.opt_blake3("blake3")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Forgets the copies of replicated volumes abandoned while being
+    /// created (never writable, so they hold no data): reconciliation
+    /// deletes them from their OSDs. Returns how many rows went.
+    pub async fn forget_abandoned_replicas(&self) -> Result<u64, DbError> {
+        let done = sqlx::query(
+            "DELETE FROM extents WHERE volume_id IN (SELECT volume_id FROM volumes WHERE kind = 'replicated' AND state = 'abandoned')",
+        )
+        .execute(&self.pool)
+        .await
+        .ctx("forget copies of abandoned volumes")?;
+        Ok(done.rows_affected())
     }
 
     /// Records the BLAKE3 of a copy (a shard verified by its OSD).
@@ -120,7 +177,7 @@ impl CellDb {
         }
         let placeholders = vec!["?"; states.len()].join(", ");
         let sql = format!(
-            "SELECT e.volume_id, e.position, e.sealed_size_bytes, v.kind, v.state, v.data_count FROM extents e JOIN volumes v ON e.volume_id = v.volume_id WHERE v.state IN ({placeholders})"
+            "SELECT e.volume_id, e.position, e.sealed_size_bytes, v.kind, v.state, v.data_count, v.parity_count FROM extents e JOIN volumes v ON e.volume_id = v.volume_id WHERE v.state IN ({placeholders})"
         );
         let mut query = sqlx::query(&sql);
         for state in states {
@@ -139,6 +196,7 @@ impl CellDb {
                 kind: VolumeKind::parse(&volume.string("kind")?)?,
                 state,
                 data_count: volume.u32("data_count")?,
+                parity_count: volume.u32("parity_count")?,
                 position: extent.u32("position")?,
                 sealed_size_bytes: extent.u64("sealed_size_bytes")?,
             });

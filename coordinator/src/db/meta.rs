@@ -6,6 +6,10 @@ use super::CellDb;
 
 /// The background byte rate (`SetBackgroundRate`); "0" means no limit.
 pub const BACKGROUND_BYTES_PER_SEC: &str = "background_bytes_per_sec";
+/// The leader's last repair summary (JSON), for standbys' `CellStatus`.
+pub const REPAIR_SUMMARY: &str = "repair_summary";
+/// The leader's last reconciliation summary (JSON), for standbys' `CellStatus`.
+pub const RECONCILE_SUMMARY: &str = "reconcile_summary";
 
 impl CellDb {
     pub async fn meta(&self, name: &str) -> Result<Option<String>, DbError> {

@@ -30,9 +30,9 @@ use sqlx::AnyPool;
 
 pub use ec_layout::{EcVolume, LayoutRow, PlannedData};
 pub use disks::{DiskConflict, DiskReport, MISSING_DISK};
-pub use extents::StoredExtent;
+pub use extents::{NamedCopy, StoredExtent};
 pub use leadership::Lease;
-pub use meta::BACKGROUND_BYTES_PER_SEC;
+pub use meta::{BACKGROUND_BYTES_PER_SEC, RECONCILE_SUMMARY, REPAIR_SUMMARY};
 pub use osds::OsdRow;
 pub use repairs::{RepairRow, RepairedCopy};
 pub use sql::{DbError, RowProblem};

@@ -24,7 +24,7 @@ use super::extent::{open_direct, Extent, ExtentMut};
 use super::layout::{fs_space, open_disk, read_identity, sync_dir, tmp_path, EXTENTS_DIR};
 use super::lock;
 use super::recovery::recover_disk;
-use super::types::{AppendOutcome, DiskInfo, ExtentInfo, SealInfo, StoreOptions};
+use super::types::{AppendOutcome, DiskInfo, ExtentInfo, ListedExtent, SealInfo, StoreOptions};
 use super::whole::{self, ParityExtent, WholeExtents};
 use super::writer::{run_writer, Request};
 use crate::meta::{self, ExtentMeta, ExtentState, Lookup, RecordLocation};
@@ -406,6 +406,11 @@ impl Store {
         Some(self.inner.disks[index].uuid)
     }
 
+    /// Each disk's directory, in the order given to [`Store::open`].
+    pub fn disk_dirs(&self) -> Vec<std::path::PathBuf> {
+        self.inner.disks.iter().map(|disk| disk.dir.clone()).collect()
+    }
+
     /// Why disk `index` failed, if it did.
     pub fn disk_failure(&self, index: usize) -> Option<String> {
         lock(&self.inner.disks[index].failed).clone()
@@ -462,6 +467,33 @@ impl Store {
         let mut out: Vec<ExtentInfo> = map.values().map(|e| e.info()).collect();
         out.sort_by_key(|e| e.id);
         out
+    }
+
+    /// One page of the extents this store serves (data and parity, on disks
+    /// that have not failed), in id order after `after`: at most `limit`,
+    /// and whether more follow.
+    pub fn list_page(&self, after: ExtentId, limit: usize) -> (Vec<ListedExtent>, bool) {
+        let mut out: Vec<ListedExtent> = {
+            let map = self.inner.extents.read().unwrap_or_else(|p| p.into_inner());
+            map.values()
+                .filter(|ext| ext.id > after && self.check_disk_ok(ext.disk).is_ok())
+                .map(|ext| {
+                    let s = ext.snapshot();
+                    ListedExtent { id: ext.id, sealed: s.sealed, parity: false, size_bytes: s.size_bytes }
+                })
+                .collect()
+        };
+        out.extend(
+            self.whole_extents()
+                .parity()
+                .iter()
+                .filter(|(id, parity)| **id > after && self.check_disk_ok(parity.disk).is_ok())
+                .map(|(id, parity)| ListedExtent { id: *id, sealed: true, parity: true, size_bytes: parity.size_bytes() }),
+        );
+        out.sort_by_key(|listed| listed.id);
+        let more = out.len() > limit;
+        out.truncate(limit);
+        (out, more)
     }
 
     /// Bytes held by extent files, parity extents included.

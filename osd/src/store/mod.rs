@@ -9,6 +9,7 @@
 //! DISK/extents/{extent_id:016x}.ext     extent files (format: pocket-format, docs/extent-format.md)
 //! DISK/extents/{..}.ext.corrupt         quarantined extents (invalid header unknown to the metadata)
 //! DISK/parity/{extent_id:016x}.par      parity extents (erasure coding, whole.rs)
+//! DISK/trash/{file}.{unix_ms}          deleted extents, purged after the trash delay (trash.rs)
 //! DISK/meta/                            RocksDB (schema: meta.rs)
 //! DISK/meta.corrupt-{unix_ms}/          a metadata database that failed to open, set aside
 //! *.tmp                                 files being written; removed at start-up
@@ -39,6 +40,7 @@
 //!   opening a disk, temporary files, filesystem space.
 //! - `direct` — `O_DIRECT` appends (ADR 11); `page_cache` — drop-behind (ADR 8).
 //! - `whole` — whole-extent operations for erasure coding, and parity extents.
+//! - `trash` — deleted extents kept for the trash delay, then purged.
 
 use std::sync::{Mutex, MutexGuard};
 
@@ -50,6 +52,7 @@ mod layout;
 mod page_cache;
 mod recovery;
 mod scan;
+mod trash;
 mod types;
 mod whole;
 mod writer;
@@ -60,7 +63,8 @@ pub use error::StoreError;
 pub(crate) use layout::claim_disk;
 pub use layout::{ClaimDiskError, EXTENTS_DIR, META_DIR};
 pub use page_cache::drop_behind;
-pub use types::{AppendOutcome, DiskInfo, ExtentInfo, SealInfo, StoreOptions, DEFAULT_PAGE_CACHE_WINDOW_BYTES};
+pub use types::{AppendOutcome, DiskInfo, ExtentInfo, ListedExtent, SealInfo, StoreOptions, DEFAULT_PAGE_CACHE_WINDOW_BYTES};
+pub use trash::{TrashReport, TRASH_DIR};
 pub use whole::{RangeSource, WholeInfo, WholeKind, WholeWrite, PARITY_DIR};
 
 /// Locks `m`, ignoring poisoning.

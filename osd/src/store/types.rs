@@ -82,6 +82,16 @@ pub struct ExtentInfo {
     pub max_size_bytes: u64,
 }
 
+/// One extent as [`super::Store::list_page`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedExtent {
+    pub id: ExtentId,
+    pub sealed: bool,
+    /// A parity extent (erasure coding) rather than an extent-format file.
+    pub parity: bool,
+    pub size_bytes: u64,
+}
+
 /// One disk directory of this store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DiskInfo {

@@ -33,6 +33,7 @@ use super::layout::{fs_space, sync_dir, tmp_path, EXTENTS_DIR};
 use super::lock;
 use super::recovery::load_unindexed_extent;
 use super::scan::read_footer;
+use super::trash::move_to_trash;
 use crate::meta::{self, ParityMeta};
 
 /// Directory of parity extents on each disk.
@@ -424,7 +425,7 @@ impl Store {
     }
 
     /// Removes a sealed data extent or a parity extent: metadata first, then
-    /// the file, then a directory sync. Reads already holding the file finish.
+    /// the file is moved to the trash (`trash.rs`), then a directory sync. Reads already holding the file finish.
     /// Returns whether it existed. Blocking.
     pub fn delete_whole(&self, id: ExtentId) -> Result<bool, StoreError> {
         let _creating = self.creation_lock();
@@ -433,9 +434,9 @@ impl Store {
             disk.db().delete(meta::parity_key(id))?;
             self.whole_extents().parity_mut().remove(&id);
             let dir = disk.dir().join(PARITY_DIR);
-            remove_if_present(&dir.join(parity_file_name(id)))?;
+            move_to_trash(disk.dir(), &dir.join(parity_file_name(id)), pocket_proto::now_unix_ms())?;
             sync_dir(&dir)?;
-            info!(extent = id, "deleted parity extent");
+            info!(extent = id, "deleted parity extent (moved to trash)");
             return Ok(true);
         }
         let Ok(ext) = self.extent(id) else { return Ok(false) };
@@ -448,23 +449,15 @@ impl Store {
         disk.db().write(batch)?;
         self.forget_extent(id);
         let dir = disk.dir().join(EXTENTS_DIR);
-        remove_if_present(&dir.join(format::extent_file_name(id)))?;
+        move_to_trash(disk.dir(), &dir.join(format::extent_file_name(id)), pocket_proto::now_unix_ms())?;
         sync_dir(&dir)?;
-        info!(extent = id, "deleted extent");
+        info!(extent = id, "deleted extent (moved to trash)");
         Ok(true)
     }
 
     /// Bytes held by parity extents.
     pub fn parity_bytes(&self) -> u64 {
         self.whole_extents().parity().values().map(|p| p.size_bytes).sum()
-    }
-}
-
-fn remove_if_present(path: &Path) -> Result<(), StoreError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(StoreError::Io { context: "remove extent file", source: e }),
     }
 }
 

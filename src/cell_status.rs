@@ -75,6 +75,15 @@ pub struct Redundancy {
     pub eta_seconds: Option<f64>,
     /// The background byte rate in force; 0 = no limit.
     pub background_bytes_per_sec: u64,
+    /// The rate in force now (0: no limit; the idle rate when the cell has
+    /// no live traffic) and the cell's live traffic, bytes/s.
+    #[serde(default)]
+    pub background_rate_in_force: u64,
+    #[serde(default)]
+    pub live_bytes_per_sec: u64,
+    /// No operator's rate: the configured ones apply, by live traffic.
+    #[serde(default)]
+    pub background_automatic: bool,
 }
 
 impl Redundancy {
@@ -118,6 +127,9 @@ pub async fn fetch(config: &OperatorConfig) -> anyhow::Result<CellReport> {
         repaired_total: repair.repaired_total,
         eta_seconds: (repair.bytes_per_sec > 0).then(|| repair.queue_bytes as f64 / repair.bytes_per_sec as f64),
         background_bytes_per_sec: repair.background_bytes_per_sec,
+        background_rate_in_force: repair.background_rate_in_force,
+        live_bytes_per_sec: repair.live_bytes_per_sec,
+        background_automatic: repair.background_automatic,
     };
     Ok(CellReport {
         cell_id: status.cell_id,
@@ -233,11 +245,14 @@ pub fn render(report: &CellReport, progress: Option<u64>) -> String {
         if levels.is_empty() { "no".to_string() } else { String::new() },
         levels.join(", ")
     ));
-    let rate = if r.background_bytes_per_sec == 0 {
-        "no limit".to_string()
-    } else {
-        format!("{:.1} MiB/s", mib(r.background_bytes_per_sec))
-    };
+    let limit = |rate: u64| if rate == 0 { "no limit".to_string() } else { format!("{:.1} MiB/s", mib(rate)) };
+    let rate = format!(
+        "{} {} ({:.1} MiB/s live now; in force {})",
+        limit(r.background_bytes_per_sec),
+        if r.background_automatic { "under live traffic" } else { "set by an operator" },
+        mib(r.live_bytes_per_sec),
+        limit(r.background_rate_in_force)
+    );
     out.push_str(&format!(
         "repair        {} lost copies ({:.1} MiB) queued, {} in flight, oldest waiting {:.0} s; {:.1} MiB/s; {} repaired ({:.1} MiB); background rate {rate}\n",
         grouped(r.repair_queue_extents),
@@ -317,16 +332,23 @@ pub async fn run(config_path: &Path, options: StatusOptions) -> anyhow::Result<(
     }
 }
 
-/// `pocket cell background-rate`: sets the byte rate (0 = no limit) and
-/// prints what is in force.
-pub async fn set_background_rate(config_path: &Path, bytes_per_sec: u64) -> anyhow::Result<()> {
+/// `pocket cell background-rate`: sets the operator's byte rate (0 = no
+/// limit) or, with None, returns to the configured ones; prints the rate
+/// under live traffic.
+pub async fn set_background_rate(config_path: &Path, bytes_per_sec: Option<u64>) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(config_path).with_context(|| format!("read {}", config_path.display()))?;
     let config: OperatorConfig = toml::from_str(&text).with_context(|| format!("parse {}", config_path.display()))?;
-    let set = client(&config)?.rpc_set_background_rate(bytes_per_sec).await.context("SetBackgroundRate")?;
+    let client = client(&config)?;
+    let set = match bytes_per_sec {
+        Some(rate) => client.rpc_set_background_rate(rate).await,
+        None => client.rpc_set_background_automatic().await,
+    }
+    .context("SetBackgroundRate")?;
+    let how = if bytes_per_sec.is_none() { "automatic: under live traffic" } else { "whatever the traffic" };
     if set == 0 {
-        println!("background rate: no limit");
+        println!("background rate ({how}): no limit");
     } else {
-        println!("background rate: {set} bytes/s ({:.1} MiB/s)", mib(set));
+        println!("background rate ({how}): {set} bytes/s ({:.1} MiB/s)", mib(set));
     }
     Ok(())
 }

@@ -341,12 +341,14 @@ enum CellCommand {
         until_full: bool,
     },
     /// Set the byte rate repair and erasure coding share, now and across
-    /// restarts: a size per second (e.g. 200MiB) or `unlimited`.
+    /// restarts: a size per second (e.g. 200MiB) or `unlimited`, which holds
+    /// whatever the traffic; or `auto`, the configured rates: paced while
+    /// the cell has live traffic (32 MiB/s by default), not while it is idle.
     BackgroundRate {
         #[arg(long, default_value = "pocket-data/operator.toml")]
         config: PathBuf,
         #[arg(value_parser = parse_rate)]
-        rate: u64,
+        rate: RateArg,
     },
 }
 
@@ -360,11 +362,18 @@ fn parse_interval(text: &str) -> Result<f64, String> {
 }
 
 /// A byte rate: a size (per second) or `unlimited` (0).
-fn parse_rate(text: &str) -> Result<u64, String> {
-    if text.eq_ignore_ascii_case("unlimited") {
-        return Ok(0);
+/// A background rate: `auto`, or bytes per second (`unlimited`: 0).
+#[derive(Debug, Clone, Copy)]
+struct RateArg(Option<u64>);
+
+fn parse_rate(text: &str) -> Result<RateArg, String> {
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(RateArg(None));
     }
-    parse_size(text)
+    if text.eq_ignore_ascii_case("unlimited") {
+        return Ok(RateArg(Some(0)));
+    }
+    parse_size(text).map(|rate| RateArg(Some(rate)))
 }
 
 #[derive(clap::Args)]
@@ -520,7 +529,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
             pocket::cell_status::run(&config, options).await
         }
         Command::Cell { command: CellCommand::BackgroundRate { config, rate } } => {
-            pocket::cell_status::set_background_rate(&config, rate).await
+            pocket::cell_status::set_background_rate(&config, rate.0).await
         }
         Command::Workers { config, json } => pocket::workers::run(&config, json).await,
         Command::Chaos { dir, faults, seconds, max_down, blob_size, concurrency, heal_timeout_secs, seed, json } => {

@@ -175,19 +175,19 @@ async fn the_background_rate_is_an_operators_to_set_and_survives_a_restart() {
     let mut coordinator = pocket.coordinator_as_operator();
     // Below the floor: refused, nothing changes.
     let err = coordinator
-        .set_background_rate(pb::SetBackgroundRateRequest { bytes_per_sec: 5 })
+        .set_background_rate(pb::SetBackgroundRateRequest { bytes_per_sec: 5, automatic: false })
         .await
         .expect_err("5 bytes/s is refused");
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
     let report = try_report(&pocket).await.expect("report");
-    assert_eq!(report.redundancy.background_bytes_per_sec, 0, "no limit until set");
+    assert_eq!(report.redundancy.background_bytes_per_sec, 32 << 20, "the default until set");
     // A frontend may not set it.
     let channel = pocket
         .tls(Role::Frontend, "frontend-1")
         .channel(&pocket.run_info("coordinator").grpc, &pocket_transport::role_dns_name(Role::Coordinator))
         .expect("channel");
     let err = pb::coordinator_client::CoordinatorClient::new(channel)
-        .set_background_rate(pb::SetBackgroundRateRequest { bytes_per_sec: 64 << 20 })
+        .set_background_rate(pb::SetBackgroundRateRequest { bytes_per_sec: 64 << 20, automatic: false })
         .await
         .expect_err("frontends are refused");
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
@@ -220,6 +220,23 @@ async fn the_background_rate_is_an_operators_to_set_and_survives_a_restart() {
         .expect("run pocket cell background-rate");
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(try_report(&pocket).await.expect("report").redundancy.background_bytes_per_sec, 0);
+    // `auto` returns to the configured rates: paced under live traffic only.
+    let output = std::process::Command::new(common::POCKET)
+        .args(["cell", "background-rate", "--config"])
+        .arg(dir.join("operator.toml"))
+        .arg("auto")
+        .output()
+        .expect("run pocket cell background-rate");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report = try_report(&pocket).await.expect("report");
+    assert!(report.redundancy.background_automatic, "{:?}", report.redundancy);
+    assert_eq!(report.redundancy.background_bytes_per_sec, 32 << 20);
+    // The cell is idle: nothing paces background work now.
+    let idle = wait_for(&pocket, "the idle rate in force", Duration::from_secs(30), |r| {
+        r.redundancy.background_automatic && r.redundancy.background_rate_in_force == 0
+    })
+    .await;
+    assert_eq!(idle.redundancy.live_bytes_per_sec, 0, "{:?}", idle.redundancy);
     pocket.stop().await;
 }
 
@@ -311,7 +328,7 @@ async fn repair_goes_on_when_the_leader_dies_in_the_middle() {
     // Repair at the floor rate, 1 MiB/s, so that it is still running when the leader dies.
     let mut coordinator = pocket.coordinator_as_operator();
     coordinator
-        .set_background_rate(pb::SetBackgroundRateRequest { bytes_per_sec: 1 << 20 })
+        .set_background_rate(pb::SetBackgroundRateRequest { bytes_per_sec: 1 << 20, automatic: false })
         .await
         .expect("slow the background down");
 

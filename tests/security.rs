@@ -133,10 +133,16 @@ async fn security_bad_input_suite() {
         osd1.channel(&pocket.run_info("coordinator").grpc, &role_dns_name(Role::Coordinator)).expect("channel"),
     );
     let status = as_osd1
-        .heartbeat(pb::HeartbeatRequest { osd_id: 2, used_bytes: 0, capacity_bytes: 0, disks: Vec::new() })
+        .heartbeat(pb::HeartbeatRequest { osd_id: 2, used_bytes: 0, capacity_bytes: 0, disks: Vec::new(), live_bytes_per_sec: 0 })
         .await
         .expect_err("impersonation");
     assert_eq!(status.code(), Code::PermissionDenied);
+    // Impossible live traffic is refused.
+    let status = as_osd1
+        .heartbeat(pb::HeartbeatRequest { osd_id: 1, used_bytes: 0, capacity_bytes: 1 << 30, disks: Vec::new(), live_bytes_per_sec: u64::MAX })
+        .await
+        .expect_err("impossible live traffic");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status}");
 
     // A client dialling an OSD's address while expecting the frontend (a
     // daemon of another role on a reused address) refuses the connection;

@@ -14,7 +14,10 @@
 //!   run with a short `--osd-out-after`) the same PUT phase is measured
 //!   (`put-during-repair`); the OSD comes back at the end.
 //!
-//! The operator's rate in force before the run is restored at its end.
+//! The operator's rate (under live traffic) before the run is restored at
+//! its end. Background work runs unpaced while the cell has no live
+//! traffic, so the repair's time to full redundancy after the PUT phase is
+//! the idle cell's.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -89,7 +92,7 @@ pub async fn run(options: BackgroundBenchOptions) -> anyhow::Result<BackgroundBe
     if (status.osds.len() as u64) < k + u64::from(status.parity_shards) {
         bail!("erasure coding needs k + m = {} OSDs; this cell has {}", k + u64::from(status.parity_shards), status.osds.len());
     }
-    let rate_before = status.repair.background_bytes_per_sec;
+    let rate_before = (!status.repair.background_automatic).then_some(status.repair.background_bytes_per_sec);
     let bench = BenchOptions {
         mode: Mode::Get,
         count: 1,
@@ -240,8 +243,11 @@ pub async fn run(options: BackgroundBenchOptions) -> anyhow::Result<BackgroundBe
         })
     }
     .await;
-    // The operator's rate comes back whatever happened.
-    let _ = coordinator.rpc_set_background_rate(rate_before).await;
+    // The operator's rate (or the automatic one) comes back whatever happened.
+    let _ = match rate_before {
+        Some(rate) => coordinator.rpc_set_background_rate(rate).await,
+        None => coordinator.rpc_set_background_automatic().await,
+    };
     result
 }
 

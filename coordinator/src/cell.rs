@@ -18,6 +18,9 @@ use crate::health::{HealthClock, OsdHealth};
 use crate::leadership::Leadership;
 use crate::repair::RepairSummary;
 
+/// The stored background rate meaning "no operator's rate" (`cell_meta`).
+const AUTOMATIC: &str = "auto";
+
 /// A replica (or shard) of a volume with the address of the OSD that holds it.
 #[derive(Debug, Clone)]
 pub struct PlacedExtent {
@@ -86,6 +89,13 @@ struct Inner {
     reconcile_summary: Mutex<crate::reconcile::ReconcileSummary>,
     /// Summaries last published in `cell_meta`: name → (JSON, when).
     published: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    /// The operator's background rate, which holds whatever the traffic
+    /// (inner None: no limit); None: automatic, the configured rates by
+    /// live traffic.
+    operator_rate: Mutex<Option<Option<u64>>>,
+    /// The live traffic over the cell at the last maintenance pass, bytes/s
+    /// (None before the first: the cell counts as busy).
+    live: Mutex<Option<u64>>,
 }
 
 impl Cell {
@@ -94,7 +104,7 @@ impl Cell {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
-        let background_bytes_per_sec = config.background.bytes_per_sec;
+        let background_bytes_per_sec = config.background.bytes_per_sec.filter(|rate| *rate > 0);
         Cell {
             inner: Arc::new(Inner {
                 db,
@@ -113,6 +123,8 @@ impl Cell {
                 naming: tokio::sync::Mutex::new(()),
                 reconcile_summary: Mutex::new(crate::reconcile::ReconcileSummary::default()),
                 published: Mutex::new(HashMap::new()),
+                operator_rate: Mutex::new(None),
+                live: Mutex::new(None),
             }),
         }
     }
@@ -150,8 +162,15 @@ impl Cell {
         Ok(())
     }
 
-    pub async fn heartbeat(&self, osd_id: OsdId, used_bytes: u64, capacity_bytes: u64, disks: &[DiskReport]) -> Result<bool, CellError> {
-        let known = self.inner.db.heartbeat(osd_id, used_bytes, capacity_bytes).await?;
+    pub async fn heartbeat(
+        &self,
+        osd_id: OsdId,
+        used_bytes: u64,
+        capacity_bytes: u64,
+        live_bytes_per_sec: u64,
+        disks: &[DiskReport],
+    ) -> Result<bool, CellError> {
+        let known = self.inner.db.heartbeat(osd_id, used_bytes, capacity_bytes, live_bytes_per_sec).await?;
         if known {
             self.inner.db.record_disks(osd_id, disks, false).await.map_err(CellError::from_disks)?;
         }
@@ -333,25 +352,85 @@ impl Cell {
     /// and on each maintenance pass of the leader).
     pub async fn load_background_rate(&self) -> Result<(), CellError> {
         if let Some(value) = self.inner.db.meta(crate::db::BACKGROUND_BYTES_PER_SEC).await? {
-            match value.parse::<u64>() {
-                Ok(rate) => {
-                    let rate = Some(rate).filter(|rate| *rate > 0);
-                    if self.inner.budget.bytes_per_sec() != rate {
-                        self.inner.budget.set_bytes_per_sec(rate);
-                        tracing::info!(bytes_per_sec = rate.unwrap_or(0), "background byte rate set by an operator (0: no limit)");
+            let stored = if value == AUTOMATIC { Some(None) } else { value.parse::<u64>().ok().map(|rate| Some(Some(rate).filter(|r| *r > 0))) };
+            match stored {
+                Some(rate) => {
+                    let mut operator = self.inner.operator_rate.lock().expect("operator rate lock poisoned");
+                    if *operator != rate {
+                        *operator = rate;
+                        tracing::info!(rate = ?rate, "background byte rate set by an operator (None: automatic)");
                     }
                 }
-                Err(_) => tracing::warn!(value, "ignoring an unreadable stored background byte rate"),
+                None => tracing::warn!(value, "ignoring an unreadable stored background byte rate"),
             }
         }
+        self.apply_background_rate();
         Ok(())
     }
 
-    /// Sets the background byte rate now and for later starts (0: no limit).
+    /// Sets the operator's background byte rate now and for later starts
+    /// (0: no limit); it holds whatever the traffic.
     pub async fn set_background_rate(&self, bytes_per_sec: u64) -> Result<(), CellError> {
         self.inner.db.set_meta(crate::db::BACKGROUND_BYTES_PER_SEC, &bytes_per_sec.to_string()).await?;
-        self.inner.budget.set_bytes_per_sec(Some(bytes_per_sec));
+        *self.inner.operator_rate.lock().expect("operator rate lock poisoned") = Some(Some(bytes_per_sec).filter(|rate| *rate > 0));
+        self.apply_background_rate();
         tracing::info!(bytes_per_sec, "background byte rate changed by an operator (0: no limit)");
+        Ok(())
+    }
+
+    /// Back to the configured rates (paced under live traffic only), now
+    /// and for later starts.
+    pub async fn set_background_automatic(&self) -> Result<(), CellError> {
+        self.inner.db.set_meta(crate::db::BACKGROUND_BYTES_PER_SEC, AUTOMATIC).await?;
+        *self.inner.operator_rate.lock().expect("operator rate lock poisoned") = None;
+        self.apply_background_rate();
+        tracing::info!("background byte rate back to the configured ones, by live traffic");
+        Ok(())
+    }
+
+    /// Whether no operator's rate holds (the configured ones apply).
+    pub fn background_automatic(&self) -> bool {
+        self.inner.operator_rate.lock().expect("operator rate lock poisoned").is_none()
+    }
+
+    /// The background rate while the cell has live traffic: the operator's,
+    /// else the configured one (None: no limit).
+    pub fn busy_background_rate(&self) -> Option<u64> {
+        match *self.inner.operator_rate.lock().expect("operator rate lock poisoned") {
+            Some(rate) => rate,
+            None => self.inner.config.background.bytes_per_sec.filter(|rate| *rate > 0),
+        }
+    }
+
+    /// The live traffic over the cell at the last maintenance pass (None: not known yet).
+    pub fn live_bytes_per_sec(&self) -> Option<u64> {
+        *self.inner.live.lock().expect("live lock poisoned")
+    }
+
+    /// Puts the budget at the operator's rate if one holds; else at the
+    /// configured busy rate while the cell has live traffic (or it is not
+    /// known yet), at the idle rate when it has none.
+    fn apply_background_rate(&self) {
+        let background = &self.inner.config.background;
+        let idle = self.live_bytes_per_sec().is_some_and(|live| live < background.live_threshold_bytes_per_sec);
+        let operator = *self.inner.operator_rate.lock().expect("operator rate lock poisoned");
+        let rate = match operator {
+            Some(rate) => rate,
+            None if idle => background.idle_bytes_per_sec.filter(|rate| *rate > 0),
+            None => background.bytes_per_sec.filter(|rate| *rate > 0),
+        };
+        if self.inner.budget.bytes_per_sec() != rate {
+            self.inner.budget.set_bytes_per_sec(rate);
+            tracing::debug!(idle, bytes_per_sec = rate.unwrap_or(0), "background byte rate in force (0: no limit)");
+        }
+    }
+
+    /// Reads the live traffic the OSDs reported in their last beats.
+    async fn observe_live_traffic(&self) -> Result<(), CellError> {
+        let recent = now_unix_ms() - 3 * i64::try_from(self.inner.config.heartbeat_interval_ms).unwrap_or(i64::MAX / 4);
+        let live = self.inner.db.live_bytes_per_sec(recent).await?;
+        *self.inner.live.lock().expect("live lock poisoned") = Some(live);
+        metrics::gauge!("pocket_coordinator_live_bytes_per_sec").set(live as f64);
         Ok(())
     }
 
@@ -367,7 +446,9 @@ impl Cell {
         let osds = db.list_osds().await?;
         let alive = self.alive(&osds);
         metrics::gauge!("pocket_coordinator_osds_alive").set(alive.len() as f64);
-        // An operator may have changed the rate through another coordinator.
+        // Background work is paced while the cell has live traffic; an
+        // operator may have changed the rate through another coordinator.
+        self.observe_live_traffic().await?;
         self.load_background_rate().await?;
         metrics::gauge!("pocket_coordinator_osds_registered").set(osds.len() as f64);
 

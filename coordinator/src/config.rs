@@ -186,13 +186,39 @@ impl Default for RepairConfig {
 /// The coordinator's background budget (`[background]`): what erasure
 /// coding and repair may take together. An operator can change the byte
 /// rate at runtime (`pocket cell background-rate`).
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackgroundConfig {
-    /// Bytes per second the coordinator's background work may move; none
-    /// means no byte limit.
-    #[serde(default)]
+    /// Bytes per second the coordinator's background work may move while
+    /// the cell has live traffic; 0 means no byte limit. 32 MiB/s by
+    /// default (docs/benchmarks.md: what it costs 4 MiB GETs).
+    #[serde(default = "default_background_bytes_per_sec")]
     pub bytes_per_sec: Option<u64>,
+    /// The same while the cell has no live traffic; none (or 0): no limit,
+    /// so that repair runs at the disks' speed when nothing competes.
+    #[serde(default)]
+    pub idle_bytes_per_sec: Option<u64>,
+    /// Live traffic over the cell (frontends' appends and reads, from the
+    /// OSDs' heartbeats) below which the cell counts as idle.
+    #[serde(default = "default_live_threshold_bytes_per_sec")]
+    pub live_threshold_bytes_per_sec: u64,
+}
+
+impl Default for BackgroundConfig {
+    fn default() -> Self {
+        BackgroundConfig {
+            bytes_per_sec: default_background_bytes_per_sec(),
+            idle_bytes_per_sec: None,
+            live_threshold_bytes_per_sec: default_live_threshold_bytes_per_sec(),
+        }
+    }
+}
+
+fn default_background_bytes_per_sec() -> Option<u64> {
+    Some(32 * 1024 * 1024)
+}
+fn default_live_threshold_bytes_per_sec() -> u64 {
+    1024 * 1024
 }
 
 fn default_repairs_per_osd() -> u32 {

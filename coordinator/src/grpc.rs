@@ -12,6 +12,8 @@ use crate::cell::{Cell, CellError, Placement};
 use crate::db::{DiskReport, OsdRow};
 use crate::health::OsdHealth;
 
+/// Live traffic an OSD may report: more than any disk or NIC moves (1 TiB/s).
+const MAX_LIVE_BYTES_PER_SEC: u64 = 1 << 40;
 /// Largest request the coordinator decodes: its requests are ids and names.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Longest OSD address or failure-domain name accepted at registration.
@@ -138,9 +140,15 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         check_osd_identity(&who, request.osd_id)?;
         let disks = disk_reports(&request.disks)?;
         check_space(request.used_bytes, request.capacity_bytes)?;
+        if request.live_bytes_per_sec > MAX_LIVE_BYTES_PER_SEC {
+            return Err(Status::invalid_argument(format!(
+                "live traffic of {} bytes/s is impossible (at most {MAX_LIVE_BYTES_PER_SEC})",
+                request.live_bytes_per_sec
+            )));
+        }
         let known = self
             .cell
-            .heartbeat(request.osd_id, request.used_bytes, request.capacity_bytes, &disks)
+            .heartbeat(request.osd_id, request.used_bytes, request.capacity_bytes, request.live_bytes_per_sec, &disks)
             .await
             .map_err(status_of)?;
         Ok(Response::new(pb::HeartbeatResponse { known, generation: self.newest_generation() }))
@@ -191,7 +199,15 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::SetBackgroundRateRequest>,
     ) -> Result<Response<pb::SetBackgroundRateResponse>, Status> {
         let who = self.authorize(&request, &[Role::Operator], "SetBackgroundRate")?;
-        let bytes_per_sec = request.into_inner().bytes_per_sec;
+        let request = request.into_inner();
+        let bytes_per_sec = request.bytes_per_sec;
+        if request.automatic {
+            let result = self.cell.set_background_automatic().await.map_err(status_of);
+            let in_force = self.cell.busy_background_rate().unwrap_or(0);
+            return self
+                .audited(&who, "SetBackgroundRate automatic", result)
+                .map(|()| Response::new(pb::SetBackgroundRateResponse { bytes_per_sec: in_force }));
+        }
         let action = format!("SetBackgroundRate bytes_per_sec={bytes_per_sec}");
         let result = if bytes_per_sec != 0 && bytes_per_sec < MIN_BACKGROUND_BYTES_PER_SEC {
             Err(Status::invalid_argument(format!(
@@ -278,7 +294,10 @@ impl CoordinatorService {
                 bytes_per_sec: repair.bytes_per_sec,
                 repaired_bytes_total: repair.repaired_bytes_total,
                 repaired_total: repair.repaired_total,
-                background_bytes_per_sec: self.cell.budget().bytes_per_sec().unwrap_or(0),
+                background_bytes_per_sec: self.cell.busy_background_rate().unwrap_or(0),
+                background_rate_in_force: self.cell.budget().bytes_per_sec().unwrap_or(0),
+                live_bytes_per_sec: self.cell.live_bytes_per_sec().unwrap_or(0),
+                background_automatic: self.cell.background_automatic(),
             }),
             leader: lease.as_ref().map(|l| l.holder.clone()).unwrap_or_default(),
             leader_addr: lease.as_ref().map(|l| l.holder_addr.clone()).unwrap_or_default(),

@@ -41,8 +41,11 @@ async fn volume_lifecycle_is_compare_and_set_on_both_backends() {
         let osds = db.list_osds().await.expect("list");
         assert_eq!(osds.len(), 4, "{backend}");
         assert_eq!(osds[1].grpc_addr, "127.0.0.1:9999", "{backend}");
-        assert!(db.heartbeat(3, 10, 20).await.expect("heartbeat"), "{backend}");
-        assert!(!db.heartbeat(99, 10, 20).await.expect("heartbeat"), "{backend}: unknown OSD");
+        assert!(db.heartbeat(3, 10, 20, 5000).await.expect("heartbeat"), "{backend}");
+        assert!(db.heartbeat(4, 10, 20, 0).await.expect("heartbeat"), "{backend}");
+        assert!(!db.heartbeat(99, 10, 20, 7).await.expect("heartbeat"), "{backend}: unknown OSD");
+        assert_eq!(db.live_bytes_per_sec(0).await.expect("live"), 5000, "{backend}: live traffic over the cell");
+        assert_eq!(db.live_bytes_per_sec(i64::MAX).await.expect("live"), 0, "{backend}: only recent beats count");
 
         let a = db.create_replicated_volume(&[1, 2, 3], 1 << 20).await.expect("create a");
         let b = db.create_replicated_volume(&[2, 3, 4], 1 << 20).await.expect("create b");

@@ -44,18 +44,27 @@ pub struct OsdService {
     /// The OSD's background budget: a coordinator's whole-extent reads,
     /// writes and verifications are paced by it (ADR 16, issue 19).
     background: pocket_worker::Budget,
+    /// Frontends' appends and reads, for the heartbeat's live traffic.
+    live: crate::live::LiveTraffic,
     max_blob_size_bytes: u64,
     stream_idle_timeout: std::time::Duration,
 }
 
 impl OsdService {
-    pub fn new(store: Store, fence: Fence, config: &OsdConfig, background: pocket_worker::Budget) -> OsdService {
+    pub fn new(
+        store: Store,
+        fence: Fence,
+        config: &OsdConfig,
+        background: pocket_worker::Budget,
+        live: crate::live::LiveTraffic,
+    ) -> OsdService {
         OsdService {
             osd_id: config.osd_id,
             store,
             fence,
             budget: ByteBudget::new(config.max_inflight_bytes),
             background,
+            live,
             max_blob_size_bytes: config.max_blob_size_bytes,
             stream_idle_timeout: std::time::Duration::from_millis(config.stream_idle_timeout_ms),
         }
@@ -269,6 +278,7 @@ impl pb::osd_server::Osd for OsdService {
         let record = record.finish()?;
         let bytes = record.data.len_bytes();
         let outcome = self.store.append(record.extent_id, record.key, record.data).await.map_err(status_of)?;
+        self.live.add(bytes);
         Ok(Response::new(append_response(outcome, bytes)))
     }
 
@@ -324,6 +334,7 @@ impl pb::osd_server::Osd for OsdService {
             let bytes = record.data.len_bytes();
             match self.store.append(record.extent_id, record.key, record.data).await {
                 Ok(outcome) => {
+                    self.live.add(bytes);
                     let response = append_response(outcome, bytes);
                     pb::AppendResult {
                         code: 0,
@@ -369,6 +380,7 @@ impl pb::osd_server::Osd for OsdService {
         })?;
         metrics::counter!("pocket_osd_reads_total").increment(1);
         metrics::counter!("pocket_osd_read_bytes_total").increment(data.len() as u64);
+        self.live.add(data.len() as u64);
         Ok(Response::new(chunked(data, permit)))
     }
 
@@ -446,6 +458,10 @@ impl pb::osd_server::Osd for OsdService {
             })?;
         metrics::counter!("pocket_osd_range_reads_total").increment(1);
         metrics::counter!("pocket_osd_range_read_bytes_total").increment(request.length);
+        if paced.is_none() {
+            // A frontend's degraded read is live traffic.
+            self.live.add(request.length);
+        }
         // One chunk read at a time, when the reader asks for it: memory per
         // stream is one chunk whatever the range.
         let chunks = futures::stream::unfold((source, request.offset), move |(source, at)| {

@@ -25,11 +25,21 @@ pub struct HeartbeatJob {
     coordinator: CoordinatorClient,
     /// The coordinator's heartbeat interval, once registered.
     registered: Option<Duration>,
+    /// Frontends' traffic through this OSD, reported as a rate each beat.
+    live: crate::live::LiveTraffic,
+    live_rate: crate::live::LiveRate,
 }
 
 impl HeartbeatJob {
-    pub fn new(config: OsdConfig, coordinator: CoordinatorClient, advertise: String, store: Store, fence: Fence) -> HeartbeatJob {
-        HeartbeatJob { config, advertise, store, fence, coordinator, registered: None }
+    pub fn new(
+        config: OsdConfig,
+        coordinator: CoordinatorClient,
+        advertise: String,
+        store: Store,
+        fence: Fence,
+        live: crate::live::LiveTraffic,
+    ) -> HeartbeatJob {
+        HeartbeatJob { config, advertise, store, fence, coordinator, registered: None, live, live_rate: crate::live::LiveRate::new() }
     }
 
     async fn learn(&self, generation: u64) -> Result<(), JobError> {
@@ -77,7 +87,8 @@ impl HeartbeatJob {
 
     async fn beat(&mut self, interval: Duration) -> Result<Step, JobError> {
         let disks = self.disks().await;
-        let beat = self.coordinator.rpc_heartbeat(self.config.osd_id, self.store.used_bytes(), self.store.capacity_bytes(), &disks);
+        let live = self.live_rate.sample(&self.live);
+        let beat = self.coordinator.rpc_heartbeat(self.config.osd_id, self.store.used_bytes(), self.store.capacity_bytes(), &disks, live);
         match beat.await {
             Ok((true, generation)) => {
                 self.learn(generation).await?;

@@ -31,6 +31,7 @@ mod config;
 mod fence;
 mod grpc;
 mod heartbeat;
+mod live;
 mod purge;
 mod store;
 
@@ -101,12 +102,13 @@ pub async fn run(
         bytes_per_sec: config.background_bytes_per_sec.filter(|rate| *rate > 0),
         ..pocket_worker::BudgetConfig::default()
     });
-    let service = grpc::OsdService::new(store.clone(), fence.clone(), &config, background.clone());
+    let live = live::LiveTraffic::default();
+    let service = grpc::OsdService::new(store.clone(), fence.clone(), &config, background.clone(), live.clone());
     let coordinator = pocket_rpc_client::CoordinatorClient::connect_any(&tls, &config.coordinator_addrs()).map_err(RunError::CoordinatorAddress)?;
     // Background jobs (ADR 16).
     pocket_worker::Registry::global().set_budget(background);
     let mut workers = pocket_worker::Runner::new(pocket_worker::Registry::global().clone());
-    workers.start(heartbeat::HeartbeatJob::new(config.clone(), coordinator, advertise, store.clone(), fence));
+    workers.start(heartbeat::HeartbeatJob::new(config.clone(), coordinator, advertise, store.clone(), fence, live));
     workers.start(purge::PurgeJob::new(store.clone(), Duration::from_secs(config.trash_delay_secs)));
 
     let settings = pocket_transport::ServerSettings {

@@ -157,6 +157,11 @@ pub struct RepairStatus {
     pub repaired_total: u64,
     /// The background byte rate in force; 0 = no limit.
     pub background_bytes_per_sec: u64,
+    /// The rate in force now (0: no limit) and the cell's live traffic.
+    pub background_rate_in_force: u64,
+    pub live_bytes_per_sec: u64,
+    /// No operator's rate: the configured ones apply, by live traffic.
+    pub background_automatic: bool,
 }
 
 /// The outbound calls to the coordinator. Cloning clones a channel handle.
@@ -219,6 +224,9 @@ fn repair_status(repair: pb::RepairStatus) -> RepairStatus {
         repaired_bytes_total: repair.repaired_bytes_total,
         repaired_total: repair.repaired_total,
         background_bytes_per_sec: repair.background_bytes_per_sec,
+        background_rate_in_force: repair.background_rate_in_force,
+        live_bytes_per_sec: repair.live_bytes_per_sec,
+        background_automatic: repair.background_automatic,
     }
 }
 
@@ -298,8 +306,9 @@ impl CoordinatorClient {
         used_bytes: u64,
         capacity_bytes: u64,
         disks: &[DiskState],
+        live_bytes_per_sec: u64,
     ) -> Result<(bool, u64), CoordinatorError> {
-        let request = pb::HeartbeatRequest { osd_id, used_bytes, capacity_bytes, disks: disk_states(disks) };
+        let request = pb::HeartbeatRequest { osd_id, used_bytes, capacity_bytes, disks: disk_states(disks), live_bytes_per_sec };
         let response = self.call(|mut grpc| {
             let request = request.clone();
             async move { grpc.heartbeat(with_deadline(request, HEARTBEAT_TIMEOUT)).await }
@@ -396,8 +405,19 @@ impl CoordinatorClient {
     /// `Coordinator.SetBackgroundRate` (operators): the byte rate repair and
     /// erasure coding share; 0 = no limit.
     pub async fn rpc_set_background_rate(&self, bytes_per_sec: u64) -> Result<u64, CoordinatorError> {
+        self.set_background_rate(bytes_per_sec, false).await
+    }
+
+    /// `Coordinator.SetBackgroundRate` back to the configured rates (paced
+    /// under live traffic only).
+    pub async fn rpc_set_background_automatic(&self) -> Result<u64, CoordinatorError> {
+        self.set_background_rate(0, true).await
+    }
+
+    async fn set_background_rate(&self, bytes_per_sec: u64, automatic: bool) -> Result<u64, CoordinatorError> {
         let call = |mut grpc: pb::coordinator_client::CoordinatorClient<Channel>| async move {
-            grpc.set_background_rate(with_deadline(pb::SetBackgroundRateRequest { bytes_per_sec }, COORDINATOR_CALL_TIMEOUT)).await
+            let request = pb::SetBackgroundRateRequest { bytes_per_sec, automatic };
+            grpc.set_background_rate(with_deadline(request, COORDINATOR_CALL_TIMEOUT)).await
         };
         Ok(self.call(call).await.map_err(error)?.into_inner().bytes_per_sec)
     }

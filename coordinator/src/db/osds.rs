@@ -56,16 +56,31 @@ impl CellDb {
     }
 
     /// Records a heartbeat; false when the OSD is not registered.
-    pub async fn heartbeat(&self, osd_id: OsdId, used_bytes: u64, capacity_bytes: u64) -> Result<bool, DbError> {
-        let result = sqlx::query("UPDATE osds SET used_bytes = ?, capacity_bytes = ?, last_heartbeat_unix_ms = ? WHERE osd_id = ?")
+    pub async fn heartbeat(&self, osd_id: OsdId, used_bytes: u64, capacity_bytes: u64, live_bytes_per_sec: u64) -> Result<bool, DbError> {
+        let result = sqlx::query(
+            "UPDATE osds SET used_bytes = ?, capacity_bytes = ?, live_bytes_per_sec = ?, last_heartbeat_unix_ms = ? WHERE osd_id = ?",
+        )
             .bind(to_i64(used_bytes))
             .bind(to_i64(capacity_bytes))
+            .bind(to_i64(live_bytes_per_sec))
             .bind(now_unix_ms())
             .bind(to_i64(osd_id))
             .execute(&self.pool)
             .await
             .ctx("heartbeat")?;
         Ok(result.rows_affected() > 0)
+    }
+
+    /// The live traffic the OSDs that beat since `since_unix_ms` reported,
+    /// in bytes per second over the cell.
+    pub async fn live_bytes_per_sec(&self, since_unix_ms: i64) -> Result<u64, DbError> {
+        // Summed here: MySQL's SUM is a DECIMAL, which the Any driver cannot read.
+        let rows = sqlx::query("SELECT live_bytes_per_sec FROM osds WHERE last_heartbeat_unix_ms >= ?")
+            .bind(since_unix_ms)
+            .fetch_all(&self.pool)
+            .await
+            .ctx("read live traffic")?;
+        rows.iter().try_fold(0u64, |sum, row| Ok(sum.saturating_add(Columns::of(row, "osds").u64("live_bytes_per_sec")?)))
     }
 
     pub async fn list_osds(&self) -> Result<Vec<OsdRow>, DbError> {

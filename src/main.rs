@@ -257,7 +257,8 @@ enum Command {
         /// Seconds the faults are spread over.
         #[arg(long, default_value_t = 60)]
         seconds: u64,
-        /// OSDs held down or disks failed at most (default: OSDs beyond k + m).
+        /// OSDs held down at once at most (default: OSDs beyond k + m); held
+        /// OSDs come back (osd_return) once their copies are repaired.
         #[arg(long)]
         max_down: Option<u32>,
         #[arg(long, default_value = "64KiB", value_parser = parse_size)]
@@ -303,9 +304,11 @@ enum Command {
         concurrency: usize,
         #[arg(long, default_value = "4MiB", value_parser = parse_size)]
         blob_size: u64,
-        /// The coordinator's background rate while encoding (e.g. 64MiB; 0: no limit).
-        #[arg(long, default_value = "0", value_parser = parse_size)]
-        rate: u64,
+        /// The coordinator's background rate while encoding and repairing
+        /// (e.g. 64MiB, unlimited); auto: the configured rate under live
+        /// traffic, none while idle.
+        #[arg(long, default_value = "auto", value_parser = parse_rate)]
+        rate: RateArg,
         /// Also measure PUTs during a repair (kills and holds the last OSD;
         /// run the pocket with a short --osd-out-after).
         #[arg(long)]
@@ -551,7 +554,7 @@ async fn dispatch(command: Command) -> anyhow::Result<()> {
                 seconds,
                 concurrency,
                 blob_bytes: blob_size as usize,
-                rate_bytes_per_sec: rate,
+                rate_bytes_per_sec: rate.0,
                 repair,
             };
             pocket_bench::background_bench::command(options, json).await

@@ -5,9 +5,10 @@
 //! - **erasure coding**: the coordinator's background rate is set to its
 //!   floor (1 MiB/s, so that erasure coding all but waits), blobs are PUT
 //!   until k replicated volumes are closed, and a GET phase is measured
-//!   (`get-idle`). Then the rate goes to `--rate` (default: no limit) and,
-//!   from the moment a volume is being built, the same GET phase is measured
-//!   again (`get-during-ec`) until `--seconds` pass or encoding ends. The
+//!   (`get-idle`). Then, under an unmeasured GET load, the rate goes to
+//!   `--rate` (default: automatic) and, from the moment a volume is being
+//!   built, the same GET phase is measured again (`get-during-ec`) until
+//!   `--seconds` pass or encoding ends. The
 //!   encoding's own figures: bytes encoded and how long it took.
 //! - **repair** (`--repair`): a PUT phase (`put-idle`); then the last OSD is
 //!   killed and held down, and once repairs are in flight (the pocket must
@@ -37,15 +38,18 @@ pub struct BackgroundBenchOptions {
     pub seconds: u64,
     pub concurrency: usize,
     pub blob_bytes: usize,
-    /// The coordinator's background rate while encoding (0: no limit).
-    pub rate_bytes_per_sec: u64,
+    /// The coordinator's background rate while encoding and repairing (0:
+    /// no limit); None: automatic (the configured rate under live traffic,
+    /// none while idle).
+    pub rate_bytes_per_sec: Option<u64>,
     /// Measure PUTs during a repair too.
     pub repair: bool,
 }
 
 #[derive(Debug, Serialize)]
 pub struct BackgroundBenchReport {
-    pub rate_bytes_per_sec: u64,
+    /// None: automatic.
+    pub rate_bytes_per_sec: Option<u64>,
     pub phases: Vec<PhaseReport>,
     /// get-during-ec ÷ get-idle: throughput and p99.
     pub ec_throughput_ratio: f64,
@@ -61,14 +65,23 @@ pub struct BackgroundBenchReport {
     /// over the time repairs ran (first in flight to full redundancy).
     pub seconds_to_full_redundancy: Option<f64>,
     pub repair_mib_per_sec: Option<f64>,
+    /// A second OSD killed once the first is repaired, in an idle cell (no
+    /// live traffic: no pacing): from its kill to full redundancy, bytes
+    /// repaired, and their rate from the first repair to full redundancy.
+    pub idle_seconds_to_full_redundancy: Option<f64>,
+    pub idle_repaired_bytes: Option<u64>,
+    pub idle_repair_mib_per_sec: Option<f64>,
     /// The disk's write bound measured in the same run (a whole extent's
-    /// write pattern, 1 GiB), and the repair rate as a share of it.
+    /// write pattern, 1 GiB), and the idle repair rate as a share of it.
     pub write_bound_mib_per_sec: Option<f64>,
     pub repair_share_of_write_bound: Option<f64>,
 }
 
 /// The coordinator's floor for the background rate (SetBackgroundRate).
 const FLOOR_BYTES_PER_SEC: u64 = 1024 * 1024;
+/// GETs before the rate changes: more than the three heartbeats in which
+/// the leader sees the cell's live traffic.
+const WARM_UP: Duration = Duration::from_secs(4);
 /// Longest wait for a state of the cell (volumes closing, a repair starting).
 const WAIT: Duration = Duration::from_secs(600);
 
@@ -87,7 +100,7 @@ pub async fn run(options: BackgroundBenchOptions) -> anyhow::Result<BackgroundBe
     let tls = pocket_transport::Tls::load(&operator.tls).context("load operator TLS material")?;
     let coordinator = pocket_rpc_client::CoordinatorClient::connect_any(&tls, &operator.coordinator_addrs())?;
     let client = pocket_client::Client::connect(&pocket_client::ClientConfig::load(&dir.join("client.toml"))?)?;
-    let status = coordinator.rpc_status().await.context("CellStatus")?;
+    let status = coordinator.rpc_leader_status().await.context("CellStatus")?;
     let k = u64::from(status.data_shards);
     if (status.osds.len() as u64) < k + u64::from(status.parity_shards) {
         bail!("erasure coding needs k + m = {} OSDs; this cell has {}", k + u64::from(status.parity_shards), status.osds.len());
@@ -113,7 +126,7 @@ pub async fn run(options: BackgroundBenchOptions) -> anyhow::Result<BackgroundBe
             async move {
                 let started = Instant::now();
                 loop {
-                    if let Ok(status) = coordinator.rpc_status().await {
+                    if let Ok(status) = coordinator.rpc_leader_status().await {
                         if done(&status) {
                             return Ok(status);
                         }
@@ -126,17 +139,17 @@ pub async fn run(options: BackgroundBenchOptions) -> anyhow::Result<BackgroundBe
             }
         };
         // Wait for any encoding under way to end (at the floor it crawls: lift it meanwhile).
-        if building(&coordinator.rpc_status().await?) {
+        if building(&coordinator.rpc_leader_status().await?) {
             coordinator.rpc_set_background_rate(0).await?;
             wait_until("the encoding under way to end", |s| !building(s)).await?;
             coordinator.rpc_set_background_rate(FLOOR_BYTES_PER_SEC).await?;
         }
-        let closed_before = count(&coordinator.rpc_status().await?, "replicated/closed");
+        let closed_before = count(&coordinator.rpc_leader_status().await?, "replicated/closed");
         eprintln!("loading blobs of {} bytes until {k} more volumes close", options.blob_bytes);
         let load = BenchOptions { concurrency: options.concurrency, ..bench.clone() };
         let loading = Instant::now();
         loop {
-            let status = coordinator.rpc_status().await?;
+            let status = coordinator.rpc_leader_status().await?;
             if count(&status, "replicated/closed") >= closed_before + k {
                 break;
             }
@@ -145,21 +158,33 @@ pub async fn run(options: BackgroundBenchOptions) -> anyhow::Result<BackgroundBe
             }
             timed_phase(&client, &keys, &BenchOptions { duration: Some(Duration::from_secs(5)), ..load.clone() }, "load", true, None).await?;
         }
-        let ec_before = coordinator.rpc_status().await?;
+        let ec_before = coordinator.rpc_leader_status().await?;
         eprintln!("{} blobs stored; measuring GETs with no background work", keys.lock().expect("keys").len());
         phases.push(timed_phase(&client, &keys, &bench, "get-idle", false, None).await?);
 
-        // The rate goes up: erasure coding starts; GETs measured while it builds.
+        // The rate goes up: erasure coding starts; GETs measured while it
+        // builds. An unmeasured GET load runs from a few seconds before, so
+        // that the cell is seen busy as it would be under steady traffic.
+        let warm_stop = Arc::new(AtomicBool::new(false));
+        let warm = tokio::spawn({
+            let (client, keys, stop) = (client.clone(), keys.clone(), warm_stop.clone());
+            let warm = BenchOptions { duration: Some(WAIT), ..bench.clone() };
+            async move { timed_phase(&client, &keys, &warm, "warm", false, Some(stop)).await }
+        });
+        tokio::time::sleep(WARM_UP).await;
         let changed = Instant::now();
-        coordinator.rpc_set_background_rate(options.rate_bytes_per_sec).await?;
-        wait_until("erasure coding to start", building).await?;
+        set_rate(&coordinator, options.rate_bytes_per_sec).await?;
+        let started = wait_until("erasure coding to start", building).await;
+        warm_stop.store(true, Ordering::Relaxed);
+        let _ = warm.await;
+        started?;
         let ended = Arc::new(AtomicBool::new(false));
         let watcher = tokio::spawn({
             let (coordinator, ended) = (coordinator.clone(), ended.clone());
             async move {
                 loop {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    if coordinator.rpc_status().await.is_ok_and(|status| !building(&status)) {
+                    if coordinator.rpc_leader_status().await.is_ok_and(|status| !building(&status)) {
                         ended.store(true, Ordering::Relaxed);
                         return changed.elapsed();
                     }
@@ -175,18 +200,19 @@ pub async fn run(options: BackgroundBenchOptions) -> anyhow::Result<BackgroundBe
                 bail!("encoding did not end within {WAIT:?}");
             }
         };
-        let ec_after = coordinator.rpc_status().await?;
+        let ec_after = coordinator.rpc_leader_status().await?;
         let encoded = count(&ec_after, "ec/ec").saturating_sub(count(&ec_before, "ec/ec"));
         eprintln!("{encoded} erasure-coded volumes built in {ec_seconds:.1} s");
 
         let (mut repair_p99_ratio, mut repaired_bytes) = (None, None);
         let (mut seconds_to_full_redundancy, mut repair_mib_per_sec, mut write_bound_mib_per_sec) = (None, None, None);
+        let (mut idle_seconds_to_full_redundancy, mut idle_repair_mib_per_sec, mut idle_repaired_bytes) = (None, None, None);
         if options.repair {
             let bound_dir = dir.clone();
             write_bound_mib_per_sec = Some(
                 tokio::task::spawn_blocking(move || crate::limits::write_bound_mib_per_sec(&bound_dir, 1 << 30)).await??,
             );
-            coordinator.rpc_set_background_rate(options.rate_bytes_per_sec).await?;
+            set_rate(&coordinator, options.rate_bytes_per_sec).await?;
             let put = BenchOptions { mode: Mode::Put, ..bench.clone() };
             phases.push(timed_phase(&client, &keys, &put, "put-idle", true, None).await?);
             let victim = ec_after.osds.iter().map(|osd| osd.osd_id).max().context("no OSD")?;
@@ -212,7 +238,7 @@ pub async fn run(options: BackgroundBenchOptions) -> anyhow::Result<BackgroundBe
             let before = wait_until("repairs to start", |s| s.repair.in_flight > 0).await?.repair.repaired_bytes_total;
             let repairing = Instant::now();
             let during = timed_phase(&client, &keys, &put, "put-during-repair", true, None).await?;
-            let after = coordinator.rpc_status().await?.repair.repaired_bytes_total;
+            let after = coordinator.rpc_leader_status().await?.repair.repaired_bytes_total;
             let full = wait_until("full redundancy", |s| {
                 s.repair.queue_extents == 0 && s.repair.in_flight == 0 && s.repair.levels.iter().all(|(missing, (n, _))| *missing == 0 || *n == 0)
             })
@@ -220,6 +246,30 @@ pub async fn run(options: BackgroundBenchOptions) -> anyhow::Result<BackgroundBe
             seconds_to_full_redundancy = Some(killed.elapsed().as_secs_f64());
             let repaired_total = full.repair.repaired_bytes_total.saturating_sub(before);
             repair_mib_per_sec = Some(repaired_total as f64 / 1048576.0 / repairing.elapsed().as_secs_f64().max(1e-9));
+
+            // The same with no live traffic: the next OSD, killed in an idle cell.
+            let victim = victim - 1;
+            let name = format!("osd-{victim}");
+            std::fs::write(dir.join("hold").join(&name), b"")?;
+            let _release_too = Release(dir.join("hold").join(&name));
+            let info = pocket_daemon::runinfo::RunInfo::read(&dir.join("run").join(format!("{name}.run")))?;
+            #[allow(unsafe_code)]
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe {
+                libc::kill(info.pid as libc::pid_t, libc::SIGKILL);
+            }
+            let killed = Instant::now();
+            eprintln!("{name} killed in an idle cell; waiting for its repair");
+            let before = wait_until("repairs to start", |s| s.repair.in_flight > 0).await?.repair.repaired_bytes_total;
+            let repairing = Instant::now();
+            let full = wait_until("full redundancy", |s| {
+                s.repair.queue_extents == 0 && s.repair.in_flight == 0 && s.repair.levels.iter().all(|(missing, (n, _))| *missing == 0 || *n == 0)
+            })
+            .await?;
+            idle_seconds_to_full_redundancy = Some(killed.elapsed().as_secs_f64());
+            let repaired = full.repair.repaired_bytes_total.saturating_sub(before);
+            idle_repaired_bytes = Some(repaired);
+            idle_repair_mib_per_sec = Some(repaired as f64 / 1048576.0 / repairing.elapsed().as_secs_f64().max(1e-9));
             let idle = phases.last().expect("put-idle");
             repair_p99_ratio = Some(during.latency.p99_ms / idle.latency.p99_ms.max(1e-9));
             repaired_bytes = Some(after.saturating_sub(before));
@@ -238,17 +288,26 @@ pub async fn run(options: BackgroundBenchOptions) -> anyhow::Result<BackgroundBe
             seconds_to_full_redundancy,
             repair_mib_per_sec,
             write_bound_mib_per_sec,
-            repair_share_of_write_bound: repair_mib_per_sec.zip(write_bound_mib_per_sec).map(|(rate, bound)| rate / bound.max(1e-9)),
+            idle_seconds_to_full_redundancy,
+            idle_repaired_bytes,
+            idle_repair_mib_per_sec,
+            repair_share_of_write_bound: idle_repair_mib_per_sec.zip(write_bound_mib_per_sec).map(|(rate, bound)| rate / bound.max(1e-9)),
             phases: phases.clone(),
         })
     }
     .await;
     // The operator's rate (or the automatic one) comes back whatever happened.
-    let _ = match rate_before {
-        Some(rate) => coordinator.rpc_set_background_rate(rate).await,
-        None => coordinator.rpc_set_background_automatic().await,
-    };
+    let _ = set_rate(&coordinator, rate_before).await;
     result
+}
+
+/// An operator's rate, or (None) the automatic one.
+async fn set_rate(coordinator: &pocket_rpc_client::CoordinatorClient, rate: Option<u64>) -> anyhow::Result<()> {
+    match rate {
+        Some(rate) => coordinator.rpc_set_background_rate(rate).await?,
+        None => coordinator.rpc_set_background_automatic().await?,
+    };
+    Ok(())
 }
 
 pub async fn command(options: BackgroundBenchOptions, json: bool) -> anyhow::Result<()> {
@@ -258,7 +317,11 @@ pub async fn command(options: BackgroundBenchOptions, json: bool) -> anyhow::Res
 
 pub fn render(r: &BackgroundBenchReport) -> String {
     let mut out = crate::bench::table(&r.phases);
-    let rate = if r.rate_bytes_per_sec == 0 { "no limit".to_string() } else { format!("{} MiB/s", r.rate_bytes_per_sec >> 20) };
+    let rate = match r.rate_bytes_per_sec {
+        None => "automatic".to_string(),
+        Some(0) => "no limit".to_string(),
+        Some(rate) => format!("{} MiB/s", rate >> 20),
+    };
     out.push_str(&format!(
         "background rate {rate}: GETs during erasure coding at {:.2}x the throughput and {:.2}x the p99 of idle; {} volumes encoded in {:.1} s\n",
         r.ec_throughput_ratio, r.ec_p99_ratio, r.ec_volumes, r.ec_seconds
@@ -266,9 +329,15 @@ pub fn render(r: &BackgroundBenchReport) -> String {
     if let (Some(ratio), Some(bytes)) = (r.repair_p99_ratio, r.repaired_bytes) {
         out.push_str(&format!("PUT p99 during repair at {ratio:.2}x idle; {:.1} MiB repaired during the phase\n", bytes as f64 / 1048576.0));
     }
-    if let (Some(seconds), Some(rate), Some(bound)) = (r.seconds_to_full_redundancy, r.repair_mib_per_sec, r.write_bound_mib_per_sec) {
+    if let (Some(seconds), Some(rate)) = (r.seconds_to_full_redundancy, r.repair_mib_per_sec) {
+        out.push_str(&format!("under PUTs: full redundancy {seconds:.1} s after the kill; repair {rate:.1} MiB/s\n"));
+    }
+    if let (Some(seconds), Some(bytes), Some(rate), Some(bound)) =
+        (r.idle_seconds_to_full_redundancy, r.idle_repaired_bytes, r.idle_repair_mib_per_sec, r.write_bound_mib_per_sec)
+    {
         out.push_str(&format!(
-            "full redundancy {seconds:.1} s after the kill; repair {rate:.1} MiB/s against a write bound of {bound:.1} MiB/s ({:.0}%)\n",
+            "idle: full redundancy {seconds:.1} s after the kill ({:.1} MiB repaired); repair {rate:.1} MiB/s against a write bound of {bound:.1} MiB/s ({:.0}%)\n",
+            bytes as f64 / 1048576.0,
             100.0 * rate / bound.max(1e-9)
         ));
     }

@@ -6,7 +6,9 @@
 //! - `disk_wipe`: hold an OSD down, remove its first disk, let it restart
 //!   on an empty disk;
 //! - `disk_fail`: remove one disk directory of a live OSD that has another;
-//! - `leader_kill`: SIGKILL the leading coordinator.
+//! - `leader_kill`: SIGKILL the leading coordinator;
+//! - `osd_return`: let an OSD held down come back with its data, once the
+//!   cell is whole again (its copies were repaired: duplicates).
 //!
 //! A fault that loses copies (an OSD held down, a disk wiped or failed) is
 //! injected only while the cell is at full redundancy, and their number is
@@ -45,7 +47,7 @@ pub struct ChaosOptions {
     pub faults: u32,
     /// Seconds the faults are spread over.
     pub seconds: u64,
-    /// OSDs held down (or disks failed) at most; None: OSDs beyond k + m.
+    /// OSDs held down at once at most; None: OSDs beyond k + m.
     pub max_down: Option<u32>,
     /// Size of each PUT of the load.
     pub blob_bytes: usize,
@@ -152,7 +154,7 @@ async fn converge(
     let mut first_pass_after_up: Option<i64> = None;
     while released.elapsed() < timeout {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let Ok(status) = coordinator.rpc_status().await else { continue };
+        let Ok(status) = coordinator.rpc_leader_status().await else { continue };
         let all_up = !status.osds.is_empty() && status.osds.iter().all(|osd| osd.health == "up");
         let logical = status.sealed_logical_bytes.max(1) as f64;
         let (files, trash) = disk_bytes(dir);
@@ -229,7 +231,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
     let operator: OperatorConfig = toml::from_str(&text).context("parse operator.toml")?;
     let tls = pocket_transport::Tls::load(&operator.tls).context("load operator TLS material")?;
     let coordinator = pocket_rpc_client::CoordinatorClient::connect_any(&tls, &operator.coordinator_addrs())?;
-    let status = coordinator.rpc_status().await.context("CellStatus")?;
+    let status = coordinator.rpc_leader_status().await.context("CellStatus")?;
     let all_osds = osds(&dir);
     if all_osds.is_empty() {
         bail!("no OSD directories under {}", dir.display());
@@ -291,7 +293,6 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
     let hold = dir.join("hold");
     std::fs::create_dir_all(&hold).context("create DIR/hold")?;
     let mut down: Vec<u64> = Vec::new();
-    let mut failed_disks: Vec<PathBuf> = Vec::new();
     let pause = Duration::from_secs_f64(options.seconds as f64 / f64::from(options.faults.max(1)));
     let progress = indicatif::ProgressBar::new(u64::from(options.faults));
     for _ in 0..options.faults {
@@ -300,11 +301,13 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
         // A fault that loses copies only when the cell is whole again: two
         // such faults before the first is repaired could exceed what the
         // code tolerates (m, or R − 1), and that is not the test.
-        let whole = match coordinator.rpc_status().await {
+        let whole = match coordinator.rpc_leader_status().await {
             Ok(status) => no_copy_missing(&status),
             Err(_) => false,
         };
-        let budget_left = whole && (down.len() + failed_disks.len()) < max_down as usize;
+        // Held OSDs bound the faults that lose copies; a wiped or failed
+        // disk's copies are repaired elsewhere once the cell is whole again.
+        let budget_left = whole && down.len() < max_down as usize;
         let mut kinds = vec!["osd_restart", "leader_kill"];
         if budget_left {
             kinds.extend(["osd_down", "disk_wipe"]);
@@ -312,10 +315,19 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
                 kinds.push("disk_fail");
             }
         }
+        if whole && !down.is_empty() {
+            // An OSD held down comes back with its data, after its copies
+            // were repaired: duplicates for reconciliation.
+            kinds.push("osd_return");
+        }
         let kind = kinds[rng.random_range(0..kinds.len())];
         let &(n, ref disks) = live[rng.random_range(0..live.len())];
         let name = format!("osd-{n}");
         let done = match kind {
+            "osd_return" => {
+                let n = down.remove(rng.random_range(0..down.len()));
+                std::fs::remove_file(hold.join(format!("osd-{n}"))).is_ok()
+            }
             "osd_restart" => run_info(&dir, &name).map(|info| signal(info.pid, libc::SIGKILL)).is_ok(),
             "osd_down" => {
                 std::fs::write(hold.join(&name), b"")?;
@@ -331,10 +343,6 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 let wiped = disks.first().is_some_and(|disk| std::fs::remove_dir_all(disk).is_ok());
                 std::fs::remove_file(hold.join(&name))?;
-                // A wiped disk loses its copies once: counted against the budget.
-                if wiped {
-                    failed_disks.push(disks[0].clone());
-                }
                 wiped
             }
             "disk_fail" => {
@@ -344,16 +352,9 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
                     .flat_map(|(_, disks)| disks.iter().filter(|d| d.exists()).last())
                     .next()
                     .cloned();
-                match target {
-                    Some(disk) => {
-                        let removed = std::fs::remove_dir_all(&disk).is_ok();
-                        failed_disks.push(disk);
-                        removed
-                    }
-                    None => false,
-                }
+                target.is_some_and(|disk| std::fs::remove_dir_all(disk).is_ok())
             }
-            _ => match coordinator.rpc_status().await {
+            _ => match coordinator.rpc_leader_status().await {
                 Ok(status) if !status.leader.is_empty() => {
                     run_info(&dir, &status.leader).map(|info| signal(info.pid, libc::SIGKILL)).is_ok()
                 }
@@ -375,7 +376,7 @@ pub async fn run(options: ChaosOptions) -> anyhow::Result<ChaosReport> {
     // Full redundancy, then every acknowledged PUT read back.
     let deadline = last_fault + options.heal_timeout;
     while Instant::now() < deadline {
-        if let Ok(status) = coordinator.rpc_status().await {
+        if let Ok(status) = coordinator.rpc_leader_status().await {
             if full_redundancy(&status) {
                 report.seconds_to_full_redundancy = Some(last_fault.elapsed().as_secs_f64());
                 report.last_state = None;

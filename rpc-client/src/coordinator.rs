@@ -356,14 +356,41 @@ impl CoordinatorClient {
         Ok(bucket_of(placement))
     }
 
-    /// `Coordinator.CellStatus`.
+    /// `Coordinator.CellStatus`, from whichever coordinator answers (a
+    /// standby's repair figures are what the leader last published).
     pub async fn rpc_status(&self) -> Result<CellStatus, CoordinatorError> {
         let status = self
             .call(|mut grpc| async move { grpc.cell_status(with_deadline(pb::CellStatusRequest {}, CELL_STATUS_TIMEOUT)).await })
             .await
             .map_err(error)?
             .into_inner();
-        Ok(CellStatus {
+        Ok(cell_status(status))
+    }
+
+    /// `Coordinator.CellStatus` from the leader if one answers (its repair
+    /// and reconciliation figures are live), else from any coordinator.
+    pub async fn rpc_leader_status(&self) -> Result<CellStatus, CoordinatorError> {
+        let first = self.rpc_status().await?;
+        if first.leader.is_empty() || first.answered_by == first.leader {
+            return Ok(first);
+        }
+        for endpoint in self.endpoints.iter() {
+            let mut grpc = endpoint.clone();
+            if let Ok(status) = grpc.cell_status(with_deadline(pb::CellStatusRequest {}, CELL_STATUS_TIMEOUT)).await {
+                let status = status.into_inner();
+                if status.answered_by == status.leader {
+                    return Ok(cell_status(status));
+                }
+            }
+        }
+        Ok(first)
+    }
+}
+
+/// The client's view of a `CellStatusResponse`.
+fn cell_status(status: pb::CellStatusResponse) -> CellStatus {
+    {
+        CellStatus {
             cell_id: status.cell_id,
             osds: status
                 .osds
@@ -399,9 +426,11 @@ impl CoordinatorClient {
                     reconciled_copies: storage.reconciled_copies,
                 })
                 .unwrap_or_default(),
-        })
+        }
     }
+}
 
+impl CoordinatorClient {
     /// `Coordinator.SetBackgroundRate` (operators): the byte rate repair and
     /// erasure coding share; 0 = no limit.
     pub async fn rpc_set_background_rate(&self, bytes_per_sec: u64) -> Result<u64, CoordinatorError> {
